@@ -1,0 +1,204 @@
+// Command generate runs a LLaMA-family model on a prompt and streams the generated text to stdout.
+//
+// With no flags it runs the bundled tinycode-llama-16m model on a built-in code prompt. The report
+// (backend, prompt tokens, prefill and decode speed) goes to stderr, so stdout carries only the text.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+
+	"github.com/squeezeai/sqllm/backend/xla"
+	"github.com/squeezeai/sqllm/engine"
+	"github.com/squeezeai/sqllm/model"
+)
+
+// defaultPrompt is the built-in code prompt for the bundled Python code model.
+const defaultPrompt = `import math
+
+
+def is_prime(n):
+    """Return True if n is a prime number."""
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+type config struct {
+	modelDir, prompt, promptFile     string
+	maxTokens                        int
+	temperature, topP, repeatPenalty float64
+	topK, repeatLastN                int
+	seed                             int64
+	stops                            stringList
+	backend, plugin, dtype           string
+	maxChunk, maxContext             int
+	randomWeights, ignoreEOS, quiet  bool
+}
+
+func parseFlags(args []string, stderr io.Writer) (*config, error) {
+	c := &config{}
+	fs := flag.NewFlagSet("generate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.modelDir, "model", "", "model directory (config.json, tokenizer.json, *.safetensors); default: the bundled "+engine.DefaultModel)
+	fs.StringVar(&c.prompt, "prompt", "", "prompt text (default: a built-in code prompt)")
+	fs.StringVar(&c.promptFile, "prompt-file", "", "read the prompt from a file ('-' = stdin)")
+	fs.IntVar(&c.maxTokens, "max-tokens", 128, "maximum number of new tokens")
+	fs.Float64Var(&c.temperature, "temperature", 0, "sampling temperature (0 = greedy)")
+	fs.IntVar(&c.topK, "top-k", 0, "keep only the k most likely tokens (0 = off)")
+	fs.Float64Var(&c.topP, "top-p", 1, "nucleus sampling: keep the smallest set with this probability (1 = off)")
+	fs.Float64Var(&c.repeatPenalty, "repeat-penalty", 1, "repetition penalty (1 = off)")
+	fs.IntVar(&c.repeatLastN, "repeat-last-n", 64, "how many previous tokens the repetition penalty looks at (-1 = all)")
+	fs.Int64Var(&c.seed, "seed", 0, "random seed for sampling")
+	fs.Var(&c.stops, "stop", "stop when the generated text contains this string (repeatable)")
+	fs.StringVar(&c.backend, "backend", "auto", "auto | go | xla (auto: the CUDA PJRT plugin if installed, else the pure-Go CPU backend)")
+	fs.StringVar(&c.plugin, "pjrt-plugin", "", "path of a PJRT CUDA plugin (xla_cuda_plugin.so); default: $PJRT_CUDA_PLUGIN or the installed jax plugin")
+	fs.StringVar(&c.dtype, "dtype", "", "compute dtype: f32 | bf16 (default: f32 on the go backend, bf16 on xla)")
+	fs.IntVar(&c.maxChunk, "chunk", 0, "prefill chunk size in tokens (default: 512 on go, 2048 on xla)")
+	fs.IntVar(&c.maxContext, "max-context", 0, "lower the context limit (default: the model's max_position_embeddings)")
+	fs.BoolVar(&c.randomWeights, "random-weights", false, "use random weights of the config's shapes (benchmarks only)")
+	fs.BoolVar(&c.ignoreEOS, "ignore-eos", false, "keep generating past the end-of-sequence token")
+	fs.BoolVar(&c.quiet, "quiet", false, "no report on stderr")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q (use -prompt TEXT)", fs.Arg(0))
+	}
+	if c.prompt != "" && c.promptFile != "" {
+		return nil, errors.New("-prompt and -prompt-file are exclusive")
+	}
+	if c.maxTokens <= 0 {
+		return nil, fmt.Errorf("-max-tokens %d: must be positive", c.maxTokens)
+	}
+	if c.maxTokens > 1<<20 {
+		return nil, fmt.Errorf("-max-tokens %d: absurdly large", c.maxTokens)
+	}
+	if _, err := xla.ParseKind(c.backend); err != nil {
+		return nil, fmt.Errorf("-backend: %w", err)
+	}
+	if _, err := engine.ParseDType(c.dtype); err != nil {
+		return nil, fmt.Errorf("-dtype: %w", err)
+	}
+	if c.maxChunk < 0 || c.maxContext < 0 {
+		return nil, errors.New("-chunk and -max-context must not be negative")
+	}
+	return c, nil
+}
+
+func (c *config) sampler() model.SamplerConfig {
+	return model.SamplerConfig{Temperature: c.temperature, TopK: c.topK, TopP: c.topP,
+		RepeatPenalty: c.repeatPenalty, RepeatLastN: c.repeatLastN, Seed: c.seed}
+}
+
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	c, err := parseFlags(args, stderr)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "generate: %v\n", err)
+		return 2
+	}
+	if err := c.sampler().Validate(); err != nil {
+		fmt.Fprintf(stderr, "generate: %v\n", err)
+		return 2
+	}
+	kind, _ := xla.ParseKind(c.backend)
+	xla.ReexecWithLibraryPath(xla.Options{Kind: kind, PluginPath: c.plugin})
+
+	prompt := defaultPrompt
+	switch {
+	case c.prompt != "":
+		prompt = c.prompt
+	case c.promptFile == "-":
+		b, err := io.ReadAll(stdin)
+		if err != nil {
+			fmt.Fprintf(stderr, "generate: reading stdin: %v\n", err)
+			return 1
+		}
+		prompt = string(b)
+	case c.promptFile != "":
+		b, err := os.ReadFile(c.promptFile)
+		if err != nil {
+			fmt.Fprintf(stderr, "generate: %v\n", err)
+			return 1
+		}
+		prompt = string(b)
+	}
+	if prompt == "" {
+		fmt.Fprintln(stderr, "generate: the prompt is empty")
+		return 2
+	}
+	dir := c.modelDir
+	if dir == "" {
+		if dir, err = engine.FindDefaultModel(); err != nil {
+			fmt.Fprintf(stderr, "generate: %v\n", err)
+			return 1
+		}
+	}
+	m, err := engine.Open(dir, engine.Options{Backend: kind, PluginPath: c.plugin, DType: c.dtype,
+		MaxChunk: c.maxChunk, MaxContext: c.maxContext, RandomWeights: c.randomWeights})
+	if err != nil {
+		fmt.Fprintf(stderr, "generate: %v\n", err)
+		return 1
+	}
+	defer m.Close()
+	if m.Backend.Note != "" && !c.quiet {
+		fmt.Fprintf(stderr, "generate: note: %s\n", m.Backend.Note)
+	}
+
+	out := bufio.NewWriter(stdout)
+	res, err := m.Generate(ctx, engine.Request{
+		Prompt: prompt, MaxTokens: c.maxTokens, Sampler: c.sampler(), Stop: c.stops, IgnoreEOS: c.ignoreEOS,
+		OnText: func(s string) error {
+			if _, err := out.WriteString(s); err != nil {
+				return err
+			}
+			return out.Flush()
+		},
+	})
+	out.Flush()
+	if res.Text != "" && !strings.HasSuffix(res.Text, "\n") {
+		fmt.Fprintln(stdout)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "generate: %v\n", err)
+		return 1
+	}
+	if !c.quiet {
+		report(stderr, m, res)
+	}
+	return 0
+}
+
+func report(w io.Writer, m *engine.Model, res engine.Response) {
+	weightsNote := ""
+	if m.RandomWeights {
+		weightsNote = " (RANDOM WEIGHTS)"
+	}
+	fmt.Fprintf(w, "backend: %s, dtype %s%s\n", m.Backend.Describe(), m.DType(), weightsNote)
+	fmt.Fprintf(w, "model: %s (%d layers, %.1fM parameters), loaded in %.2fs\n", m.Dir, m.Config.NumHiddenLayers,
+		float64(m.Config.NumParams())/1e6, m.LoadDuration.Seconds())
+	pre := res.PrefillDuration.Seconds()
+	fmt.Fprintf(w, "prompt: %d tokens, prefill %.3fs (%.1f tokens/s, first call includes compilation)\n",
+		res.PromptTokens, pre, float64(res.PromptTokens)/max(pre, 1e-9))
+	dec := res.DecodeDuration.Seconds()
+	fmt.Fprintf(w, "decode: %d tokens in %.3fs (%.1f tokens/s); stop: %s\n", len(res.Tokens), dec,
+		float64(res.DecodeTokens)/max(dec, 1e-9), res.StopReason)
+}

@@ -1,0 +1,261 @@
+// Package engine is what a Go application embeds: open a Hugging Face LLaMA-family model directory,
+// then generate text with a context.Context, streaming tokens as they are produced.
+//
+//	m, err := engine.Open("models/tinycode-llama-16m", engine.Options{})
+//	if err != nil { ... }
+//	defer m.Close()
+//	res, err := m.Generate(ctx, engine.Request{Prompt: "def add(a, b):\n", MaxTokens: 32,
+//		OnText: func(s string) error { fmt.Print(s); return nil }})
+//
+// A Model is safe for concurrent use: every Generate call runs its own sequence (KV cache).
+// The API returns errors, never panics.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/gomlx/compute/dtypes"
+
+	"github.com/squeezeai/sqllm/backend/xla"
+	"github.com/squeezeai/sqllm/llama"
+	"github.com/squeezeai/sqllm/model"
+	"github.com/squeezeai/sqllm/tokenizer"
+	"github.com/squeezeai/sqllm/weights"
+)
+
+// DefaultModel is the bundled model's directory, relative to the repository root.
+const DefaultModel = "models/tinycode-llama-16m"
+
+// Options configure Open.
+type Options struct {
+	// Backend: xla.Auto (default), xla.Go or xla.XLA.
+	Backend xla.Kind
+	// PluginPath names a PJRT CUDA plugin explicitly.
+	PluginPath string
+	// DType is the compute dtype: "f32" or "bf16". Empty: f32 on the pure-Go backend, bf16 on XLA.
+	DType string
+	// MaxChunk is the prefill chunk in tokens (0: 512 on the Go backend, 2048 on XLA).
+	MaxChunk int
+	// MaxContext lowers the context limit below the model's max_position_embeddings (0: the model's).
+	MaxContext int
+	// RandomWeights builds the model from config.json alone, with random weights (benchmarks only).
+	RandomWeights bool
+}
+
+// Model is an opened model: tokenizer, weights on a device, compiled steps.
+type Model struct {
+	Dir       string
+	Config    *llama.Config
+	Tokenizer *tokenizer.Tokenizer
+	Runner    *llama.Runner
+	Backend   *xla.Backend
+	// RandomWeights is true when the weights are random (Options.RandomWeights).
+	RandomWeights bool
+	LoadDuration  time.Duration
+}
+
+// ParseDType validates a -dtype value ("" means automatic).
+func ParseDType(s string) (string, error) {
+	switch strings.ToLower(s) {
+	case "", "auto":
+		return "", nil
+	case "f32", "float32":
+		return "f32", nil
+	case "bf16", "bfloat16":
+		return "bf16", nil
+	}
+	return "", fmt.Errorf("unknown dtype %q (want f32 or bf16)", s)
+}
+
+// Open loads the model in dir (config.json, tokenizer.json and safetensors weights).
+func Open(dir string, opts Options) (m *Model, err error) {
+	defer recoverTo(&err)
+	start := time.Now()
+	if st, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("model directory %s: %w", dir, errors.Unwrap(err))
+	} else if !st.IsDir() {
+		return nil, fmt.Errorf("model directory %s: not a directory", dir)
+	}
+	dt, err := ParseDType(opts.DType)
+	if err != nil {
+		return nil, err
+	}
+	hf, err := weights.ReadConfig(dir)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := llama.NewConfig(hf)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, "config.json"), err)
+	}
+	tok, err := tokenizer.Load(dir)
+	if err != nil {
+		return nil, err
+	}
+	if tok.VocabSize() > cfg.VocabSize {
+		return nil, fmt.Errorf("%s: tokenizer has %d tokens but the model's vocab_size is %d", dir, tok.VocabSize(), cfg.VocabSize)
+	}
+	b, err := xla.New(xla.Options{Kind: opts.Backend, PluginPath: opts.PluginPath})
+	if err != nil {
+		return nil, err
+	}
+	if dt == "" {
+		dt = "f32"
+		if b.Kind == xla.XLA {
+			dt = "bf16"
+		}
+	}
+	dtype := dtypes.Float32
+	if dt == "bf16" {
+		dtype = dtypes.BFloat16
+	}
+	var w *llama.Weights
+	if opts.RandomWeights {
+		w, err = llama.RandomWeights(cfg, dtype, 1)
+	} else {
+		var ckpt *weights.Checkpoint
+		ckpt, err = weights.OpenDir(dir)
+		if err != nil {
+			return nil, err
+		}
+		w, err = llama.LoadWeights(cfg, ckpt, dtype)
+		ckpt.Close()
+	}
+	if err != nil {
+		return nil, err
+	}
+	chunk := opts.MaxChunk
+	if chunk <= 0 {
+		chunk = 512
+		if b.Kind == xla.XLA {
+			chunk = 2048
+		}
+	}
+	r, err := llama.NewRunner(b.Backend, cfg, w, llama.Options{MaxChunk: chunk, MaxLen: opts.MaxContext})
+	if err != nil {
+		return nil, err
+	}
+	return &Model{Dir: dir, Config: cfg, Tokenizer: tok, Runner: r, Backend: b,
+		RandomWeights: opts.RandomWeights, LoadDuration: time.Since(start)}, nil
+}
+
+// Close releases the device memory.
+func (m *Model) Close() error {
+	if m == nil || m.Runner == nil {
+		return nil
+	}
+	err := m.Runner.Close()
+	m.Runner = nil
+	return err
+}
+
+// DType is the compute dtype name ("f32" or "bf16").
+func (m *Model) DType() string {
+	if m.Runner.DType() == dtypes.BFloat16 {
+		return "bf16"
+	}
+	return "f32"
+}
+
+// Request is one generation request.
+type Request struct {
+	Prompt string // text; the tokenizer's post-processor adds BOS
+	// PromptTokens, when set, is used instead of Prompt.
+	PromptTokens []int
+	MaxTokens    int // new tokens (default 128)
+	Sampler      model.SamplerConfig
+	Stop         []string // stop strings
+	// IgnoreEOS keeps generating past the end-of-sequence token.
+	IgnoreEOS bool
+	// OnText receives text as soon as it is final (never half a UTF-8 character); an error aborts.
+	OnText func(text string) error
+}
+
+// Response is the result of Generate.
+type Response = model.Result
+
+// Encode tokenizes text as a prompt (with BOS as the tokenizer's post-processor says).
+func (m *Model) Encode(text string) []int { return m.Tokenizer.Encode(text, true) }
+
+// Generate runs the prompt and samples up to MaxTokens new tokens, stopping at EOS or a stop string.
+func (m *Model) Generate(ctx context.Context, req Request) (res Response, err error) {
+	defer recoverTo(&err)
+	if m.Runner == nil {
+		return res, errors.New("engine: model is closed")
+	}
+	prompt := req.PromptTokens
+	if prompt == nil {
+		prompt = m.Encode(req.Prompt)
+	}
+	if req.MaxTokens == 0 {
+		req.MaxTokens = 128
+	}
+	if req.MaxTokens < 0 {
+		return res, fmt.Errorf("engine: max tokens %d must be positive", req.MaxTokens)
+	}
+	if err := req.Sampler.Validate(); err != nil {
+		return res, err
+	}
+	if len(prompt) > m.Runner.MaxLen() {
+		return res, fmt.Errorf("engine: %w: the prompt has %d tokens, the model's context is %d",
+			model.ErrContextTooLong, len(prompt), m.Runner.MaxLen())
+	}
+	seq := m.Runner.NewSequence()
+	defer seq.Close()
+	opts := model.GenerateOptions{
+		MaxTokens:   req.MaxTokens,
+		Sampler:     req.Sampler,
+		StopStrings: req.Stop,
+		OnText:      req.OnText,
+	}
+	if !req.IgnoreEOS {
+		opts.StopTokens = m.EOSTokens()
+	}
+	return model.Generate(ctx, seq, prompt, m.Tokenizer.NewStreamDecoder(true), opts)
+}
+
+// EOSTokens are the ids that end generation: config.json's eos_token_id (and generation_config.json's).
+func (m *Model) EOSTokens() []int {
+	return m.Config.EOSTokenIDs
+}
+
+// recoverTo turns a panic escaping the library into an error: the public API never panics.
+func recoverTo(err *error) {
+	if p := recover(); p != nil {
+		*err = fmt.Errorf("engine: internal error: %v\n%s", p, debug.Stack())
+	}
+}
+
+// FindDefaultModel locates the bundled model: $SQLLM_MODEL, then DefaultModel under the current
+// directory or any parent, then next to the executable.
+func FindDefaultModel() (string, error) {
+	if d := os.Getenv("SQLLM_MODEL"); d != "" {
+		return d, nil
+	}
+	var roots []string
+	if wd, err := os.Getwd(); err == nil {
+		roots = append(roots, wd)
+	}
+	if exe, err := os.Executable(); err == nil {
+		roots = append(roots, filepath.Dir(exe))
+	}
+	for _, root := range roots {
+		for d := root; ; d = filepath.Dir(d) {
+			p := filepath.Join(d, DefaultModel)
+			if st, err := os.Stat(filepath.Join(p, "config.json")); err == nil && !st.IsDir() {
+				return p, nil
+			}
+			if filepath.Dir(d) == d {
+				break
+			}
+		}
+	}
+	return "", fmt.Errorf("the bundled model %s was not found under the current directory or the executable's; pass -model DIR", DefaultModel)
+}

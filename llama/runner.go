@@ -1,0 +1,466 @@
+package llama
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/gomlx/compute"
+	"github.com/gomlx/compute/dtypes"
+	"github.com/gomlx/compute/shapes"
+	"github.com/gomlx/gomlx/core/graph"
+	"github.com/gomlx/gomlx/core/tensors"
+
+	"github.com/squeezeai/sqllm/model"
+)
+
+// Options tune how a Runner executes the model.
+type Options struct {
+	// MaxChunk is the largest number of tokens one prefill step processes (a power of two). Default 512.
+	MaxChunk int
+	// DynBlock is the capacity granule of a sequence's dynamic segment. Default 128.
+	DynBlock int
+	// CtxGranule: context capacities are powers of two up to it, then multiples of it. Default 512.
+	CtxGranule int
+	// MaxLen overrides the context limit (default Config.MaxPositionEmbeddings).
+	MaxLen int
+}
+
+func (o *Options) setDefaults() {
+	if o.MaxChunk <= 0 {
+		o.MaxChunk = 512
+	}
+	o.MaxChunk = nextPow2(o.MaxChunk)
+	if o.DynBlock <= 0 {
+		o.DynBlock = 128
+	}
+	if o.CtxGranule <= 0 {
+		o.CtxGranule = 512
+	}
+}
+
+// Runner executes one model on one backend device. It is safe for concurrent use by many Sequences.
+type Runner struct {
+	cfg     *Config
+	backend compute.Backend
+	weights *Weights
+	opts    Options
+	maxLen  int
+
+	stepLast, stepAll *graph.Exec
+
+	mu     sync.Mutex
+	writes map[int]*graph.Exec // by output capacity
+	zeros  map[int]*kvTensors  // read-only zero buffers by capacity
+}
+
+// kvTensors are per-layer key and value buffers [numKVHeads, capacity, headDim].
+type kvTensors struct {
+	k, v []*tensors.Tensor
+}
+
+func (kv *kvTensors) capacity() int {
+	if kv == nil || len(kv.k) == 0 {
+		return 0
+	}
+	return kv.k[0].Shape().Dimensions[1]
+}
+
+func (kv *kvTensors) finalize() {
+	if kv == nil {
+		return
+	}
+	for _, t := range append(kv.k, kv.v...) {
+		t.FinalizeAll()
+	}
+}
+
+// NewRunner moves the weights to the backend's device and prepares the compiled steps.
+func NewRunner(backend compute.Backend, cfg *Config, w *Weights, opts Options) (*Runner, error) {
+	opts.setDefaults()
+	r := &Runner{cfg: cfg, backend: backend, weights: w, opts: opts,
+		writes: map[int]*graph.Exec{}, zeros: map[int]*kvTensors{}}
+	r.maxLen = cfg.MaxPositionEmbeddings
+	if opts.MaxLen > 0 {
+		r.maxLen = opts.MaxLen
+	}
+	for _, t := range w.Tensors {
+		if err := t.MaterializeOnDevice(backend, false, 0); err != nil {
+			return nil, fmt.Errorf("llama: moving weights to %s: %w", backend.Name(), err)
+		}
+		t.FinalizeLocal()
+	}
+	var err error
+	if r.stepLast, err = r.newStepExec(false); err != nil {
+		return nil, err
+	}
+	if r.stepAll, err = r.newStepExec(true); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Config returns the model's blueprint.
+func (r *Runner) Config() *Config { return r.cfg }
+
+// Backend returns the backend the runner executes on.
+func (r *Runner) Backend() compute.Backend { return r.backend }
+
+// DType is the compute dtype (the weights', activations' and KV cache's).
+func (r *Runner) DType() dtypes.DType { return r.weights.DType }
+
+// MaxLen is the context limit of a sequence.
+func (r *Runner) MaxLen() int { return r.maxLen }
+
+// Close releases the device weights.
+func (r *Runner) Close() error {
+	for _, t := range r.weights.Tensors {
+		t.FinalizeAll()
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, z := range r.zeros {
+		z.finalize()
+	}
+	return nil
+}
+
+const maxCompiled = 256
+
+func (r *Runner) newStepExec(allLogits bool) (*graph.Exec, error) {
+	c := r.cfg
+	nw := len(r.weights.Tensors)
+	L := c.NumHiddenLayers
+	fn := func(g *graph.Graph, in []*graph.Node) []*graph.Node {
+		w := unpackWeights(c, in[:nw])
+		rest := in[nw:]
+		s := stepInputs{
+			invFreq: rest[0], tokens: rest[1], ctxLen: rest[2], dynLen: rest[3], nValid: rest[4],
+			allLogits: allLogits,
+		}
+		kv := rest[5:]
+		s.ctxK, s.ctxV, s.dynK, s.dynV = kv[:L], kv[L:2*L], kv[2*L:3*L], kv[3*L:4*L]
+		logits, dynK, dynV := forward(c, w, s)
+		return append(append([]*graph.Node{logits}, dynK...), dynV...)
+	}
+	name := "step"
+	if allLogits {
+		name = "step_all_logits"
+	}
+	e, err := graph.NewExec(r.backend, fn)
+	if err != nil {
+		return nil, err
+	}
+	return e.WithName(name).SetMaxCache(maxCompiled), nil
+}
+
+// writeExec returns the executable that writes rows into a KV buffer, growing it to capacity.
+func (r *Runner) writeExec(capacity int) (*graph.Exec, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e, ok := r.writes[capacity]; ok {
+		return e, nil
+	}
+	L := r.cfg.NumHiddenLayers
+	fn := func(g *graph.Graph, in []*graph.Node) []*graph.Node {
+		dst, src := in[:2*L], in[2*L:4*L]
+		off, count := in[4*L], in[4*L+1]
+		out := make([]*graph.Node, 2*L)
+		for i := range out {
+			d := dst[i]
+			if have := d.Shape().Dimensions[1]; have < capacity {
+				dims := d.Shape().Clone().Dimensions
+				dims[1] = capacity - have
+				d = graph.Concatenate([]*graph.Node{d, graph.Zeros(g, shapes.Make(d.DType(), dims...))}, 1)
+			}
+			out[i] = writeRows(d, src[i], off, count)
+		}
+		return out
+	}
+	e, err := graph.NewExec(r.backend, fn)
+	if err != nil {
+		return nil, err
+	}
+	e = e.WithName(fmt.Sprintf("write_kv_%d", capacity)).SetMaxCache(maxCompiled)
+	r.writes[capacity] = e
+	return e, nil
+}
+
+// zeroKV returns shared read-only zero KV buffers of the given capacity.
+func (r *Runner) zeroKV(capacity int) *kvTensors {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if z, ok := r.zeros[capacity]; ok {
+		return z
+	}
+	z := r.newKV(capacity)
+	r.zeros[capacity] = z
+	return z
+}
+
+func (r *Runner) newKV(capacity int) *kvTensors {
+	c := r.cfg
+	kv := &kvTensors{}
+	for range c.NumHiddenLayers {
+		kv.k = append(kv.k, tensors.FromShape(shapes.Make(r.weights.DType, c.NumKeyValueHeads, capacity, c.HeadDim)))
+		kv.v = append(kv.v, tensors.FromShape(shapes.Make(r.weights.DType, c.NumKeyValueHeads, capacity, c.HeadDim)))
+	}
+	return kv
+}
+
+// ctxCapacity rounds a context length up to a bucket: powers of two up to CtxGranule, then multiples of it.
+func (r *Runner) ctxCapacity(n int) int {
+	g := r.opts.CtxGranule
+	if n <= g {
+		return max(16, nextPow2(n))
+	}
+	return (n + g - 1) / g * g
+}
+
+func nextPow2(n int) int {
+	p := 1
+	for p < n {
+		p <<= 1
+	}
+	return p
+}
+
+// Sequence is the state of one running sequence: its KV cache in two segments (see graph.go). It
+// implements model.Sequence. A Sequence is used by one goroutine at a time.
+type Sequence struct {
+	r      *Runner
+	ctx    *kvTensors // fixed context, read only once written
+	ctxLen int
+	shared bool // ctx belongs to someone else (a cached prefix): never written or freed here
+	dyn    *kvTensors
+	dynLen int
+	closed bool
+}
+
+var _ model.Sequence = (*Sequence)(nil)
+
+// NewSequence starts an empty sequence.
+func (r *Runner) NewSequence() *Sequence { return &Sequence{r: r} }
+
+// Len is the number of tokens in the sequence.
+func (s *Sequence) Len() int { return s.ctxLen + s.dynLen }
+
+// MaxLen is the context limit.
+func (s *Sequence) MaxLen() int { return s.r.maxLen }
+
+// Close releases the sequence's device buffers.
+func (s *Sequence) Close() error {
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	if !s.shared {
+		s.ctx.finalize()
+	}
+	s.dyn.finalize()
+	s.ctx, s.dyn = nil, nil
+	return nil
+}
+
+// ErrClosed is returned when a closed sequence is used.
+var ErrClosed = errors.New("llama: sequence is closed")
+
+// Append feeds tokens and returns the logits after the last one.
+func (s *Sequence) Append(ctx context.Context, tokens []int) ([]float32, error) {
+	out, err := s.append(ctx, tokens, false)
+	if err != nil {
+		return nil, err
+	}
+	return out[len(out)-1], nil
+}
+
+// AppendAllLogits feeds tokens and returns the logits at every one of their positions.
+func (s *Sequence) AppendAllLogits(ctx context.Context, tokens []int) ([][]float32, error) {
+	return s.append(ctx, tokens, true)
+}
+
+func (s *Sequence) append(ctx context.Context, tokens []int, allLogits bool) (logits [][]float32, err error) {
+	if s.closed {
+		return nil, ErrClosed
+	}
+	if len(tokens) == 0 {
+		return nil, errors.New("llama: no tokens to append")
+	}
+	if s.Len()+len(tokens) > s.r.maxLen {
+		return nil, fmt.Errorf("llama: %w: %d tokens in the sequence + %d new > %d", model.ErrContextTooLong,
+			s.Len(), len(tokens), s.r.maxLen)
+	}
+	for _, t := range tokens {
+		if t < 0 || t >= s.r.cfg.VocabSize {
+			return nil, fmt.Errorf("llama: token id %d outside the vocabulary [0, %d)", t, s.r.cfg.VocabSize)
+		}
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("llama: step failed: %v", p)
+		}
+	}()
+	// An empty sequence that owns its context prefills straight into the fixed-context segment; anything
+	// after that goes to the dynamic segment.
+	intoCtx := s.Len() == 0 && !s.shared
+	for len(tokens) > 0 {
+		if err := ctx.Err(); err != nil {
+			return logits, fmt.Errorf("llama: %w", err)
+		}
+		n := min(len(tokens), s.r.opts.MaxChunk)
+		var out [][]float32
+		if intoCtx {
+			out, err = s.prefillChunk(tokens[:n], allLogits)
+		} else {
+			out, err = s.dynChunk(tokens[:n], allLogits)
+		}
+		if err != nil {
+			return logits, err
+		}
+		if allLogits {
+			logits = append(logits, out...)
+		} else {
+			logits = out
+		}
+		tokens = tokens[n:]
+	}
+	return logits, nil
+}
+
+// prefillChunk runs n tokens attending to the fixed context and appends their keys/values to it.
+func (s *Sequence) prefillChunk(tokens []int, allLogits bool) ([][]float32, error) {
+	r := s.r
+	nb := nextPow2(len(tokens))
+	if s.ctx == nil {
+		s.ctx = r.newKV(r.ctxCapacity(1))
+	}
+	logits, chunk, err := s.step(tokens, nb, s.ctx, s.ctxLen, r.zeroKV(nb), 0, allLogits)
+	if err != nil {
+		return nil, err
+	}
+	defer chunk.finalize()
+	newCtx, err := r.writeKV(s.ctx, chunk, s.ctxLen, len(tokens), r.ctxCapacity(s.ctxLen+len(tokens)))
+	if err != nil {
+		return nil, err
+	}
+	s.ctx.finalize()
+	s.ctx = newCtx
+	s.ctxLen += len(tokens)
+	return logits, nil
+}
+
+// dynChunk runs n tokens into the dynamic segment, making room first.
+func (s *Sequence) dynChunk(tokens []int, allLogits bool) ([][]float32, error) {
+	r := s.r
+	nb := nextPow2(len(tokens))
+	if s.dynLen+nb > s.dyn.capacity() {
+		if !s.shared && s.dynLen > 0 {
+			// Fold the dynamic segment into our own context so the per-step rewrite stays small.
+			newCtx, err := r.writeKV(s.ctx, s.dyn, s.ctxLen, s.dynLen, r.ctxCapacity(s.ctxLen+s.dynLen))
+			if err != nil {
+				return nil, err
+			}
+			s.ctx.finalize()
+			s.ctx, s.ctxLen = newCtx, s.ctxLen+s.dynLen
+			s.dynLen = 0
+		}
+		need := s.dynLen + nb
+		capacity := (need + r.opts.DynBlock - 1) / r.opts.DynBlock * r.opts.DynBlock
+		if s.dynLen == 0 {
+			s.dyn.finalize()
+			s.dyn = r.newKV(capacity)
+		} else {
+			grown, err := r.writeKV(s.dyn, s.dyn, 0, 0, capacity)
+			if err != nil {
+				return nil, err
+			}
+			s.dyn.finalize()
+			s.dyn = grown
+		}
+	}
+	if s.ctx == nil {
+		s.ctx = r.newKV(r.ctxCapacity(1))
+	}
+	logits, newDyn, err := s.step(tokens, nb, s.ctx, s.ctxLen, s.dyn, s.dynLen, allLogits)
+	if err != nil {
+		return nil, err
+	}
+	s.dyn.finalize()
+	s.dyn = newDyn
+	s.dynLen += len(tokens)
+	return logits, nil
+}
+
+// step executes one compiled forward step over len(tokens) tokens padded to nb.
+func (s *Sequence) step(tokens []int, nb int, ctxKV *kvTensors, ctxLen int, dynKV *kvTensors, dynLen int,
+	allLogits bool) ([][]float32, *kvTensors, error) {
+	r := s.r
+	c := r.cfg
+	ids := make([]int32, nb)
+	for i, t := range tokens {
+		ids[i] = int32(t)
+	}
+	maxPos := ctxLen + dynLen + len(tokens) - 1
+	args := make([]any, 0, len(r.weights.Tensors)+5+4*c.NumHiddenLayers)
+	for _, t := range r.weights.Tensors {
+		args = append(args, t)
+	}
+	args = append(args, c.InvFreq(maxPos), ids, int32(ctxLen), int32(dynLen), int32(len(tokens)))
+	for _, t := range ctxKV.k {
+		args = append(args, t)
+	}
+	for _, t := range ctxKV.v {
+		args = append(args, t)
+	}
+	for _, t := range dynKV.k {
+		args = append(args, t)
+	}
+	for _, t := range dynKV.v {
+		args = append(args, t)
+	}
+	exec := r.stepLast
+	if allLogits {
+		exec = r.stepAll
+	}
+	out, err := exec.Call(args...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("llama: step over %d tokens: %w", len(tokens), err)
+	}
+	L := c.NumHiddenLayers
+	newDyn := &kvTensors{k: out[1 : 1+L], v: out[1+L : 1+2*L]}
+	flat, err := tensors.CopyFlatData[float32](out[0])
+	out[0].FinalizeAll()
+	if err != nil {
+		newDyn.finalize()
+		return nil, nil, err
+	}
+	var logits [][]float32
+	if allLogits {
+		for i := range tokens {
+			logits = append(logits, flat[i*c.VocabSize:(i+1)*c.VocabSize])
+		}
+	} else {
+		logits = [][]float32{flat}
+	}
+	return logits, newDyn, nil
+}
+
+// writeKV writes src rows [0, count) at dst rows [off, off+count), in a new buffer of the given capacity.
+func (r *Runner) writeKV(dst, src *kvTensors, off, count, capacity int) (*kvTensors, error) {
+	e, err := r.writeExec(capacity)
+	if err != nil {
+		return nil, err
+	}
+	L := r.cfg.NumHiddenLayers
+	args := make([]any, 0, 4*L+2)
+	for _, t := range append(append(append(append([]*tensors.Tensor{}, dst.k...), dst.v...), src.k...), src.v...) {
+		args = append(args, t)
+	}
+	args = append(args, int32(off), int32(count))
+	out, err := e.Call(args...)
+	if err != nil {
+		return nil, fmt.Errorf("llama: writing KV cache: %w", err)
+	}
+	return &kvTensors{k: out[:L], v: out[L:]}, nil
+}

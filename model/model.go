@@ -1,0 +1,36 @@
+package model
+
+import (
+	"context"
+	"errors"
+)
+
+// Sequence is one running sequence of a language model: its state (KV cache)
+// grows as tokens are appended.
+//
+// A Sequence is not safe for concurrent use.
+type Sequence interface {
+	// Append feeds tokens at the end of the sequence (the prompt in one call,
+	// or one generated token) and returns the logits (len = vocab) of the
+	// position after the last appended token. It must honour ctx
+	// cancellation (returning ctx.Err() wrapped).
+	Append(ctx context.Context, tokens []int) ([]float32, error)
+	// Len is the number of tokens in the sequence so far.
+	Len() int
+	// MaxLen is the model's context limit (max tokens the sequence may hold).
+	MaxLen() int
+	// Close releases device memory.
+	Close() error
+}
+
+// TextDecoder streams text for generated tokens (implemented by
+// tokenizer.StreamDecoder): Push never returns half a UTF-8 character; Flush
+// returns whatever is still buffered at the end of the stream.
+type TextDecoder interface {
+	Push(id int) string
+	Flush() string
+}
+
+// ErrContextTooLong is returned (wrapped, with the numbers) when a prompt does
+// not fit in the free part of a sequence's context. Test with errors.Is.
+var ErrContextTooLong = errors.New("prompt plus requested tokens exceed the model's context")
