@@ -13,11 +13,13 @@ package engine
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 
@@ -47,6 +49,13 @@ type Options struct {
 	MaxContext int
 	// RandomWeights builds the model from config.json alone, with random weights (benchmarks only).
 	RandomWeights bool
+	// CacheDir is the directory of the on-disk prefix cache: "" = the per-user default
+	// (prefixcache.DefaultDir: $SQLLM_CACHE_DIR or the user cache directory), "-" = no disk cache.
+	CacheDir string
+	// NoCache disables prefix caching altogether (every fixed context is recomputed).
+	NoCache bool
+	// MemoryCacheBytes is the byte budget of prefixes kept in device memory while unused (default 2 GiB).
+	MemoryCacheBytes int64
 }
 
 // Model is an opened model: tokenizer, weights on a device, compiled steps.
@@ -59,6 +68,8 @@ type Model struct {
 	// RandomWeights is true when the weights are random (Options.RandomWeights).
 	RandomWeights bool
 	LoadDuration  time.Duration
+	eos           []int
+	cache         *cacheState
 }
 
 // ParseDType validates a -dtype value ("" means automatic).
@@ -142,14 +153,23 @@ func Open(dir string, opts Options) (m *Model, err error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Model{Dir: dir, Config: cfg, Tokenizer: tok, Runner: r, Backend: b,
-		RandomWeights: opts.RandomWeights, LoadDuration: time.Since(start)}, nil
+	m = &Model{Dir: dir, Config: cfg, Tokenizer: tok, Runner: r, Backend: b, eos: readEOS(dir, cfg, tok),
+		RandomWeights: opts.RandomWeights}
+	if err := m.initCache(opts); err != nil {
+		r.Close()
+		return nil, err
+	}
+	m.LoadDuration = time.Since(start)
+	return m, nil
 }
 
 // Close releases the device memory.
 func (m *Model) Close() error {
 	if m == nil || m.Runner == nil {
 		return nil
+	}
+	if m.cache != nil {
+		m.cache.mem.Purge()
 	}
 	err := m.Runner.Close()
 	m.Runner = nil
@@ -209,6 +229,17 @@ func (m *Model) Generate(ctx context.Context, req Request) (res Response, err er
 	}
 	seq := m.Runner.NewSequence()
 	defer seq.Close()
+	return m.generate(ctx, seq, prompt, req)
+}
+
+// generate runs the generate loop on a sequence.
+func (m *Model) generate(ctx context.Context, seq model.Sequence, prompt []int, req Request) (Response, error) {
+	if req.MaxTokens == 0 {
+		req.MaxTokens = 128
+	}
+	if req.MaxTokens < 0 {
+		return Response{}, fmt.Errorf("engine: max tokens %d must be positive", req.MaxTokens)
+	}
 	opts := model.GenerateOptions{
 		MaxTokens:   req.MaxTokens,
 		Sampler:     req.Sampler,
@@ -221,9 +252,32 @@ func (m *Model) Generate(ctx context.Context, req Request) (res Response, err er
 	return model.Generate(ctx, seq, prompt, m.Tokenizer.NewStreamDecoder(true), opts)
 }
 
-// EOSTokens are the ids that end generation: config.json's eos_token_id (and generation_config.json's).
-func (m *Model) EOSTokens() []int {
-	return m.Config.EOSTokenIDs
+// EOSTokens are the ids that end generation: config.json's eos_token_id, generation_config.json's, and the
+// tokenizer's eos_token.
+func (m *Model) EOSTokens() []int { return m.eos }
+
+// readEOS collects the end-of-sequence ids from every place a hub checkpoint may declare them.
+func readEOS(dir string, cfg *llama.Config, tok *tokenizer.Tokenizer) []int {
+	ids := slices.Clone(cfg.EOSTokenIDs)
+	if b, err := os.ReadFile(filepath.Join(dir, "generation_config.json")); err == nil {
+		var gc struct {
+			EOS json.RawMessage `json:"eos_token_id"`
+		}
+		if json.Unmarshal(b, &gc) == nil {
+			var one int
+			var many []int
+			if json.Unmarshal(gc.EOS, &one) == nil {
+				ids = append(ids, one)
+			} else if json.Unmarshal(gc.EOS, &many) == nil {
+				ids = append(ids, many...)
+			}
+		}
+	}
+	if id, ok := tok.EOS(); ok {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return slices.Compact(ids)
 }
 
 // recoverTo turns a panic escaping the library into an error: the public API never panics.

@@ -19,7 +19,7 @@ import (
 const bundled = "../" + DefaultModel
 
 var openBundled = sync.OnceValues(func() (*Model, error) {
-	return Open(bundled, Options{Backend: xla.Go})
+	return Open(bundled, Options{Backend: xla.Go, CacheDir: "-"})
 })
 
 func bundledModel(t *testing.T) *Model {

@@ -58,7 +58,7 @@ func testBackend(t testing.TB) compute.Backend {
 	if xlaErr != nil {
 		t.Fatal(xlaErr)
 	}
-	return xlaBackend
+	return xlaBackend.Backend
 }
 
 var (

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/gomlx/compute"
@@ -235,7 +236,10 @@ type Sequence struct {
 	shared bool // ctx belongs to someone else (a cached prefix): never written or freed here
 	dyn    *kvTensors
 	dynLen int
-	closed bool
+	// pending tokens belong to the sequence but are not computed yet: they go before the next Append's
+	// (a prefix's last context token).
+	pending []int
+	closed  bool
 }
 
 var _ model.Sequence = (*Sequence)(nil)
@@ -244,7 +248,7 @@ var _ model.Sequence = (*Sequence)(nil)
 func (r *Runner) NewSequence() *Sequence { return &Sequence{r: r} }
 
 // Len is the number of tokens in the sequence.
-func (s *Sequence) Len() int { return s.ctxLen + s.dynLen }
+func (s *Sequence) Len() int { return s.ctxLen + s.dynLen + len(s.pending) }
 
 // MaxLen is the context limit.
 func (s *Sequence) MaxLen() int { return s.r.maxLen }
@@ -261,6 +265,14 @@ func (s *Sequence) Close() error {
 	s.dyn.finalize()
 	s.ctx, s.dyn = nil, nil
 	return nil
+}
+
+// TakePending returns the tokens that belong to the sequence but are not computed yet (a prefix's last
+// context token) and removes them, so the caller can feed them itself at the head of its next Append.
+func (s *Sequence) TakePending() []int {
+	p := s.pending
+	s.pending = nil
+	return p
 }
 
 // ErrClosed is returned when a closed sequence is used.
@@ -301,6 +313,19 @@ func (s *Sequence) append(ctx context.Context, tokens []int, allLogits bool) (lo
 			err = fmt.Errorf("llama: step failed: %v", p)
 		}
 	}()
+	if len(s.pending) > 0 {
+		skip, before := len(s.pending), s.ctxLen+s.dynLen
+		tokens = append(slices.Clone(s.pending), tokens...)
+		s.pending = nil
+		defer func() {
+			if err != nil && s.ctxLen+s.dynLen == before {
+				s.pending = tokens[:skip] // nothing was computed: the sequence is unchanged
+			}
+			if allLogits && len(logits) >= skip {
+				logits = logits[skip:]
+			}
+		}()
+	}
 	// An empty sequence that owns its context prefills straight into the fixed-context segment; anything
 	// after that goes to the dynamic segment.
 	intoCtx := s.Len() == 0 && !s.shared

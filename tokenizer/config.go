@@ -232,7 +232,7 @@ func parsePreTokenizer(raw json.RawMessage, opts buildOptions) (preTokenizer, er
 	case "Metaspace":
 		rep, scheme, split, err := parseMetaspace(raw)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("pre_tokenizer: %v", err)
 		}
 		return newMetaspacePre(rep, scheme, split), nil
 	case "Digits":
@@ -332,6 +332,10 @@ func parseMetaspace(raw json.RawMessage) (rep rune, scheme int, split bool, err 
 
 // ---- model ----
 
+// maxTokenID bounds token ids, so that a corrupt file cannot make the
+// id-indexed tables huge.
+const maxTokenID = 1<<24 - 1
+
 // modelJSON is the "model" object of tokenizer.json.
 type modelJSON struct {
 	Type                    string          `json:"type"`
@@ -344,6 +348,10 @@ type modelJSON struct {
 	IgnoreMerges            bool            `json:"ignore_merges"`
 	Vocab                   map[string]int  `json:"vocab"`
 	Merges                  json.RawMessage `json:"merges"`
+
+	// Set by the fast JSON path instead of Merges.
+	parsedMerges    [][2]string
+	hasParsedMerges bool
 }
 
 func parseModel(v *modelJSON, opts buildOptions) (*bpeModel, error) {
@@ -368,8 +376,8 @@ func parseModel(v *modelJSON, opts buildOptions) (*bpeModel, error) {
 		cache:        newWordCache(opts.cacheCapacity),
 	}
 	for tok, id := range v.Vocab {
-		if id < 0 {
-			return nil, fmt.Errorf("model: token %q has negative id %d", tok, id)
+		if id < 0 || id > maxTokenID {
+			return nil, fmt.Errorf("model: token %q has id %d, outside 0..%d", tok, id, maxTokenID)
 		}
 	}
 	if v.ContinuingSubwordPrefix != nil {
@@ -391,11 +399,14 @@ func parseModel(v *modelJSON, opts buildOptions) (*bpeModel, error) {
 			m.byteTokIDs[b] = id
 		}
 	}
-	merges, err := parseMerges(v.Merges)
-	if err != nil {
-		return nil, err
+	merges, err := v.parsedMerges, error(nil)
+	if !v.hasParsedMerges {
+		if merges, err = parseMerges(v.Merges); err != nil {
+			return nil, err
+		}
 	}
 	m.merges = make(map[uint64]uint64, len(merges))
+	var buf []byte
 	for rank, mg := range merges {
 		a, b := mg[0], mg[1]
 		aID, ok := v.Vocab[a]
@@ -409,9 +420,10 @@ func parseModel(v *modelJSON, opts buildOptions) (*bpeModel, error) {
 		if len(b) < len(m.prefix) {
 			return nil, fmt.Errorf("model: merge %d (%q %q): second token is shorter than continuing_subword_prefix", rank, a, b)
 		}
-		merged := a + b[len(m.prefix):]
-		newID, ok := v.Vocab[merged]
+		buf = append(append(buf[:0], a...), b[len(m.prefix):]...)
+		newID, ok := v.Vocab[string(buf)]
 		if !ok {
+			merged := string(buf)
 			return nil, fmt.Errorf("model: merge %d (%q %q) produces %q, which is not in the vocabulary", rank, a, b, merged)
 		}
 		m.merges[pairKey(int32(aID), int32(bID))] = uint64(rank)<<32 | uint64(uint32(newID))

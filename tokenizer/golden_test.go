@@ -32,6 +32,12 @@ var goldenSets = []goldenSet{
 	{"tinycode", "../models/tinycode-llama-16m/tokenizer.json", "testdata/golden-tinycode.jsonl.gz"},
 }
 
+// raceEnabled is set when testing with -race; the slowest tests then do less.
+var raceEnabled bool
+
+// quick reports whether the slowest tests should cut their work down.
+func quick() bool { return raceEnabled || testing.Short() }
+
 var (
 	loadMu    sync.Mutex
 	loadCache = map[string]*Tokenizer{}

@@ -36,6 +36,15 @@
 // equivalent hand-written scanners, which are much faster on long inputs.
 // BPE results are kept in a bounded per-word cache. A Tokenizer is safe for
 // concurrent use by multiple goroutines.
+//
+// Not supported: pair encodings, offsets, truncation and padding (ignored),
+// BPE dropout (ignored), and models other than BPE. Known differences from
+// the Rust library, all outside the golden tests: Metaspace's
+// prepend_scheme "first" treats a piece as starting the input even if a Strip
+// normalizer removed leading characters; regexes other than the three
+// recognised patterns follow .NET (regexp2) rather than Oniguruma semantics,
+// which differ in rare corners (for example (?i)s does not match U+017F in
+// regexp2; the scanners match it, as Oniguruma does).
 package tokenizer
 
 import (
@@ -81,6 +90,7 @@ type Tokenizer struct {
 // buildOptions tunes Parse for tests.
 type buildOptions struct {
 	noFastScan    bool // use regexp2 even for the well-known split patterns
+	noFastJSON    bool // decode with encoding/json only
 	cacheCapacity int
 }
 
@@ -148,26 +158,14 @@ func Parse(data []byte) (*Tokenizer, error) {
 }
 
 func parse(data []byte, opts buildOptions) (*Tokenizer, error) {
-	var tj tokenizerJSON
-	if err := json.Unmarshal(data, &tj); err != nil {
-		// Either the JSON is malformed, or some part does not have the shape
-		// expected (for example the model of an unsupported type).
-		var loose struct {
-			Model json.RawMessage `json:"model"`
-		}
-		if json.Unmarshal(data, &loose) != nil {
-			return nil, fmt.Errorf("invalid JSON: %v", err)
-		}
-		if typ, _ := componentType(loose.Model); typ != "BPE" && typ != "" {
-			return nil, unsupportedModel(typ)
-		}
-		return nil, fmt.Errorf("invalid tokenizer.json: %v", err)
+	tj, err := decodeJSON(data, opts)
+	if err != nil {
+		return nil, err
 	}
 	if tj.Model == nil {
 		return nil, errors.New(`missing "model"`)
 	}
 	t := &Tokenizer{}
-	var err error
 	if t.model, err = parseModel(tj.Model, opts); err != nil {
 		return nil, err
 	}
@@ -206,6 +204,32 @@ func parse(data []byte, opts buildOptions) (*Tokenizer, error) {
 	t.model.setupSplitBefore()
 	t.setupDecoding()
 	return t, nil
+}
+
+// decodeJSON reads the top level of tokenizer.json, through the fast path
+// when possible.
+func decodeJSON(data []byte, opts buildOptions) (*tokenizerJSON, error) {
+	if !opts.noFastJSON {
+		if tj, err := fastParse(data); err == nil {
+			return tj, nil
+		}
+	}
+	var tj tokenizerJSON
+	if err := json.Unmarshal(data, &tj); err != nil {
+		// Either the JSON is malformed, or some part does not have the shape
+		// expected (for example the model of an unsupported type).
+		var loose struct {
+			Model json.RawMessage `json:"model"`
+		}
+		if json.Unmarshal(data, &loose) != nil {
+			return nil, fmt.Errorf("invalid JSON: %v", err)
+		}
+		if typ, _ := componentType(loose.Model); typ != "BPE" && typ != "" {
+			return nil, unsupportedModel(typ)
+		}
+		return nil, fmt.Errorf("invalid tokenizer.json: %v", err)
+	}
+	return &tj, nil
 }
 
 // setupByteLevel defers the byte-to-rune mapping of a final ByteLevel
@@ -251,8 +275,8 @@ func (t *Tokenizer) buildVocab(added []addedToken) error {
 		size = max(size, id+1)
 	}
 	for _, a := range added {
-		if a.ID < 0 {
-			return fmt.Errorf("added token %q has negative id %d", a.Content, a.ID)
+		if a.ID < 0 || a.ID > maxTokenID {
+			return fmt.Errorf("added token %q has id %d, outside 0..%d", a.Content, a.ID, maxTokenID)
 		}
 		size = max(size, a.ID+1)
 	}

@@ -2,6 +2,7 @@ package tokenizer
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -90,19 +91,20 @@ func TestInvalidUTF8(t *testing.T) {
 }
 
 func TestConcurrentEncode(t *testing.T) {
-	var cases []goldenCase
-	tk := loadTokenizer(t, "qwen3")
-	cases = loadGolden(t, "testdata/golden-qwen3.jsonl.gz")
+	fast := loadTokenizer(t, "qwen3")
+	slow := withoutFastScan(fast) // regexp2 shared by all goroutines
+	cases := loadGolden(t, "testdata/golden-qwen3.jsonl.gz")
 	workers := 16
-	if testing.Short() {
-		workers = 4
-	}
 	var wg sync.WaitGroup
 	errs := make(chan string, workers)
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func(w int) {
 			defer wg.Done()
+			tk := fast
+			if w%4 == 3 {
+				tk = slow
+			}
 			for k := range cases {
 				c := cases[(k+w*7)%len(cases)]
 				if got := tk.Encode(c.Text, true); !slices.Equal(got, c.IDs) {
@@ -281,6 +283,87 @@ func TestSplitBeforeExact(t *testing.T) {
 	for _, s := range texts {
 		if got, want := tk.Encode(s, true), whole.Encode(s, true); !slices.Equal(got, want) {
 			t.Fatalf("%s: split %v, whole %v", short(s), got, want)
+		}
+	}
+}
+
+// TestFastJSONMatchesSlow checks that the hand-written JSON path builds the
+// same model as encoding/json.
+func TestFastJSONMatchesSlow(t *testing.T) {
+	for _, gs := range goldenSets {
+		if quick() && (gs.name == "llama3" || gs.name == "qwen3") {
+			continue // large files; parsing them twice is slow under -race
+		}
+		var data []byte
+		if strings.HasSuffix(gs.tokenizer, ".gz") {
+			data = readGzip(t, gs.tokenizer)
+		} else {
+			data = readFile(t, gs.tokenizer)
+		}
+		if _, err := fastParse(data); err != nil {
+			t.Errorf("%s: fast path not taken: %v", gs.name, err)
+		}
+		fast, err1 := parse(data, defaultOptions)
+		slow, err2 := parse(data, buildOptions{noFastJSON: true, cacheCapacity: 16})
+		if err1 != nil || err2 != nil {
+			t.Fatalf("%s: %v / %v", gs.name, err1, err2)
+		}
+		if !maps.Equal(fast.model.vocab, slow.model.vocab) || !maps.Equal(fast.model.merges, slow.model.merges) ||
+			!slices.Equal(fast.idToToken, slow.idToToken) || !slices.Equal(fast.special, slow.special) ||
+			fast.model.unkID != slow.model.unkID || fast.model.byteFallback != slow.model.byteFallback ||
+			fast.model.ignoreMerges != slow.model.ignoreMerges || fast.model.prefix != slow.model.prefix {
+			t.Errorf("%s: fast and slow JSON paths disagree", gs.name)
+		}
+	}
+}
+
+// TestFastJSONEdgeCases feeds the fast path unusual but valid JSON.
+func TestFastJSONEdgeCases(t *testing.T) {
+	docs := []string{
+		`{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2, "\u00e9": 3, "\"q\\": 4}, "merges": ["a b"], "fuse_unk": false, "dropout": null}}`,
+		` { "truncation" : null , "model" : { "merges" : [ [ "a" , "b" ] ] , "vocab" : { "ab" : 2 , "a" : 0 , "b" : 1 } , "type" : "BPE" } , "extra": [1, {"x": [true, false]}, -2.5e3] } `,
+		`{"model": {"type": "BPE", "vocab": {}, "merges": []}, "added_tokens": [{"id": 0, "content": "x", "special": true}]}`,
+	}
+	for _, d := range docs {
+		fast, err1 := parse([]byte(d), defaultOptions)
+		slow, err2 := parse([]byte(d), buildOptions{noFastJSON: true, cacheCapacity: 16})
+		if err1 != nil || err2 != nil {
+			t.Fatalf("%s: %v / %v", d, err1, err2)
+		}
+		if !maps.Equal(fast.model.vocab, slow.model.vocab) || !maps.Equal(fast.model.merges, slow.model.merges) {
+			t.Errorf("%s: paths disagree", d)
+		}
+	}
+	bad := []string{`{"model": {"vocab": {"a": 1.5}, "merges": []}}`, `{"model": {"vocab": {"a": -1}}}`,
+		`{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a  b"]}}`, `{"model": {"type": "BPE"} "x": 1}`,
+		`{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [["a"]]}}`, `{"model": {"type": "BPE", "vocab": {"a": 0}}} x`}
+	for _, d := range bad {
+		if _, err := Parse([]byte(d)); err == nil {
+			t.Errorf("%s: no error", d)
+		}
+	}
+}
+
+// TestCorruptFiles truncates and corrupts a real tokenizer.json: Parse must
+// return an error (or a working tokenizer), never panic.
+func TestCorruptFiles(t *testing.T) {
+	data := readFile(t, "../models/tinycode-llama-16m/tokenizer.json")
+	r := rand.New(rand.NewPCG(11, 12))
+	n := 60
+	if quick() {
+		n = 15
+	}
+	for i := 0; i < n; i++ {
+		cut := r.IntN(len(data))
+		if _, err := Parse(data[:cut]); err == nil {
+			t.Errorf("truncation at %d parsed", cut)
+		}
+		bad := slices.Clone(data)
+		for k := 0; k < 3; k++ {
+			bad[r.IntN(len(bad))] = "{}[]\",: \\x0"[r.IntN(11)]
+		}
+		if tk, err := Parse(bad); err == nil {
+			tk.Decode(tk.Encode("def f(x): return x", true), false)
 		}
 	}
 }

@@ -113,6 +113,11 @@ func newXLA(plugin string) (b *Backend, err error) {
 	}()
 	goxla.EnableAutoInstall(false)
 	setCUDADataDir(plugin)
+	// go-xla warns when the NVIDIA libraries are not in a folder beside the plugin; this package points the
+	// loader at them itself (LibraryPathEnv), so the check only adds noise.
+	if os.Getenv("GOPJRT_CUDA_CHECKS") == "" {
+		_ = os.Setenv("GOPJRT_CUDA_CHECKS", "0")
+	}
 	// TF32 off: a user who asks for float32 gets float32 products (bf16 is the fast path).
 	xb, err := goxla.New(plugin + ",tf32=false")
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -35,11 +36,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 	chunk := fs.Int("chunk", 0, "prefill chunk size")
 	random := fs.Bool("random-weights", false, "random weights from config.json (for real shapes without a checkpoint)")
 	label := fs.String("label", "", "label for the table's first column (default: the model directory's name)")
+	ttftCtx := fs.Int("ttft-context", 0, "also measure time to first token with a cached fixed context of this many tokens (0 = skip)")
+	ttftQ := fs.Int("ttft-question", 64, "user-input tokens after the fixed context, for -ttft-context")
+	cacheDir := fs.String("cache-dir", "", "prefix cache directory for -ttft-context (default: a temporary directory)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	var lens []int
 	for _, s := range strings.Split(*lensFlag, ",") {
+		if s == "" {
+			continue
+		}
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n <= 0 {
 			fmt.Fprintf(stderr, "bench: -lens: bad length %q\n", s)
@@ -60,8 +67,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 	}
+	if *ttftCtx > 0 && *cacheDir == "" {
+		tmp, err := os.MkdirTemp("", "sqllm-bench-cache")
+		if err != nil {
+			fmt.Fprintf(stderr, "bench: %v\n", err)
+			return 1
+		}
+		defer os.RemoveAll(tmp)
+		*cacheDir = tmp
+	}
 	m, err := engine.Open(dir, engine.Options{Backend: kind, PluginPath: *plugin, DType: *dtype, MaxChunk: *chunk,
-		RandomWeights: *random})
+		RandomWeights: *random, CacheDir: *cacheDir})
 	if err != nil {
 		fmt.Fprintf(stderr, "bench: %v\n", err)
 		return 1
@@ -76,9 +92,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "<!-- %s; %s; GOMAXPROCS=%d; %s -->\n", m.Backend.Describe(), m.DType(), runtime.GOMAXPROCS(0),
 		time.Now().UTC().Format("2006-01-02"))
-	fmt.Fprintln(stdout, "| model | backend | dtype | prompt tokens | prefill tokens/s | prefill s | decode ms/token | decode tokens/s |")
-	fmt.Fprintln(stdout, "|---|---|---|---|---|---|---|---|")
 	ctx := context.Background()
+	if *ttftCtx > 0 {
+		if err := ttft(ctx, stdout, m, name, *ttftCtx, *ttftQ, *reps); err != nil {
+			fmt.Fprintf(stderr, "bench: %v\n", err)
+			return 1
+		}
+		if *lensFlag == "" {
+			return 0
+		}
+	}
+	if len(lens) > 0 {
+		fmt.Fprintln(stdout, "| model | backend | dtype | prompt tokens | prefill tokens/s | prefill s | decode ms/token | decode tokens/s |")
+		fmt.Fprintln(stdout, "|---|---|---|---|---|---|---|---|")
+	}
 	for _, n := range lens {
 		if n+*decode > m.Runner.MaxLen() {
 			fmt.Fprintf(stderr, "bench: %d + %d tokens exceed the context %d; skipped\n", n, *decode, m.Runner.MaxLen())
@@ -118,6 +145,78 @@ func run(args []string, stdout, stderr io.Writer) int {
 			float64(n)/p, p, d*1e3, 1/d)
 	}
 	return 0
+}
+
+func synthetic(n, offset, vocab int) []int {
+	ids := make([]int, n)
+	for i := range ids {
+		ids[i] = 100 + ((i+offset)*7919)%(vocab-200)
+	}
+	return ids
+}
+
+// ttft measures the time to the first generated token for a fixed context of n tokens plus a user input of q
+// tokens: cold (no cache: the whole prompt is prefilled), from the memory cache, and from the disk cache.
+func ttft(ctx context.Context, w io.Writer, m *engine.Model, name string, n, q, reps int) error {
+	fixed := synthetic(n, 0, m.Config.VocabSize)
+	question := synthetic(q, n, m.Config.VocabSize)
+	cold := func() error {
+		_, err := m.Generate(ctx, engine.Request{PromptTokens: append(slices.Clone(fixed), question...), MaxTokens: 1})
+		return err
+	}
+	var source engine.CacheSource
+	cached := func() error {
+		c, err := m.NewContextTokens(ctx, fixed)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		source = c.Source
+		_, err = c.Generate(ctx, engine.Request{PromptTokens: question, MaxTokens: 1})
+		return err
+	}
+	timeIt := func(f func() error, before func()) (float64, error) {
+		var ts []float64
+		for rep := 0; rep <= reps; rep++ { // rep 0 compiles
+			if before != nil {
+				before()
+			}
+			t0 := time.Now()
+			if err := f(); err != nil {
+				return 0, err
+			}
+			if rep > 0 {
+				ts = append(ts, time.Since(t0).Seconds())
+			}
+		}
+		return median(ts), nil
+	}
+	tCold, err := timeIt(cold, nil)
+	if err != nil {
+		return err
+	}
+	if err := cached(); err != nil { // computes the prefix and writes the disk entry
+		return err
+	}
+	tMem, err := timeIt(cached, nil)
+	if err != nil {
+		return err
+	}
+	if source != engine.FromMemory {
+		return fmt.Errorf("expected memory hits, got %s", source)
+	}
+	tDisk, err := timeIt(cached, m.PurgeMemoryCache)
+	if err != nil {
+		return err
+	}
+	if source != engine.FromDisk {
+		return fmt.Errorf("expected disk hits, got %s", source)
+	}
+	fmt.Fprintf(w, "\n| model | backend | dtype | fixed context | user input | cold TTFT s | memory hit TTFT s | disk hit TTFT s | memory speed-up | disk speed-up |\n")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintf(w, "| %s | %s | %s | %d | %d | %.4f | %.4f | %.4f | %.1f× | %.1f× |\n\n", name, m.Backend.Kind, m.DType(), n, q,
+		tCold, tMem, tDisk, tCold/tMem, tCold/tDisk)
+	return nil
 }
 
 func argmax(v []float32) int {

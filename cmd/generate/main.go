@@ -49,12 +49,14 @@ type config struct {
 	backend, plugin, dtype           string
 	maxChunk, maxContext             int
 	randomWeights, ignoreEOS, quiet  bool
+	contextFile, cacheDir            string
+	noCache, interactive             bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("generate", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard) // errors are printed by run as one line; -h prints the usage below
 	fs.StringVar(&c.modelDir, "model", "", "model directory (config.json, tokenizer.json, *.safetensors); default: the bundled "+engine.DefaultModel)
 	fs.StringVar(&c.prompt, "prompt", "", "prompt text (default: a built-in code prompt)")
 	fs.StringVar(&c.promptFile, "prompt-file", "", "read the prompt from a file ('-' = stdin)")
@@ -74,7 +76,16 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&c.randomWeights, "random-weights", false, "use random weights of the config's shapes (benchmarks only)")
 	fs.BoolVar(&c.ignoreEOS, "ignore-eos", false, "keep generating past the end-of-sequence token")
 	fs.BoolVar(&c.quiet, "quiet", false, "no report on stderr")
+	fs.StringVar(&c.contextFile, "context-file", "", "a long fixed context (document, code) prefilled once and cached; -prompt/-prompt-file is then the user input that follows it")
+	fs.StringVar(&c.cacheDir, "cache-dir", "", "prefix cache directory (default: $SQLLM_CACHE_DIR or the user cache directory's sqllm/prefix)")
+	fs.BoolVar(&c.noCache, "no-cache", false, "do not read or write the prefix cache")
+	fs.BoolVar(&c.interactive, "interactive", false, "with -context-file: read user inputs from stdin, one per line, and answer each against the same fixed context")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stderr)
+			fmt.Fprintln(stderr, "usage: generate [flags]   (no flags: the bundled model on a built-in code prompt)")
+			fs.PrintDefaults()
+		}
 		return nil, err
 	}
 	if fs.NArg() > 0 {
@@ -94,6 +105,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if _, err := engine.ParseDType(c.dtype); err != nil {
 		return nil, fmt.Errorf("-dtype: %w", err)
+	}
+	if c.interactive && c.contextFile == "" {
+		return nil, errors.New("-interactive needs -context-file")
+	}
+	if c.interactive && c.promptFile == "-" {
+		return nil, errors.New("-interactive reads its inputs from stdin: -prompt-file - cannot be used with it")
 	}
 	if c.maxChunk < 0 || c.maxContext < 0 {
 		return nil, errors.New("-chunk and -max-context must not be negative")
@@ -123,6 +140,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	xla.ReexecWithLibraryPath(xla.Options{Kind: kind, PluginPath: c.plugin})
 
 	prompt := defaultPrompt
+	if c.contextFile != "" {
+		prompt = "" // the user input after a fixed context may be empty
+	}
 	switch {
 	case c.prompt != "":
 		prompt = c.prompt
@@ -141,9 +161,18 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		}
 		prompt = string(b)
 	}
-	if prompt == "" {
+	if prompt == "" && c.contextFile == "" {
 		fmt.Fprintln(stderr, "generate: the prompt is empty")
 		return 2
+	}
+	var fixed string
+	if c.contextFile != "" {
+		b, err := os.ReadFile(c.contextFile)
+		if err != nil {
+			fmt.Fprintf(stderr, "generate: -context-file: %v\n", err)
+			return 1
+		}
+		fixed = string(b)
 	}
 	dir := c.modelDir
 	if dir == "" {
@@ -153,7 +182,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		}
 	}
 	m, err := engine.Open(dir, engine.Options{Backend: kind, PluginPath: c.plugin, DType: c.dtype,
-		MaxChunk: c.maxChunk, MaxContext: c.maxContext, RandomWeights: c.randomWeights})
+		MaxChunk: c.maxChunk, MaxContext: c.maxContext, RandomWeights: c.randomWeights,
+		CacheDir: c.cacheDir, NoCache: c.noCache})
 	if err != nil {
 		fmt.Fprintf(stderr, "generate: %v\n", err)
 		return 1
@@ -164,7 +194,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 
 	out := bufio.NewWriter(stdout)
-	res, err := m.Generate(ctx, engine.Request{
+	req := engine.Request{
 		Prompt: prompt, MaxTokens: c.maxTokens, Sampler: c.sampler(), Stop: c.stops, IgnoreEOS: c.ignoreEOS,
 		OnText: func(s string) error {
 			if _, err := out.WriteString(s); err != nil {
@@ -172,19 +202,74 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			}
 			return out.Flush()
 		},
-	})
-	out.Flush()
-	if res.Text != "" && !strings.HasSuffix(res.Text, "\n") {
-		fmt.Fprintln(stdout)
 	}
-	if err != nil {
-		fmt.Fprintf(stderr, "generate: %v\n", err)
+	generate := m.Generate
+	if c.contextFile != "" {
+		fc, err := m.NewContext(ctx, fixed)
+		if err != nil {
+			fmt.Fprintf(stderr, "generate: -context-file %s: %v\n", c.contextFile, err)
+			return 1
+		}
+		defer fc.Close()
+		if !c.quiet {
+			reportContext(stderr, m, fc)
+		}
+		generate = fc.Generate
+	}
+	answer := func(req engine.Request) int {
+		res, err := generate(ctx, req)
+		out.Flush()
+		if res.Text != "" && !strings.HasSuffix(res.Text, "\n") {
+			fmt.Fprintln(stdout)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "generate: %v\n", err)
+			return 1
+		}
+		if !c.quiet {
+			report(stderr, m, res)
+		}
+		return 0
+	}
+	if !c.interactive {
+		return answer(req)
+	}
+	// Interactive: one user input per line, each answered from the same cached fixed context.
+	in := bufio.NewScanner(stdin)
+	in.Buffer(nil, 1<<24)
+	if !c.quiet {
+		fmt.Fprintln(stderr, "interactive: one input per line; end with Ctrl-D")
+	}
+	for in.Scan() {
+		req.Prompt = in.Text() + "\n"
+		if code := answer(req); code != 0 {
+			return code
+		}
+		fmt.Fprintln(stdout)
+		out.Flush()
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if err := in.Err(); err != nil {
+		fmt.Fprintf(stderr, "generate: reading stdin: %v\n", err)
 		return 1
 	}
-	if !c.quiet {
-		report(stderr, m, res)
-	}
 	return 0
+}
+
+func reportContext(w io.Writer, m *engine.Model, fc *engine.Context) {
+	where := m.CacheDir()
+	if where == "" {
+		where = "no disk cache"
+	}
+	fmt.Fprintf(w, "fixed context: %d tokens, %s in %.3fs (cache: %s)\n", fc.Tokens, fc.Source, fc.Duration.Seconds(), where)
+	if fc.WriteDuration > 0 {
+		fmt.Fprintf(w, "fixed context: written to the disk cache in %.3fs\n", fc.WriteDuration.Seconds())
+	}
+	if fc.Note != "" {
+		fmt.Fprintf(w, "fixed context: note: %s\n", fc.Note)
+	}
 }
 
 func report(w io.Writer, m *engine.Model, res engine.Response) {
@@ -196,7 +281,7 @@ func report(w io.Writer, m *engine.Model, res engine.Response) {
 	fmt.Fprintf(w, "model: %s (%d layers, %.1fM parameters), loaded in %.2fs\n", m.Dir, m.Config.NumHiddenLayers,
 		float64(m.Config.NumParams())/1e6, m.LoadDuration.Seconds())
 	pre := res.PrefillDuration.Seconds()
-	fmt.Fprintf(w, "prompt: %d tokens, prefill %.3fs (%.1f tokens/s, first call includes compilation)\n",
+	fmt.Fprintf(w, "prompt: %d tokens, prefill %.3fs (%.1f tokens/s; time to first token, compilation included on first use)\n",
 		res.PromptTokens, pre, float64(res.PromptTokens)/max(pre, 1e-9))
 	dec := res.DecodeDuration.Seconds()
 	fmt.Fprintf(w, "decode: %d tokens in %.3fs (%.1f tokens/s); stop: %s\n", len(res.Tokens), dec,

@@ -57,7 +57,7 @@ const llama2 = "../../tokenizer/testdata/llama2.tokenizer.json.gz"
 func TestEncodeWhole(t *testing.T) {
 	// The default tokenizer is the bundled tinycode model, found from the
 	// package directory upwards.
-	for _, c := range loadGolden(t, "tinycode")[:20] {
+	for _, c := range loadGolden(t, "tinycode")[:8] {
 		code, out, errOut := runCmd(t, c.Text)
 		if code != 0 {
 			t.Fatalf("exit %d: %s", code, errOut)
@@ -76,7 +76,7 @@ func TestEncodeWhole(t *testing.T) {
 }
 
 func TestDecodeWhole(t *testing.T) {
-	for _, c := range loadGolden(t, "llama2")[:20] {
+	for _, c := range loadGolden(t, "llama2")[:8] {
 		in, _ := json.Marshal(c.IDs)
 		code, out, errOut := runCmd(t, string(in), "-decode", "-tokenizer", llama2)
 		if code != 0 {

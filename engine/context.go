@@ -1,0 +1,280 @@
+package engine
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/squeezeai/sqllm/llama"
+	"github.com/squeezeai/sqllm/llama/prefixcache"
+	"github.com/squeezeai/sqllm/model"
+)
+
+// CacheSource says where a fixed context's KV cache came from.
+type CacheSource string
+
+const (
+	FromMemory   CacheSource = "memory hit"
+	FromDisk     CacheSource = "disk hit"
+	FromComputed CacheSource = "computed"
+)
+
+// Context is a fixed context (a document, a code base, a manual) prefilled once: any number of requests
+// continue it, each from the pristine prefix. It holds a reference on the cached prefix until Close.
+// A Context may be used by several goroutines at once.
+type Context struct {
+	m       *Model
+	prefix  *llama.Prefix
+	release func()
+	// Source is where the prefix came from; Duration how long getting it took (tokenization included).
+	Source   CacheSource
+	Duration time.Duration
+	// Tokens is the number of context tokens.
+	Tokens int
+	// Note reports a cache problem that was handled (e.g. a damaged disk entry that was recomputed).
+	Note string
+	// WriteDuration is the time spent writing a newly computed prefix to the disk cache.
+	WriteDuration time.Duration
+}
+
+// cacheState is a Model's prefix cache: in memory (ref-counted, LRU under a byte budget) and on disk.
+type cacheState struct {
+	mem       *prefixcache.Memory[*llama.Prefix]
+	disk      *prefixcache.Disk // nil: no disk cache
+	modelFP   string
+	tokFP     string
+	noCaching bool
+}
+
+func (m *Model) initCache(opts Options) error {
+	budget := opts.MemoryCacheBytes
+	if budget == 0 {
+		budget = 2 << 30
+	}
+	m.cache = &cacheState{noCaching: opts.NoCache}
+	m.cache.mem = prefixcache.NewMemory[*llama.Prefix](budget, func(_ prefixcache.Key, p *llama.Prefix) { p.Free() })
+	if opts.NoCache {
+		return nil
+	}
+	var err error
+	if m.cache.modelFP, err = modelFingerprint(m.Dir, opts.RandomWeights); err != nil {
+		return err
+	}
+	if m.cache.tokFP, err = fileFingerprint(filepath.Join(m.Dir, "tokenizer.json"), -1); err != nil {
+		return err
+	}
+	if opts.CacheDir != "-" {
+		dir := opts.CacheDir
+		if dir == "" {
+			dir = prefixcache.DefaultDir()
+		}
+		if m.cache.disk, err = prefixcache.OpenDisk(dir); err != nil {
+			return fmt.Errorf("prefix cache directory %s: %w", dir, err)
+		}
+	}
+	return nil
+}
+
+// PurgeMemoryCache frees every cached prefix that no Context holds (the disk cache is kept).
+func (m *Model) PurgeMemoryCache() { m.cache.mem.Purge() }
+
+// CacheDir is the disk cache directory in use ("" when there is none).
+func (m *Model) CacheDir() string {
+	if m.cache == nil || m.cache.disk == nil {
+		return ""
+	}
+	return m.cache.disk.Dir()
+}
+
+// NewContext prefills a fixed context: text is tokenized with the tokenizer's special tokens (BOS), and the
+// KV cache comes from memory, from disk, or is computed (and then stored in both).
+func (m *Model) NewContext(ctx context.Context, text string) (c *Context, err error) {
+	defer recoverTo(&err)
+	if m.Runner == nil {
+		return nil, errors.New("engine: model is closed")
+	}
+	return m.NewContextTokens(ctx, m.Tokenizer.Encode(text, true))
+}
+
+// NewContextTokens is NewContext for token ids.
+func (m *Model) NewContextTokens(ctx context.Context, tokens []int) (c *Context, err error) {
+	defer recoverTo(&err)
+	start := time.Now()
+	if len(tokens) == 0 {
+		return nil, errors.New("engine: the fixed context is empty")
+	}
+	if len(tokens) >= m.Runner.MaxLen() {
+		return nil, fmt.Errorf("engine: %w: the fixed context has %d tokens, the model's context is %d",
+			model.ErrContextTooLong, len(tokens), m.Runner.MaxLen())
+	}
+	c = &Context{m: m, Tokens: len(tokens)}
+	if m.cache.noCaching {
+		if c.prefix, err = m.Runner.Prefill(ctx, tokens); err != nil {
+			return nil, err
+		}
+		c.release = c.prefix.Free
+		c.Source, c.Duration = FromComputed, time.Since(start)
+		return c, nil
+	}
+	key := prefixcache.MakeKey(m.cache.modelFP, m.DType(), tokens)
+	source := FromMemory
+	p, release, _, err := m.cache.mem.GetOrCompute(ctx, key, func(ctx context.Context) (*llama.Prefix, int64, error) {
+		p, src, note, werr := m.loadOrComputePrefix(ctx, key, tokens)
+		if werr != nil {
+			return nil, 0, werr
+		}
+		source, c.Note = src, note
+		return p, p.Bytes(), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.prefix, c.release = p, release
+	c.Source, c.Duration = source, time.Since(start)
+	if source == FromComputed && m.cache.disk != nil {
+		t0 := time.Now()
+		if werr := m.writePrefix(key, p); werr != nil {
+			c.Note = fmt.Sprintf("could not write the prefix cache entry: %v", werr)
+		}
+		c.WriteDuration = time.Since(t0)
+	}
+	return c, nil
+}
+
+func (m *Model) meta(tokens []int) prefixcache.Meta {
+	shapes := m.Runner.BlobShapes(len(tokens))
+	dt := make([]string, len(shapes))
+	for i := range dt {
+		dt[i] = m.DType()
+	}
+	return prefixcache.Meta{ModelFingerprint: m.cache.modelFP, TokenizerFingerprint: m.cache.tokFP,
+		DType: m.DType(), Shapes: shapes, BlobDTypes: dt, Tokens: tokens}
+}
+
+// loadOrComputePrefix reads the prefix from disk, or computes it. A damaged or mismatched entry is
+// refused (the cache removes it) and recomputed; the note says so.
+func (m *Model) loadOrComputePrefix(ctx context.Context, key prefixcache.Key, tokens []int) (*llama.Prefix, CacheSource, string, error) {
+	var note string
+	if m.cache.disk != nil {
+		blobs, err := m.cache.disk.Read(key, m.meta(tokens))
+		switch {
+		case err == nil:
+			p, err := m.Runner.PrefixFromBlobs(tokens, blobs)
+			if err == nil {
+				return p, FromDisk, "", nil
+			}
+			note = fmt.Sprintf("disk cache entry refused (%v); recomputed", err)
+		case errors.Is(err, prefixcache.ErrMiss):
+		default:
+			note = fmt.Sprintf("disk cache entry refused (%v); recomputed", err)
+		}
+	}
+	p, err := m.Runner.Prefill(ctx, tokens)
+	if err != nil {
+		return nil, "", "", err
+	}
+	return p, FromComputed, note, nil
+}
+
+func (m *Model) writePrefix(key prefixcache.Key, p *llama.Prefix) error {
+	blobs, err := p.Blobs()
+	if err != nil {
+		return err
+	}
+	return m.cache.disk.Write(key, m.meta(p.Tokens()), blobs)
+}
+
+// Close releases the context's reference on its prefix.
+func (c *Context) Close() {
+	if c != nil && c.release != nil {
+		c.release()
+		c.release = nil
+	}
+}
+
+// Generate continues the fixed context with req.Prompt (the user input, tokenized without special tokens;
+// it may be empty) and samples up to MaxTokens tokens. Every call starts from the pristine prefix.
+func (c *Context) Generate(ctx context.Context, req Request) (res Response, err error) {
+	defer recoverTo(&err)
+	if c.release == nil {
+		return res, errors.New("engine: context is closed")
+	}
+	input := req.PromptTokens
+	if input == nil {
+		input = c.m.Tokenizer.Encode(req.Prompt, false)
+	}
+	seq := c.prefix.NewSequence()
+	defer seq.Close()
+	prompt := append(seq.TakePending(), input...)
+	return c.m.generate(ctx, seq, prompt, req)
+}
+
+// fileFingerprint hashes a file's first limit bytes (all when limit < 0) and its size.
+func fileFingerprint(path string, limit int64) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%s:%d:", filepath.Base(path), st.Size())
+	var r io.Reader = f
+	if limit >= 0 {
+		r = io.LimitReader(f, limit)
+	}
+	if _, err := io.Copy(h, r); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// modelFingerprint identifies a checkpoint cheaply: config.json, and every safetensors file's size and
+// header (which lists every tensor's name, dtype, shape and offsets).
+func modelFingerprint(dir string, random bool) (string, error) {
+	h := sha256.New()
+	cfg, err := fileFingerprint(filepath.Join(dir, "config.json"), -1)
+	if err != nil {
+		return "", err
+	}
+	h.Write([]byte(cfg))
+	if random {
+		h.Write([]byte("random-weights seed 1"))
+		return hex.EncodeToString(h.Sum(nil)), nil
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "*.safetensors"))
+	slices.Sort(files)
+	for _, f := range files {
+		fp, err := safetensorsFingerprint(f)
+		if err != nil {
+			return "", err
+		}
+		h.Write([]byte(fp))
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func safetensorsFingerprint(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	var n [8]byte
+	_, err = io.ReadFull(f, n[:])
+	f.Close()
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	return fileFingerprint(path, 8+min(int64(binary.LittleEndian.Uint64(n[:])), 100<<20))
+}

@@ -1,0 +1,163 @@
+package llama
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/gomlx/compute/shapes"
+	"github.com/gomlx/gomlx/core/tensors"
+)
+
+// Prefix is the KV cache of a fixed context, computed once and shared read-only by any number of
+// sequences (the setting of prefix caching and Squeezed Attention). As in vLLM and SGLang, the last
+// context token is not in the cache: every sequence started from the prefix feeds it first, so that its
+// logits come out of the same step as the user input's (and an empty user input works).
+type Prefix struct {
+	r      *Runner
+	kv     *kvTensors // [numKVHeads, capacity, headDim] per layer; rows [0, len(tokens)-1) valid
+	tokens []int      // all context tokens, the last one included
+}
+
+// Prefill computes the prefix of a fixed context of at least one token.
+func (r *Runner) Prefill(ctx context.Context, tokens []int) (*Prefix, error) {
+	if len(tokens) == 0 {
+		return nil, errors.New("llama: empty fixed context")
+	}
+	if len(tokens) > r.maxLen {
+		return nil, fmt.Errorf("llama: fixed context of %d tokens exceeds the model's context %d", len(tokens), r.maxLen)
+	}
+	p := &Prefix{r: r, tokens: slices.Clone(tokens)}
+	if len(tokens) == 1 {
+		p.kv = r.newKV(r.ctxCapacity(1))
+		return p, nil
+	}
+	seq := r.NewSequence()
+	if _, err := seq.Append(ctx, tokens[:len(tokens)-1]); err != nil {
+		seq.Close()
+		return nil, err
+	}
+	if seq.dynLen != 0 {
+		seq.Close()
+		return nil, errors.New("llama: internal error: prefill left tokens in the dynamic segment")
+	}
+	p.kv, seq.ctx = seq.ctx, nil // take ownership of the context buffers
+	seq.Close()
+	return p, nil
+}
+
+// Tokens returns the context's token ids.
+func (p *Prefix) Tokens() []int { return slices.Clone(p.tokens) }
+
+// Len is the number of context tokens.
+func (p *Prefix) Len() int { return len(p.tokens) }
+
+// Bytes is the device memory the prefix holds.
+func (p *Prefix) Bytes() int64 {
+	if p.kv == nil || len(p.kv.k) == 0 {
+		return 0
+	}
+	var n int64
+	for _, t := range append(slices.Clone(p.kv.k), p.kv.v...) {
+		n += int64(t.Shape().Memory())
+	}
+	return n
+}
+
+// Free releases the device buffers. Sequences started from the prefix must be closed first.
+func (p *Prefix) Free() {
+	p.kv.finalize()
+	p.kv = nil
+}
+
+// NewSequence starts a sequence that continues the fixed context: it holds the prefix read-only and its
+// first Append is preceded by the context's last token.
+func (p *Prefix) NewSequence() *Sequence {
+	return &Sequence{r: p.r, ctx: p.kv, ctxLen: len(p.tokens) - 1, shared: true, pending: p.tokens[len(p.tokens)-1:]}
+}
+
+// cachedRows is the number of tokens whose keys and values are stored.
+func (p *Prefix) cachedRows() int { return len(p.tokens) - 1 }
+
+// Blobs exports the cache for storage: per layer the keys then the values of the cached rows, each
+// [numKVHeads, rows, headDim] in the compute dtype's bytes. BlobShapes gives their shapes.
+func (p *Prefix) Blobs() ([][]byte, error) {
+	if p.kv == nil {
+		return nil, errors.New("llama: prefix is freed")
+	}
+	c := p.r.cfg
+	rows := p.cachedRows()
+	var blobs [][]byte
+	for _, t := range append(slices.Clone(p.kv.k), p.kv.v...) {
+		capacity := t.Shape().Dimensions[1]
+		elem := t.Shape().DType.Size()
+		out := make([]byte, c.NumKeyValueHeads*rows*c.HeadDim*elem)
+		err := t.ConstBytes(func(data []byte) {
+			rowBytes := c.HeadDim * elem
+			for h := range c.NumKeyValueHeads {
+				src := data[h*capacity*rowBytes : (h*capacity+rows)*rowBytes]
+				copy(out[h*rows*rowBytes:], src)
+			}
+		})
+		if err != nil {
+			return nil, fmt.Errorf("llama: reading the KV cache: %w", err)
+		}
+		blobs = append(blobs, out)
+	}
+	return blobs, nil
+}
+
+// BlobShapes is the shape of each blob of a prefix of n context tokens (see Blobs).
+func (r *Runner) BlobShapes(n int) [][]int {
+	c := r.cfg
+	shapes := make([][]int, 2*c.NumHiddenLayers)
+	for i := range shapes {
+		shapes[i] = []int{c.NumKeyValueHeads, max(n-1, 0), c.HeadDim}
+	}
+	return shapes
+}
+
+// PrefixFromBlobs rebuilds a prefix of the given context tokens from Blobs' output.
+func (r *Runner) PrefixFromBlobs(tokens []int, blobs [][]byte) (*Prefix, error) {
+	c := r.cfg
+	if len(tokens) == 0 || len(tokens) > r.maxLen {
+		return nil, fmt.Errorf("llama: prefix of %d tokens (context %d)", len(tokens), r.maxLen)
+	}
+	if len(blobs) != 2*c.NumHiddenLayers {
+		return nil, fmt.Errorf("llama: prefix has %d blobs, want %d", len(blobs), 2*c.NumHiddenLayers)
+	}
+	rows := len(tokens) - 1
+	capacity := r.ctxCapacity(max(rows, 1))
+	dtype := r.weights.DType
+	elem := dtype.Size()
+	rowBytes := c.HeadDim * elem
+	want := c.NumKeyValueHeads * rows * rowBytes
+	kv := &kvTensors{}
+	for i, b := range blobs {
+		if len(b) != want {
+			kv.finalize()
+			return nil, fmt.Errorf("llama: prefix blob %d has %d bytes, want %d", i, len(b), want)
+		}
+		t := tensors.FromShape(shapes.Make(dtype, c.NumKeyValueHeads, capacity, c.HeadDim))
+		err := t.MutableBytes(func(data []byte) {
+			for h := range c.NumKeyValueHeads {
+				copy(data[h*capacity*rowBytes:], b[h*rows*rowBytes:(h+1)*rows*rowBytes])
+			}
+		})
+		if err == nil {
+			err = t.MaterializeOnDevice(r.backend, false, 0)
+		}
+		if err != nil {
+			kv.finalize()
+			return nil, fmt.Errorf("llama: loading prefix: %w", err)
+		}
+		t.FinalizeLocal()
+		if i < c.NumHiddenLayers {
+			kv.k = append(kv.k, t)
+		} else {
+			kv.v = append(kv.v, t)
+		}
+	}
+	return &Prefix{r: r, kv: kv, tokens: slices.Clone(tokens)}, nil
+}
