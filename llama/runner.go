@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/gomlx/compute"
 	"github.com/gomlx/compute/dtypes"
@@ -51,9 +53,10 @@ type Runner struct {
 
 	stepLast, stepAll *graph.Exec
 
-	mu     sync.Mutex
-	writes map[int]*graph.Exec // by output capacity
-	zeros  map[int]*kvTensors  // read-only zero buffers by capacity
+	mu       sync.Mutex
+	writes   map[int]*graph.Exec     // by output capacity
+	zeros    map[int]*kvTensors      // read-only zero buffers by capacity
+	invFreqs map[int]*tensors.Tensor // RoPE inverse frequencies on the device, by max position (dynamic scaling)
 }
 
 // kvTensors are per-layer key and value buffers [numKVHeads, capacity, headDim].
@@ -124,10 +127,16 @@ func (r *Runner) Close() error {
 	for _, z := range r.zeros {
 		z.finalize()
 	}
+	for _, t := range r.invFreqs {
+		t.FinalizeAll()
+	}
 	return nil
 }
 
 const maxCompiled = 256
+
+// trace prints every step's timing to stderr (SQLLM_TRACE=1).
+var trace = os.Getenv("SQLLM_TRACE") != ""
 
 func (r *Runner) newStepExec(allLogits bool) (*graph.Exec, error) {
 	c := r.cfg
@@ -136,11 +145,16 @@ func (r *Runner) newStepExec(allLogits bool) (*graph.Exec, error) {
 	fn := func(g *graph.Graph, in []*graph.Node) []*graph.Node {
 		w := unpackWeights(c, in[:nw])
 		rest := in[nw:]
+		// One int32 vector carries the step's host inputs: [tokens (n)..., ctxLen, dynLen, nValid].
+		packed := rest[1]
+		n := packed.Shape().Dimensions[0] - 3
+		scalar := func(i int) *graph.Node { return graph.Reshape(graph.Slice(packed, graph.AxisRange(n+i, n+i+1))) }
 		s := stepInputs{
-			invFreq: rest[0], tokens: rest[1], ctxLen: rest[2], dynLen: rest[3], nValid: rest[4],
+			invFreq: rest[0], tokens: graph.Slice(packed, graph.AxisRange(0, n)),
+			ctxLen: scalar(0), dynLen: scalar(1), nValid: scalar(2),
 			allLogits: allLogits,
 		}
-		kv := rest[5:]
+		kv := rest[2:]
 		s.ctxK, s.ctxV, s.dynK, s.dynV = kv[:L], kv[L:2*L], kv[2*L:3*L], kv[3*L:4*L]
 		logits, dynK, dynV := forward(c, w, s)
 		return append(append([]*graph.Node{logits}, dynK...), dynV...)
@@ -219,6 +233,15 @@ func (r *Runner) ctxCapacity(n int) int {
 	return (n + g - 1) / g * g
 }
 
+// chunkBucket rounds the number of tokens of a step up: powers of two up to 16, then multiples of 16, so a
+// 65-token user input costs 80 rows, not 128.
+func (r *Runner) chunkBucket(n int) int {
+	if n <= 16 {
+		return nextPow2(n)
+	}
+	return min((n+15)/16*16, r.opts.MaxChunk)
+}
+
 func nextPow2(n int) int {
 	p := 1
 	for p < n {
@@ -230,12 +253,13 @@ func nextPow2(n int) int {
 // Sequence is the state of one running sequence: its KV cache in two segments (see graph.go). It
 // implements model.Sequence. A Sequence is used by one goroutine at a time.
 type Sequence struct {
-	r      *Runner
-	ctx    *kvTensors // fixed context, read only once written
-	ctxLen int
-	shared bool // ctx belongs to someone else (a cached prefix): never written or freed here
-	dyn    *kvTensors
-	dynLen int
+	r       *Runner
+	ctx     *kvTensors // fixed context, read only once written
+	ctxLen  int
+	shared  bool // ctx belongs to someone else (a cached prefix): never written or freed here
+	dyn     *kvTensors
+	dynLen  int
+	dynZero bool // dyn is the runner's shared zero buffer
 	// pending tokens belong to the sequence but are not computed yet: they go before the next Append's
 	// (a prefix's last context token).
 	pending []int
@@ -262,9 +286,17 @@ func (s *Sequence) Close() error {
 	if !s.shared {
 		s.ctx.finalize()
 	}
-	s.dyn.finalize()
-	s.ctx, s.dyn = nil, nil
+	s.freeDyn()
+	s.ctx = nil
 	return nil
+}
+
+// freeDyn releases the dynamic segment's buffers unless they are the runner's shared zeros.
+func (s *Sequence) freeDyn() {
+	if !s.dynZero {
+		s.dyn.finalize()
+	}
+	s.dyn, s.dynZero = nil, false
 }
 
 // TakePending returns the tokens that belong to the sequence but are not computed yet (a prefix's last
@@ -356,7 +388,7 @@ func (s *Sequence) append(ctx context.Context, tokens []int, allLogits bool) (lo
 // prefillChunk runs n tokens attending to the fixed context and appends their keys/values to it.
 func (s *Sequence) prefillChunk(tokens []int, allLogits bool) ([][]float32, error) {
 	r := s.r
-	nb := nextPow2(len(tokens))
+	nb := r.chunkBucket(len(tokens))
 	if s.ctx == nil {
 		s.ctx = r.newKV(r.ctxCapacity(1))
 	}
@@ -378,7 +410,7 @@ func (s *Sequence) prefillChunk(tokens []int, allLogits bool) ([][]float32, erro
 // dynChunk runs n tokens into the dynamic segment, making room first.
 func (s *Sequence) dynChunk(tokens []int, allLogits bool) ([][]float32, error) {
 	r := s.r
-	nb := nextPow2(len(tokens))
+	nb := r.chunkBucket(len(tokens))
 	if s.dynLen+nb > s.dyn.capacity() {
 		if !s.shared && s.dynLen > 0 {
 			// Fold the dynamic segment into our own context so the per-step rewrite stays small.
@@ -393,14 +425,14 @@ func (s *Sequence) dynChunk(tokens []int, allLogits bool) ([][]float32, error) {
 		need := s.dynLen + nb
 		capacity := (need + r.opts.DynBlock - 1) / r.opts.DynBlock * r.opts.DynBlock
 		if s.dynLen == 0 {
-			s.dyn.finalize()
-			s.dyn = r.newKV(capacity)
+			s.freeDyn()
+			s.dyn, s.dynZero = r.zeroKV(capacity), true // read-only zeros: a step never writes its inputs
 		} else {
 			grown, err := r.writeKV(s.dyn, s.dyn, 0, 0, capacity)
 			if err != nil {
 				return nil, err
 			}
-			s.dyn.finalize()
+			s.freeDyn()
 			s.dyn = grown
 		}
 	}
@@ -411,7 +443,7 @@ func (s *Sequence) dynChunk(tokens []int, allLogits bool) ([][]float32, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.dyn.finalize()
+	s.freeDyn()
 	s.dyn = newDyn
 	s.dynLen += len(tokens)
 	return logits, nil
@@ -422,16 +454,21 @@ func (s *Sequence) step(tokens []int, nb int, ctxKV *kvTensors, ctxLen int, dynK
 	allLogits bool) ([][]float32, *kvTensors, error) {
 	r := s.r
 	c := r.cfg
-	ids := make([]int32, nb)
+	packed := make([]int32, nb+3)
 	for i, t := range tokens {
-		ids[i] = int32(t)
+		packed[i] = int32(t)
 	}
+	packed[nb], packed[nb+1], packed[nb+2] = int32(ctxLen), int32(dynLen), int32(len(tokens))
 	maxPos := ctxLen + dynLen + len(tokens) - 1
-	args := make([]any, 0, len(r.weights.Tensors)+5+4*c.NumHiddenLayers)
+	args := make([]any, 0, len(r.weights.Tensors)+2+4*c.NumHiddenLayers)
 	for _, t := range r.weights.Tensors {
 		args = append(args, t)
 	}
-	args = append(args, c.InvFreq(maxPos), ids, int32(ctxLen), int32(dynLen), int32(len(tokens)))
+	invFreq, err := r.invFreq(maxPos)
+	if err != nil {
+		return nil, nil, err
+	}
+	args = append(args, invFreq, packed)
 	for _, t := range ctxKV.k {
 		args = append(args, t)
 	}
@@ -448,9 +485,16 @@ func (s *Sequence) step(tokens []int, nb int, ctxKV *kvTensors, ctxLen int, dynK
 	if allLogits {
 		exec = r.stepAll
 	}
+	t0 := time.Now()
 	out, err := exec.Call(args...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("llama: step over %d tokens: %w", len(tokens), err)
+	}
+	if trace {
+		defer func(t1 time.Time) {
+			fmt.Fprintf(os.Stderr, "trace: step n=%d (bucket %d) ctx=%d/%d dyn=%d/%d: call %v, logits to host %v\n",
+				len(tokens), nb, ctxLen, ctxKV.capacity(), dynLen, dynKV.capacity(), t1.Sub(t0), time.Since(t1))
+		}(time.Now())
 	}
 	L := c.NumHiddenLayers
 	newDyn := &kvTensors{k: out[1 : 1+L], v: out[1+L : 1+2*L]}
@@ -469,6 +513,36 @@ func (s *Sequence) step(tokens []int, nb int, ctxKV *kvTensors, ctxLen int, dynK
 		logits = [][]float32{flat}
 	}
 	return logits, newDyn, nil
+}
+
+// invFreq returns the RoPE inverse frequencies for a step reaching maxPos, kept on the device: they
+// change with the position only for the "dynamic" scaling type.
+func (r *Runner) invFreq(maxPos int) (*tensors.Tensor, error) {
+	if r.cfg.RoPE.Type != "dynamic" || maxPos < r.cfg.RoPE.OriginalMaxPositionEmbeddings {
+		maxPos = 0
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.invFreqs == nil {
+		r.invFreqs = map[int]*tensors.Tensor{}
+	}
+	if t, ok := r.invFreqs[maxPos]; ok {
+		return t, nil
+	}
+	t := tensors.FromValue(r.cfg.InvFreq(maxPos))
+	if err := t.MaterializeOnDevice(r.backend, false, 0); err != nil {
+		return nil, err
+	}
+	if len(r.invFreqs) > 64 { // dynamic scaling: one per position; keep the map bounded
+		for k, old := range r.invFreqs {
+			if k != 0 {
+				old.FinalizeAll()
+				delete(r.invFreqs, k)
+			}
+		}
+	}
+	r.invFreqs[maxPos] = t
+	return t, nil
 }
 
 // writeKV writes src rows [0, count) at dst rows [off, off+count), in a new buffer of the given capacity.

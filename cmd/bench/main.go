@@ -172,7 +172,11 @@ func ttft(ctx context.Context, w io.Writer, m *engine.Model, name string, n, q, 
 		}
 		defer c.Close()
 		source = c.Source
+		t0 := time.Now()
 		_, err = c.Generate(ctx, engine.Request{PromptTokens: question, MaxTokens: 1})
+		if os.Getenv("SQLLM_TRACE") != "" {
+			fmt.Fprintf(os.Stderr, "trace: %s in %v, then the user input to the first token in %v\n", c.Source, c.Duration, time.Since(t0))
+		}
 		return err
 	}
 	timeIt := func(f func() error, before func()) (float64, error) {

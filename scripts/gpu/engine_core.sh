@@ -5,7 +5,7 @@ set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 status=0
-mkdir -p bin && for f in gpu-run/bin/*.gz; do b=$(basename "$f" .gz); gunzip -c "$f" > "bin/$b" && chmod +x "bin/$b"; done
+bash scripts/gpu/unpack.sh
 
 echo "== 1. CLI on the XLA backend, plugin found without any environment set"
 env -u LD_LIBRARY_PATH -u XLA_FLAGS -u GOMLX_BACKEND ./bin/generate -backend auto -dtype f32 -max-tokens 48 \
