@@ -1,0 +1,213 @@
+// Package squeeze implements Squeezed Attention (Hooper et al., 2024) as GoMLX graph functions,
+// independent of any model: k-means clustering of a fixed context's keys (per KV head), the centroid
+// lookup that estimates each cluster's attention probability for a query, threshold calibration and
+// fixed-budget selection, compaction of the kept keys into static-size index lists, sparse attention over
+// the gathered keys, and the log-sum-exp merge with the dense attention over the user's own tokens.
+// DenseAttention is the reference path and the test oracle: with every key kept, the squeezed path
+// equals it.
+//
+// Shapes use: numKVHeads H, fixed-context keys S, head dim D, centroids K, queries M (for one KV head,
+// its group's query heads × query tokens, flattened), kept-key budget B.
+//
+// Differences from the reference code (see ../shared/docs/SQUEEZED_ATTENTION.md):
+//   - scores are computed in the log domain with the maximum subtracted (no NaN thresholds), and empty
+//     clusters get probability 0 (weight 0 in the normaliser), never a zero centroid that attracts queries;
+//   - grouped-query attention: the selection of a KV head aggregates the scores of all its query heads;
+//   - k-means is initialised with evenly spaced keys (deterministic, parallel) instead of k-means++, and runs
+//     a fixed number of Lloyd iterations on the device.
+package squeeze
+
+import (
+	"math"
+
+	"github.com/gomlx/compute/dtypes"
+	"github.com/gomlx/compute/shapes"
+	. "github.com/gomlx/gomlx/core/graph" //nolint:revive // graph code reads best with the ops unqualified.
+)
+
+// negInf stands for log(0): exp underflows to exactly 0 in float32 without producing NaN in sums.
+const negInf = -1e30
+
+// KMeans clusters keys [H, S, D] into k clusters per head: cosine assignment on L2-normalised keys,
+// iters Lloyd iterations, then each centroid is the mean of its cluster's raw (un-normalised) keys.
+// It returns centroids [H, K, D] (float32; zero for empty clusters), labels [H, S] int32 and counts [H, K]
+// float32 (0 marks an empty cluster).
+func KMeans(keys *Node, k, iters int) (centroids, labels, counts *Node) {
+	g := keys.Graph()
+	h, s, d := keys.Shape().Dimensions[0], keys.Shape().Dimensions[1], keys.Shape().Dimensions[2]
+	raw := ConvertDType(keys, dtypes.Float32)
+	unit := L2NormalizeWithEpsilon(raw, 1e-12, -1) // [H, S, D]
+
+	// Initial centroids: k keys spread evenly over the context.
+	kIdx := Iota(g, shapes.Make(dtypes.Int32, k, s), 0)
+	sIdx := Iota(g, shapes.Make(dtypes.Int32, k, s), 1)
+	pick := Equal(sIdx, DivScalar(MulScalar(kIdx, s), k))                   // [K, S]: key ⌊j·S/K⌋ seeds cluster j
+	cent := Einsum("ks,hsd->hkd", ConvertDType(pick, dtypes.Float32), unit) // [H, K, D]
+
+	var onehot *Node
+	assign := func(c *Node) {
+		sim := Einsum("hsd,hkd->hsk", unit, L2NormalizeWithEpsilon(c, 1e-12, -1)) // [H, S, K] cosine similarity
+		labels = ArgMax(sim, -1, dtypes.Int32)                                    // [H, S]
+		onehot = OneHot(labels, k, dtypes.Float32)                                // [H, S, K]
+		counts = ReduceSum(onehot, 1)                                             // [H, K]
+	}
+	for range iters {
+		assign(cent)
+		sums := Einsum("hsk,hsd->hkd", onehot, unit)
+		mean := Div(sums, ExpandAxes(MaxScalar(counts, 1), -1))
+		// An empty cluster keeps its previous centroid (it may win keys back later).
+		nonEmpty := BroadcastToDims(ExpandAxes(GreaterThan(counts, ZerosLike(counts)), -1), h, k, d)
+		cent = Where(nonEmpty, mean, cent)
+	}
+	assign(cent)
+	sums := Einsum("hsk,hsd->hkd", onehot, raw)
+	centroids = Div(sums, ExpandAxes(MaxScalar(counts, 1), -1))
+	return centroids, labels, counts
+}
+
+// LogClusterProb returns log p_c(q) for queries q [H, M, D] against centroids [H, K, D] with counts
+// [H, K]: p_c(q) = exp(q·C_c·scale) / Σ_j N_j exp(q·C_j·scale), the estimated attention probability of
+// one key of cluster c. Computed with the maximum subtracted; empty clusters get log p = -1e30. [H, M, K].
+func LogClusterProb(q, centroids, counts *Node, scale float64) *Node {
+	logits := MulScalar(Einsum("hmd,hkd->hmk", ConvertDType(q, dtypes.Float32), centroids), scale) // [H, M, K]
+	nonEmpty := ExpandAxes(GreaterThan(counts, ZerosLike(counts)), 1)                              // [H, 1, K]
+	nonEmpty = BroadcastToDims(nonEmpty, logits.Shape().Dimensions...)
+	logN := Log(MaxScalar(counts, 1)) // [H, K]
+	weighted := Where(nonEmpty, Add(logits, ExpandAxes(logN, 1)), Scalar(q.Graph(), dtypes.Float32, negInf))
+	logZ := logSumExp(weighted, -1) // [H, M, 1]
+	return Where(nonEmpty, Sub(logits, logZ), Scalar(q.Graph(), dtypes.Float32, negInf))
+}
+
+// logSumExp over one axis, kept as a size-1 axis, stable for huge or masked (-1e30) values.
+func logSumExp(x *Node, axis int) *Node {
+	m := StopGradient(ReduceAndKeep(x, ReduceMax, axis))
+	return Add(m, Log(ReduceAndKeep(Exp(Sub(x, m)), ReduceSum, axis)))
+}
+
+// ClusterScores is each cluster's mean estimated probability over the queries: [H, K]. For a user input
+// this is one selection per KV head for the whole input (as the reference); for a decode step M is the
+// group's query heads of one token.
+func ClusterScores(q, centroids, counts *Node, scale float64) *Node {
+	return ReduceMean(Exp(LogClusterProb(q, centroids, counts, scale)), 1)
+}
+
+// KeyScores gives every key its cluster's score: scores [H, K], labels [H, S] → [H, S].
+func KeyScores(scores, labels *Node) *Node {
+	g := scores.Graph()
+	h, s := labels.Shape().Dimensions[0], labels.Shape().Dimensions[1]
+	heads := Iota(g, shapes.Make(dtypes.Int32, h, s, 1), 0)
+	return Gather(scores, Concatenate([]*Node{heads, ExpandAxes(labels, -1)}, -1)) // [H, S]
+}
+
+// ThresholdMask keeps the keys whose score exceeds the threshold (a scalar): [H, S] bool.
+func ThresholdMask(keyScores, threshold *Node) *Node {
+	return GreaterThan(keyScores, BroadcastToDims(threshold, keyScores.Shape().Dimensions...))
+}
+
+// BudgetMask keeps, per head, the budget keys with the highest scores (ties broken by position):
+// [H, S] bool.
+func BudgetMask(keyScores *Node, budget int) *Node {
+	s := keyScores.Shape().Dimensions[1]
+	if budget >= s {
+		return OnesLike(ConvertDType(keyScores, dtypes.Bool))
+	}
+	// Sort (score, -position) descending: a tiny position penalty breaks ties deterministically.
+	pos := ConvertDType(Iota(keyScores.Graph(), keyScores.Shape(), 1), dtypes.Float32)
+	prio := Sub(keyScores, MulScalar(pos, 1e-12))
+	_, idx := TopK(prio, budget, -1) // [H, budget]
+	return ScatterMask(idx, s)
+}
+
+// ScatterMask turns per-head index lists [H, B] into a mask [H, S].
+func ScatterMask(idx *Node, s int) *Node {
+	g := idx.Graph()
+	h, b := idx.Shape().Dimensions[0], idx.Shape().Dimensions[1]
+	heads := Iota(g, shapes.Make(dtypes.Int32, h, b, 1), 0)
+	at := Concatenate([]*Node{heads, ExpandAxes(ConvertDType(idx, dtypes.Int32), -1)}, -1) // [H, B, 2]
+	ones := Ones(g, shapes.Make(dtypes.Float32, h, b))
+	marks := ScatterSum(Zeros(g, shapes.Make(dtypes.Float32, h, s)), at, ones, false, false)
+	return GreaterThan(marks, ZerosLike(marks))
+}
+
+// Compact lists the kept keys of mask [H, S] in position order in a static-size list of b slots:
+// idx [H, B] int32 (0 in unused slots) and valid [H, B] bool. Keys beyond b are dropped (size b with a
+// bucket of at least the kept count). kept [H] int32 is the number of kept keys per head before dropping.
+func Compact(mask *Node, b int) (idx, valid, kept *Node) {
+	g := mask.Graph()
+	h, s := mask.Shape().Dimensions[0], mask.Shape().Dimensions[1]
+	m := ConvertDType(mask, dtypes.Int32)
+	slot := Sub(CumSum(m, 1), Ones(g, shapes.Make(dtypes.Int32, h, s))) // [H, S]: slot of each kept key
+	use := And(mask, LessThan(slot, Scalar(g, dtypes.Int32, b)))
+	slot = Clamp(Scalar(g, dtypes.Int32, 0), slot, Scalar(g, dtypes.Int32, b-1))
+	heads := Iota(g, shapes.Make(dtypes.Int32, h, s, 1), 0)
+	at := Concatenate([]*Node{heads, ExpandAxes(slot, -1)}, -1) // [H, S, 2]
+	pos1 := Add(Iota(g, shapes.Make(dtypes.Int32, h, s), 1), Ones(g, shapes.Make(dtypes.Int32, h, s)))
+	upd := Where(use, pos1, ZerosLike(pos1))                                             // position+1 of used keys
+	list := ScatterSum(Zeros(g, shapes.Make(dtypes.Int32, h, b)), at, upd, false, false) // [H, B]
+	valid = GreaterThan(list, ZerosLike(list))
+	idx = MaxScalar(Sub(list, OnesLike(list)), 0)
+	kept = ReduceSum(m, 1)
+	return idx, valid, kept
+}
+
+// GatherRows gathers rows idx [H, B] of x [H, S, D]: [H, B, D].
+func GatherRows(x, idx *Node) *Node {
+	g := x.Graph()
+	h, b := idx.Shape().Dimensions[0], idx.Shape().Dimensions[1]
+	heads := Iota(g, shapes.Make(dtypes.Int32, h, b, 1), 0)
+	return Gather(x, Concatenate([]*Node{heads, ExpandAxes(ConvertDType(idx, dtypes.Int32), -1)}, -1))
+}
+
+// Partial is an attention result over a subset of the keys, with the log-sum-exp of its scores, so that
+// results over disjoint key sets merge exactly.
+type Partial struct {
+	Out *Node // [H, M, D] float32
+	LSE *Node // [H, M, 1] float32; -1e30 when no key was visible
+}
+
+// DenseAttention is exact attention of q [H, M, D] over keys and values [H, S, D], where mask [H, M, S]
+// (or broadcastable [H, 1, S] / [1, M, S]) says which keys each query sees (nil = all).
+func DenseAttention(q, keys, values, mask *Node, scale float64) Partial {
+	scores := MulScalar(Einsum("hmd,hsd->hms", ConvertDType(q, dtypes.Float32), ConvertDType(keys, dtypes.Float32)), scale)
+	return softmaxPartial(scores, mask, values)
+}
+
+// SparseAttention is exact attention of q [H, M, D] over the keys listed in idx/valid [H, B] (from
+// Compact) of keys and values [H, S, D]: it reads only B rows per head.
+func SparseAttention(q, keys, values, idx, valid *Node, scale float64) Partial {
+	k := GatherRows(keys, idx)   // [H, B, D]
+	v := GatherRows(values, idx) // [H, B, D]
+	m := q.Shape().Dimensions[1]
+	mask := BroadcastToDims(ExpandAxes(valid, 1), valid.Shape().Dimensions[0], m, valid.Shape().Dimensions[1])
+	return DenseAttention(q, k, v, mask, scale)
+}
+
+func softmaxPartial(scores, mask, values *Node) Partial {
+	g := scores.Graph()
+	if mask != nil {
+		mask = BroadcastToDims(mask, scores.Shape().Dimensions...)
+		scores = Where(mask, scores, Scalar(g, dtypes.Float32, negInf))
+	}
+	mx := ReduceAndKeep(scores, ReduceMax, -1) // [H, M, 1]
+	e := Exp(Sub(scores, mx))
+	if mask != nil {
+		e = Where(mask, e, ZerosLike(e)) // a fully masked row sums to 0, not to S
+	}
+	sum := ReduceAndKeep(e, ReduceSum, -1)
+	out := Div(Einsum("hms,hsd->hmd", e, ConvertDType(values, dtypes.Float32)), MaxScalar(sum, 1e-30))
+	seen := GreaterThan(sum, ZerosLike(sum))
+	lse := Where(seen, Add(mx, Log(MaxScalar(sum, 1e-30))), Scalar(g, dtypes.Float32, negInf))
+	return Partial{Out: out, LSE: lse}
+}
+
+// Merge combines attention over two disjoint key sets into attention over their union.
+func Merge(a, b Partial) Partial {
+	m := Max(a.LSE, b.LSE)
+	wa, wb := Exp(Sub(a.LSE, m)), Exp(Sub(b.LSE, m))
+	sum := MaxScalar(Add(wa, wb), 1e-30)
+	out := Div(Add(Mul(a.Out, wa), Mul(b.Out, wb)), sum)
+	return Partial{Out: out, LSE: Add(m, Log(sum))}
+}
+
+// Scale is the attention scale 1/√D.
+func Scale(headDim int) float64 { return 1 / math.Sqrt(float64(headDim)) }
