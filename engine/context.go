@@ -29,11 +29,12 @@ const (
 
 // Context is a fixed context (a document, a code base, a manual) prefilled once: any number of requests
 // continue it, each from the pristine prefix. It holds a reference on the cached prefix until Close.
-// A Context may be used by several goroutines at once.
+// A Context may be used by several goroutines at once; Close waits for its calls in progress.
 type Context struct {
 	m       *Model
 	prefix  *llama.Prefix
 	release func()
+	life    gate
 	// Source is where the prefix came from; Duration how long getting it took (tokenization included).
 	Source   CacheSource
 	Duration time.Duration
@@ -84,11 +85,15 @@ func (m *Model) initCache(opts Options) error {
 }
 
 // PurgeMemoryCache frees every cached prefix that no Context holds (the disk cache is kept).
-func (m *Model) PurgeMemoryCache() { m.cache.mem.Purge() }
+func (m *Model) PurgeMemoryCache() {
+	if m != nil && m.cache != nil {
+		m.cache.mem.Purge()
+	}
+}
 
 // CacheDir is the disk cache directory in use ("" when there is none).
 func (m *Model) CacheDir() string {
-	if m.cache == nil || m.cache.disk == nil {
+	if m == nil || m.cache == nil || m.cache.disk == nil {
 		return ""
 	}
 	return m.cache.disk.Dir()
@@ -98,15 +103,24 @@ func (m *Model) CacheDir() string {
 // KV cache comes from memory, from disk, or is computed (and then stored in both).
 func (m *Model) NewContext(ctx context.Context, text string) (c *Context, err error) {
 	defer recoverTo(&err)
-	if m.Runner == nil {
-		return nil, errors.New("engine: model is closed")
+	if err := m.enter(); err != nil {
+		return nil, err
 	}
-	return m.NewContextTokens(ctx, m.Tokenizer.Encode(text, true))
+	defer m.exit()
+	return m.newContext(ctx, m.Tokenizer.Encode(text, true))
 }
 
 // NewContextTokens is NewContext for token ids.
 func (m *Model) NewContextTokens(ctx context.Context, tokens []int) (c *Context, err error) {
 	defer recoverTo(&err)
+	if err := m.enter(); err != nil {
+		return nil, err
+	}
+	defer m.exit()
+	return m.newContext(ctx, tokens)
+}
+
+func (m *Model) newContext(ctx context.Context, tokens []int) (c *Context, err error) {
 	start := time.Now()
 	if len(tokens) == 0 {
 		return nil, errors.New("engine: the fixed context is empty")
@@ -120,24 +134,37 @@ func (m *Model) NewContextTokens(ctx context.Context, tokens []int) (c *Context,
 		if c.prefix, err = m.Runner.Prefill(ctx, tokens); err != nil {
 			return nil, err
 		}
+		if m.squeeze != nil {
+			if err := c.prefix.Squeeze(ctx, *m.squeeze); err != nil {
+				c.prefix.Free()
+				return nil, err
+			}
+		}
 		c.release = c.prefix.Free
 		c.Source, c.Duration = FromComputed, time.Since(start)
 		return c, nil
 	}
 	key := prefixcache.MakeKey(m.cache.modelFP, m.DType(), tokens)
-	source := FromMemory
+	// The computation may outlive this call (when ctx is cancelled while another caller waits for the
+	// same prefix): it must not touch c, only these, which are read only once it has returned here.
+	source, note := FromMemory, ""
 	p, release, _, err := m.cache.mem.GetOrCompute(ctx, key, func(ctx context.Context) (*llama.Prefix, int64, error) {
-		p, src, note, werr := m.loadOrComputePrefix(ctx, key, tokens)
+		// The computation may outlive a caller that gave up: it registers itself so that Close waits.
+		if err := m.enter(); err != nil {
+			return nil, 0, err
+		}
+		defer m.exit()
+		p, src, why, werr := m.loadOrComputePrefix(ctx, key, tokens)
 		if werr != nil {
 			return nil, 0, werr
 		}
-		source, c.Note = src, note
+		source, note = src, why
 		return p, p.Bytes(), nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	c.prefix, c.release = p, release
+	c.prefix, c.release, c.Note = p, release, note
 	c.Source, c.Duration = source, time.Since(start)
 	if source == FromComputed && m.cache.disk != nil {
 		t0 := time.Now()
@@ -192,11 +219,15 @@ func (m *Model) writePrefix(key prefixcache.Key, p *llama.Prefix) error {
 	return m.cache.disk.Write(key, m.meta(p.Tokens()), blobs)
 }
 
-// Close releases the context's reference on its prefix.
+// Close releases the context's reference on its prefix, once the context's calls in progress have
+// returned. Closing twice is harmless.
 func (c *Context) Close() {
-	if c != nil && c.release != nil {
-		c.release()
-		c.release = nil
+	if c == nil || c.release == nil || !c.life.close() {
+		return
+	}
+	c.release()
+	if c.m.life.isClosed() {
+		c.m.cache.mem.Purge() // the model's Close could not free a prefix still held
 	}
 }
 
@@ -204,16 +235,23 @@ func (c *Context) Close() {
 // it may be empty) and samples up to MaxTokens tokens. Every call starts from the pristine prefix.
 func (c *Context) Generate(ctx context.Context, req Request) (res Response, err error) {
 	defer recoverTo(&err)
-	if c.release == nil {
-		return res, errors.New("engine: context is closed")
+	if c == nil || c.release == nil || !c.life.enter() {
+		return res, errContextClosed
 	}
+	defer c.life.exit()
+	if err := c.m.enter(); err != nil {
+		return res, err
+	}
+	defer c.m.exit()
 	input := req.PromptTokens
 	if input == nil {
 		input = c.m.Tokenizer.Encode(req.Prompt, false)
 	}
 	seq := c.prefix.NewSequence()
 	defer seq.Close()
-	prompt := append(seq.TakePending(), input...)
+	// The pending token is a slice of the prefix's tokens, shared by every request: clip it so that
+	// appending the input copies instead of writing into the shared array.
+	prompt := append(slices.Clip(seq.TakePending()), input...)
 	return c.m.generate(ctx, seq, prompt, req)
 }
 

@@ -70,13 +70,14 @@ func unpackWeights(c *Config, in []*Node) modelNodes {
 
 // stepInputs are the non-weight inputs of a step.
 type stepInputs struct {
-	invFreq            *Node   // [headDim/2] float32
-	tokens             *Node   // [n] int32
-	ctxLen, dynLen     *Node   // scalar int32
-	nValid             *Node   // scalar int32: tokens[nValid:] are padding
-	ctxK, ctxV         []*Node // per layer [numKVHeads, ctxCap, headDim]
-	dynK, dynV         []*Node // per layer [numKVHeads, dynCap, headDim]
-	allLogits          bool    // static: logits for every position, else only for row nValid-1
+	invFreq            *Node          // [headDim/2] float32
+	tokens             *Node          // [n] int32
+	ctxLen, dynLen     *Node          // scalar int32
+	nValid             *Node          // scalar int32: tokens[nValid:] are padding
+	ctxK, ctxV         []*Node        // per layer [numKVHeads, ctxCap, headDim]
+	dynK, dynV         []*Node        // per layer [numKVHeads, dynCap, headDim]
+	allLogits          bool           // static: logits for every position, else only for row nValid-1
+	squeeze            *squeezeInputs // nil: dense attention over the fixed context
 	numWeights, layers int
 }
 
@@ -95,8 +96,12 @@ func forward(c *Config, w modelNodes, s stepInputs) (logits *Node, dynK, dynV []
 
 	dynK, dynV = make([]*Node, c.NumHiddenLayers), make([]*Node, c.NumHiddenLayers)
 	for l, lw := range w.layers {
+		var sq *squeezeLayer
+		if s.squeeze != nil {
+			sq = &s.squeeze.layers[l]
+		}
 		x, dynK[l], dynV[l] = decoderLayer(c, lw, x, cos, sin, s.ctxK[l], s.ctxV[l], s.dynK[l], s.dynV[l],
-			s.dynLen, ctxMask, dynMask)
+			s.dynLen, ctxMask, dynMask, sq)
 	}
 	x = rmsNorm(x, w.norm, c.RMSNormEps) // [n, hidden]
 	if !s.allLogits {
@@ -112,7 +117,8 @@ func forward(c *Config, w modelNodes, s stepInputs) (logits *Node, dynK, dynV []
 
 // decoderLayer is one transformer block, in the order of the paper:
 // norm → q/k/v → RoPE → attention → o → residual → norm → SwiGLU → residual.
-func decoderLayer(c *Config, w layerNodes, x, cos, sin, ctxK, ctxV, dynK, dynV, dynLen, ctxMask, dynMask *Node) (
+func decoderLayer(c *Config, w layerNodes, x, cos, sin, ctxK, ctxV, dynK, dynV, dynLen, ctxMask, dynMask *Node,
+	sq *squeezeLayer) (
 	out, newDynK, newDynV *Node) {
 	n := x.Shape().Dimensions[0]
 	hd := c.HeadDim
@@ -125,8 +131,13 @@ func decoderLayer(c *Config, w layerNodes, x, cos, sin, ctxK, ctxV, dynK, dynV, 
 	q, k = applyRoPE(q, cos, sin), applyRoPE(k, cos, sin)                                 // keys are cached post-RoPE
 	kT, vT := Transpose(k, 0, 1), Transpose(v, 0, 1)                                      // [numKVHeads, n, headDim]
 	newDynK, newDynV = writeRows(dynK, kT, dynLen, nil), writeRows(dynV, vT, dynLen, nil) // [numKVHeads, dynCap, headDim]
-	attn := attention(c, q, ctxK, ctxV, newDynK, newDynV, ctxMask, dynMask)               // [n, numHeads*headDim]
-	x = Add(x, linear(attn, w.o, w.oBias))                                                // residual
+	var attn *Node                                                                        // [n, numHeads*headDim]
+	if sq == nil {
+		attn = attention(c, q, ctxK, ctxV, newDynK, newDynV, ctxMask, dynMask)
+	} else {
+		attn = squeezedAttention(c, q, ctxK, ctxV, newDynK, newDynV, dynMask, sq)
+	}
+	x = Add(x, linear(attn, w.o, w.oBias)) // residual
 
 	// MLP block (SwiGLU).
 	h = rmsNorm(x, w.postNorm, c.RMSNormEps)

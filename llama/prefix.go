@@ -18,6 +18,7 @@ type Prefix struct {
 	r      *Runner
 	kv     *kvTensors // [numKVHeads, capacity, headDim] per layer; rows [0, len(tokens)-1) valid
 	tokens []int      // all context tokens, the last one included
+	sq     *squeezeIndex
 }
 
 // Prefill computes the prefix of a fixed context of at least one token.
@@ -67,6 +68,7 @@ func (p *Prefix) Bytes() int64 {
 
 // Free releases the device buffers. Sequences started from the prefix must be closed first.
 func (p *Prefix) Free() {
+	p.dropSqueeze()
 	p.kv.finalize()
 	p.kv = nil
 }
@@ -74,7 +76,8 @@ func (p *Prefix) Free() {
 // NewSequence starts a sequence that continues the fixed context: it holds the prefix read-only and its
 // first Append is preceded by the context's last token.
 func (p *Prefix) NewSequence() *Sequence {
-	return &Sequence{r: p.r, ctx: p.kv, ctxLen: len(p.tokens) - 1, shared: true, pending: p.tokens[len(p.tokens)-1:]}
+	return &Sequence{r: p.r, ctx: p.kv, ctxLen: len(p.tokens) - 1, shared: true, sq: p.sq,
+		pending: p.tokens[len(p.tokens)-1:]}
 }
 
 // cachedRows is the number of tokens whose keys and values are stored.

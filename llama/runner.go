@@ -57,6 +57,7 @@ type Runner struct {
 	writes   map[int]*graph.Exec     // by output capacity
 	zeros    map[int]*kvTensors      // read-only zero buffers by capacity
 	invFreqs map[int]*tensors.Tensor // RoPE inverse frequencies on the device, by max position (dynamic scaling)
+	sqSteps  map[string]*graph.Exec  // squeezed steps, by index geometry
 }
 
 // kvTensors are per-layer key and value buffers [numKVHeads, capacity, headDim].
@@ -139,6 +140,12 @@ const maxCompiled = 256
 var trace = os.Getenv("SQLLM_TRACE") != ""
 
 func (r *Runner) newStepExec(allLogits bool) (*graph.Exec, error) {
+	return r.newStepExecWith(allLogits, nil)
+}
+
+// newStepExecWith builds a step executable; with a squeeze index, its inputs end with every layer's
+// centroids, counts and labels, and the fixed context is read sparsely.
+func (r *Runner) newStepExecWith(allLogits bool, sq *squeezeIndex) (*graph.Exec, error) {
 	c := r.cfg
 	nw := len(r.weights.Tensors)
 	L := c.NumHiddenLayers
@@ -156,6 +163,15 @@ func (r *Runner) newStepExec(allLogits bool) (*graph.Exec, error) {
 		}
 		kv := rest[2:]
 		s.ctxK, s.ctxV, s.dynK, s.dynV = kv[:L], kv[L:2*L], kv[2*L:3*L], kv[3*L:4*L]
+		if sq != nil {
+			idx := kv[4*L:]
+			s.squeeze = &squeezeInputs{}
+			for l := range L {
+				s.squeeze.layers = append(s.squeeze.layers, squeezeLayer{
+					centroids: idx[3*l], counts: idx[3*l+1], labels: idx[3*l+2],
+					clustered: sq.clustered, window: sq.window, budget: sq.budget})
+			}
+		}
 		logits, dynK, dynV := forward(c, w, s)
 		return append(append([]*graph.Node{logits}, dynK...), dynV...)
 	}
@@ -256,7 +272,8 @@ type Sequence struct {
 	r       *Runner
 	ctx     *kvTensors // fixed context, read only once written
 	ctxLen  int
-	shared  bool // ctx belongs to someone else (a cached prefix): never written or freed here
+	shared  bool          // ctx belongs to someone else (a cached prefix): never written or freed here
+	sq      *squeezeIndex // the prefix's Squeezed Attention index (nil: dense)
 	dyn     *kvTensors
 	dynLen  int
 	dynZero bool // dyn is the runner's shared zero buffer
@@ -484,6 +501,14 @@ func (s *Sequence) step(tokens []int, nb int, ctxKV *kvTensors, ctxLen int, dynK
 	exec := r.stepLast
 	if allLogits {
 		exec = r.stepAll
+	}
+	if s.sq != nil && ctxKV == s.ctx {
+		if exec, err = r.stepExecSqueezed(s.sq, allLogits); err != nil {
+			return nil, nil, err
+		}
+		for l := range c.NumHiddenLayers {
+			args = append(args, s.sq.centroids[l], s.sq.counts[l], s.sq.labels[l])
+		}
 	}
 	t0 := time.Now()
 	out, err := exec.Call(args...)

@@ -104,18 +104,31 @@ func ThresholdMask(keyScores, threshold *Node) *Node {
 	return GreaterThan(keyScores, BroadcastToDims(threshold, keyScores.Shape().Dimensions...))
 }
 
-// BudgetMask keeps, per head, the budget keys with the highest scores (ties broken by position):
-// [H, S] bool.
+// BudgetMask keeps, per head, the budget keys with the highest scores (scores must be ≥ 0, as
+// probabilities are; ties broken by position): [H, S] bool. It needs no sort: the budget-th largest score
+// is found by bisection on the float's bits (monotonic for non-negative floats), 31 masked counts.
 func BudgetMask(keyScores *Node, budget int) *Node {
-	s := keyScores.Shape().Dimensions[1]
+	g := keyScores.Graph()
+	h, s := keyScores.Shape().Dimensions[0], keyScores.Shape().Dimensions[1]
 	if budget >= s {
-		return OnesLike(ConvertDType(keyScores, dtypes.Bool))
+		return ConvertDType(OnesLike(keyScores), dtypes.Bool)
 	}
-	// Sort (score, -position) descending: a tiny position penalty breaks ties deterministically.
-	pos := ConvertDType(Iota(keyScores.Graph(), keyScores.Shape(), 1), dtypes.Float32)
-	prio := Sub(keyScores, MulScalar(pos, 1e-12))
-	_, idx := TopK(prio, budget, -1) // [H, budget]
-	return ScatterMask(idx, s)
+	bits := Bitcast(MaxScalar(ConvertDType(keyScores, dtypes.Float32), 0), dtypes.Int32) // [H, S]
+	b := Scalar(g, dtypes.Int32, budget)
+	lo := Zeros(g, shapes.Make(dtypes.Int32, h, 1))             // count(bits >= lo) >= budget holds
+	hi := BroadcastToDims(Scalar(g, dtypes.Int32, 0x7f800001), h, 1) // count(bits >= hi) < budget holds
+	for range 31 {
+		mid := Add(lo, DivScalar(Sub(hi, lo), 2))
+		n := ReduceAndKeep(ConvertDType(GreaterOrEqual(bits, mid), dtypes.Int32), ReduceSum, 1)
+		ok := GreaterOrEqual(n, b)
+		lo, hi = Where(ok, mid, lo), Where(ok, hi, mid)
+	}
+	// lo is the budget-th largest value: keep everything above it, then ties in position order.
+	strict := GreaterThan(bits, lo)
+	ties := Equal(bits, BroadcastToDims(lo, h, s))
+	room := Sub(b, ReduceAndKeep(ConvertDType(strict, dtypes.Int32), ReduceSum, 1)) // [H, 1]
+	tieRank := CumSum(ConvertDType(ties, dtypes.Int32), 1)
+	return Or(strict, And(ties, LessOrEqual(tieRank, BroadcastToDims(room, h, s))))
 }
 
 // ScatterMask turns per-head index lists [H, B] into a mask [H, S].
