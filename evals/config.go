@@ -1,0 +1,78 @@
+package evals
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// Config is one attention configuration to evaluate, by name:
+//
+//	dense    every key (KV budget 1)
+//	sqNN     Squeezed Attention skipping NN% of the fixed context's keys (sq70: keep about 30%)
+//	sqNNh    the same with hierarchical clustering
+//
+// The name is the key of the prediction directory (OUT/preds/NAME/) and of the result rows. Mapping a
+// Config to engine options is the caller's job (cmd/longbench); only dense is runnable for now.
+type Config struct {
+	Name string
+	// Sparsity is the fraction of keys Squeezed Attention skips (sq70: 0.70); 0 for dense.
+	Sparsity float64
+	// Hierarchical selects hierarchical centroid lookup (the h suffix).
+	Hierarchical bool
+}
+
+// Squeezed reports whether the config uses Squeezed Attention.
+func (c Config) Squeezed() bool { return c.Name != "dense" }
+
+// ErrNotImplemented is wrapped by the error for a config the engine cannot run yet.
+var ErrNotImplemented = errors.New("Squeezed Attention is not implemented yet")
+
+// NotImplemented is the start-up error for a squeezed config: "config sq70: Squeezed Attention is not
+// implemented yet".
+func (c Config) NotImplemented() error { return fmt.Errorf("config %s: %w", c.Name, ErrNotImplemented) }
+
+var sqName = regexp.MustCompile(`^sq([0-9]{1,2})(h?)$`)
+
+// ParseConfig parses one config name.
+func ParseConfig(name string) (Config, error) {
+	if name == "dense" {
+		return Config{Name: name}, nil
+	}
+	m := sqName.FindStringSubmatch(name)
+	if m == nil {
+		return Config{}, fmt.Errorf("unknown config %q (want dense, sqNN or sqNNh with NN the percentage of keys skipped, e.g. sq70)", name)
+	}
+	pct, _ := strconv.Atoi(m[1])
+	if pct < 1 {
+		return Config{}, fmt.Errorf("config %s: the sparsity must be between 1 and 99 percent", name)
+	}
+	return Config{Name: name, Sparsity: float64(pct) / 100, Hierarchical: m[2] == "h"}, nil
+}
+
+// ParseConfigs parses a comma-separated list of config names (duplicates are an error).
+func ParseConfigs(list string) ([]Config, error) {
+	var out []Config
+	seen := map[string]bool{}
+	for name := range strings.SplitSeq(list, ",") {
+		name = strings.TrimSpace(name)
+		if name == "" {
+			continue
+		}
+		c, err := ParseConfig(name)
+		if err != nil {
+			return nil, err
+		}
+		if seen[name] {
+			return nil, fmt.Errorf("config %s listed twice", name)
+		}
+		seen[name] = true
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no config given")
+	}
+	return out, nil
+}
