@@ -107,20 +107,26 @@ func (m *Model) NewContext(ctx context.Context, text string) (c *Context, err er
 		return nil, err
 	}
 	defer m.exit()
-	return m.newContext(ctx, m.Tokenizer.Encode(text, true))
+	return m.newContext(ctx, m.Tokenizer.Encode(text, true), m.squeeze)
 }
 
 // NewContextTokens is NewContext for token ids.
 func (m *Model) NewContextTokens(ctx context.Context, tokens []int) (c *Context, err error) {
+	return m.NewContextSqueezed(ctx, tokens, m.squeeze)
+}
+
+// NewContextSqueezed is NewContextTokens with explicit Squeezed Attention options (nil: dense),
+// overriding Options.Squeeze for this context.
+func (m *Model) NewContextSqueezed(ctx context.Context, tokens []int, sq *llama.SqueezeOptions) (c *Context, err error) {
 	defer recoverTo(&err)
 	if err := m.enter(); err != nil {
 		return nil, err
 	}
 	defer m.exit()
-	return m.newContext(ctx, tokens)
+	return m.newContext(ctx, tokens, sq)
 }
 
-func (m *Model) newContext(ctx context.Context, tokens []int) (c *Context, err error) {
+func (m *Model) newContext(ctx context.Context, tokens []int, sq *llama.SqueezeOptions) (c *Context, err error) {
 	start := time.Now()
 	if len(tokens) == 0 {
 		return nil, errors.New("engine: the fixed context is empty")
@@ -134,8 +140,8 @@ func (m *Model) newContext(ctx context.Context, tokens []int) (c *Context, err e
 		if c.prefix, err = m.Runner.Prefill(ctx, tokens); err != nil {
 			return nil, err
 		}
-		if m.squeeze != nil {
-			if err := c.prefix.Squeeze(ctx, *m.squeeze); err != nil {
+		if sq != nil {
+			if err := c.prefix.Squeeze(ctx, *sq); err != nil {
 				c.prefix.Free()
 				return nil, err
 			}
@@ -147,8 +153,14 @@ func (m *Model) newContext(ctx context.Context, tokens []int) (c *Context, err e
 	key := prefixcache.MakeKey(m.cache.modelFP, m.DType(), tokens)
 	// The computation may outlive this call (when ctx is cancelled while another caller waits for the
 	// same prefix): it must not touch c, only these, which are read only once it has returned here.
+	// In memory, a squeezed prefix (KV + index) is a different entry from a dense one; on disk they share
+	// the KV entry (the index is rebuilt).
+	memKey := key
+	if sq != nil {
+		memKey = prefixcache.MakeKey(fmt.Sprintf("%s|squeeze %+v", m.cache.modelFP, *sq), m.DType(), tokens)
+	}
 	source, note := FromMemory, ""
-	p, release, _, err := m.cache.mem.GetOrCompute(ctx, key, func(ctx context.Context) (*llama.Prefix, int64, error) {
+	p, release, _, err := m.cache.mem.GetOrCompute(ctx, memKey, func(ctx context.Context) (*llama.Prefix, int64, error) {
 		// The computation may outlive a caller that gave up: it registers itself so that Close waits.
 		if err := m.enter(); err != nil {
 			return nil, 0, err
@@ -157,6 +169,12 @@ func (m *Model) newContext(ctx context.Context, tokens []int) (c *Context, err e
 		p, src, why, werr := m.loadOrComputePrefix(ctx, key, tokens)
 		if werr != nil {
 			return nil, 0, werr
+		}
+		if sq != nil {
+			if werr := p.Squeeze(ctx, *sq); werr != nil {
+				p.Free()
+				return nil, 0, werr
+			}
 		}
 		source, note = src, why
 		return p, p.Bytes(), nil
@@ -316,3 +334,6 @@ func safetensorsFingerprint(path string) (string, error) {
 	}
 	return fileFingerprint(path, 8+min(int64(binary.LittleEndian.Uint64(n[:])), 100<<20))
 }
+
+// Squeeze describes the context's Squeezed Attention index; ok is false when attention is dense.
+func (c *Context) Squeeze() (info llama.SqueezeInfo, ok bool) { return c.prefix.SqueezeInfo() }

@@ -136,6 +136,10 @@ func (r *Runner) Close() error {
 
 const maxCompiled = 256
 
+// numScalars is the number of int32 scalars after the tokens in a step's packed input: ctxLen, dynLen,
+// nValid, and for a squeezed prefix its clustered keys, window and budget.
+const numScalars = 6
+
 // trace prints every step's timing to stderr (SQLLM_TRACE=1).
 var trace = os.Getenv("SQLLM_TRACE") != ""
 
@@ -154,7 +158,7 @@ func (r *Runner) newStepExecWith(allLogits bool, sq *squeezeIndex) (*graph.Exec,
 		rest := in[nw:]
 		// One int32 vector carries the step's host inputs: [tokens (n)..., ctxLen, dynLen, nValid].
 		packed := rest[1]
-		n := packed.Shape().Dimensions[0] - 3
+		n := packed.Shape().Dimensions[0] - numScalars
 		scalar := func(i int) *graph.Node { return graph.Reshape(graph.Slice(packed, graph.AxisRange(n+i, n+i+1))) }
 		s := stepInputs{
 			invFreq: rest[0], tokens: graph.Slice(packed, graph.AxisRange(0, n)),
@@ -169,7 +173,8 @@ func (r *Runner) newStepExecWith(allLogits bool, sq *squeezeIndex) (*graph.Exec,
 			for l := range L {
 				s.squeeze.layers = append(s.squeeze.layers, squeezeLayer{
 					centroids: idx[3*l], counts: idx[3*l+1], labels: idx[3*l+2],
-					clustered: sq.clustered, window: sq.window, budget: sq.budget})
+					clustered: scalar(3), window: scalar(4), budget: scalar(5),
+					maxKept: sq.maxKept})
 			}
 		}
 		logits, dynK, dynV := forward(c, w, s)
@@ -471,11 +476,14 @@ func (s *Sequence) step(tokens []int, nb int, ctxKV *kvTensors, ctxLen int, dynK
 	allLogits bool) ([][]float32, *kvTensors, error) {
 	r := s.r
 	c := r.cfg
-	packed := make([]int32, nb+3)
+	packed := make([]int32, nb+numScalars)
 	for i, t := range tokens {
 		packed[i] = int32(t)
 	}
 	packed[nb], packed[nb+1], packed[nb+2] = int32(ctxLen), int32(dynLen), int32(len(tokens))
+	if s.sq != nil {
+		packed[nb+3], packed[nb+4], packed[nb+5] = int32(s.sq.clustered), int32(s.sq.window), int32(s.sq.budget)
+	}
 	maxPos := ctxLen + dynLen + len(tokens) - 1
 	args := make([]any, 0, len(r.weights.Tensors)+2+4*c.NumHiddenLayers)
 	for _, t := range r.weights.Tensors {

@@ -35,6 +35,7 @@ type squeezeIndex struct {
 	clustered int // keys [0, clustered) are clustered; [clustered, cachedRows) are the window
 	window    int
 	budget    int // kept clustered keys per head and step
+	maxKept   int // static size of the kept-key lists (budget + window, bucketed by capacity)
 	k         int
 	centroids []*tensors.Tensor // per layer [numKVHeads, K, headDim] float32
 	counts    []*tensors.Tensor // per layer [numKVHeads, K] float32
@@ -45,8 +46,9 @@ type squeezeIndex struct {
 
 // squeezeLayer are one layer's index nodes inside a step graph.
 type squeezeLayer struct {
-	centroids, counts, labels *Node
-	clustered, window, budget int
+	centroids, counts, labels *Node // [numKVHeads, K, headDim], [numKVHeads, K], [numKVHeads, ctxCap]
+	clustered, window, budget *Node // scalar int32: they vary per prefix without recompiling
+	maxKept                   int
 }
 
 type squeezeInputs struct {
@@ -98,24 +100,26 @@ func (p *Prefix) Squeeze(ctx context.Context, opts SqueezeOptions) (err error) {
 		return fmt.Errorf("llama: a fixed context of %d tokens is too short to squeeze", len(p.tokens))
 	}
 	budget := max(1, int(math.Ceil(opts.Budget*float64(clustered))))
+	// Static shapes follow the context capacity (a bucket), so prefixes of different lengths share
+	// executables: K and the kept-list size are fractions of the capacity, the actual counts are inputs.
+	capacity := p.kv.capacity()
+	k = max(2, int(math.Round(opts.Centroids*float64(capacity))))
+	maxWindow := opts.Window
+	if maxWindow == 0 {
+		maxWindow = 100
+	}
+	maxKept := bucket64(int(math.Ceil(opts.Budget*float64(capacity)))) + bucket64(maxWindow)
 	start := time.Now()
 	L := p.r.cfg.NumHiddenLayers
-	exec, err := graph.NewExec(p.r.backend, func(g *Graph, keys []*Node) []*Node {
-		var out []*Node
-		for _, kl := range keys {
-			part := Slice(kl, AxisRange(), AxisRange(0, clustered), AxisRange())
-			c, labels, counts := squeeze.KMeans(part, k, opts.Iterations)
-			out = append(out, c, counts, labels)
-		}
-		return out
-	})
+	exec, err := p.r.clusterExec(k, opts.Iterations)
 	if err != nil {
 		return err
 	}
-	args := make([]any, L)
-	for i, t := range p.kv.k {
-		args[i] = t
+	args := make([]any, 0, L+1)
+	for _, t := range p.kv.k {
+		args = append(args, t)
 	}
+	args = append(args, int32(clustered))
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -123,7 +127,7 @@ func (p *Prefix) Squeeze(ctx context.Context, opts SqueezeOptions) (err error) {
 	if err != nil {
 		return fmt.Errorf("llama: clustering: %w", err)
 	}
-	idx := &squeezeIndex{opts: opts, clustered: clustered, window: window, budget: budget, k: k}
+	idx := &squeezeIndex{opts: opts, clustered: clustered, window: window, budget: budget, k: k, maxKept: maxKept}
 	for l := range L {
 		idx.centroids = append(idx.centroids, out[3*l])
 		idx.counts = append(idx.counts, out[3*l+1])
@@ -177,13 +181,15 @@ func squeezedAttention(c *Config, q, ctxK, ctxV, dynK, dynV, dynMask *Node, sq *
 	qg = Reshape(qg, kvh, n*group, hd) // [numKVHeads, n*group, headDim]
 
 	// Selection: the clusters' estimated probabilities → the budget's best keys, plus the window.
-	scores := squeeze.ClusterScores(qg, sq.centroids, sq.counts, scale)         // [numKVHeads, K]
-	keep := squeeze.BudgetMask(squeeze.KeyScores(scores, sq.labels), sq.budget) // [numKVHeads, clustered]
-	rest := ctxCap - sq.clustered
-	pos := Iota(g, shapes.Make(dtypes.Int32, kvh, rest), 1)
-	windowKeep := LessThan(pos, Scalar(g, dtypes.Int32, sq.window)) // rows [clustered, clustered+window)
-	mask := Concatenate([]*Node{keep, windowKeep}, 1)               // [numKVHeads, ctxCap]
-	idx, valid, _ := squeeze.Compact(mask, sq.budget+sq.window)
+	scores := squeeze.ClusterScores(qg, sq.centroids, sq.counts, scale) // [numKVHeads, K]
+	pos := Iota(g, shapes.Make(dtypes.Int32, kvh, ctxCap), 1)
+	clustered := LessThan(pos, BroadcastToDims(sq.clustered, kvh, ctxCap)) // rows [0, clustered)
+	end := BroadcastToDims(Add(sq.clustered, sq.window), kvh, ctxCap)
+	windowRows := And(Not(clustered), LessThan(pos, end)) // the observation window: always attended
+	keyScores := Where(clustered, squeeze.KeyScores(scores, sq.labels), ZerosLike(ConvertDType(pos, dtypes.Float32)))
+	keep := And(squeeze.BudgetMaskN(keyScores, sq.budget), clustered)
+	mask := Or(keep, windowRows) // [numKVHeads, ctxCap]
+	idx, valid, _ := squeeze.Compact(mask, sq.maxKept)
 
 	sparse := squeeze.SparseAttention(qg, ctxK, ctxV, idx, valid, scale)
 	dm := Reshape(BroadcastToDims(Reshape(dynMask, n, 1, dynCap), n, group, dynCap), 1, n*group, dynCap)
@@ -193,9 +199,41 @@ func squeezedAttention(c *Config, q, ctxK, ctxV, dynK, dynV, dynMask *Node, sq *
 	return Reshape(out, n, c.NumAttentionHeads*hd)
 }
 
+// bucket64 rounds up to a multiple of 64.
+func bucket64(n int) int { return (n + 63) / 64 * 64 }
+
+// clusterExec returns the executable that clusters every layer's keys ([numKVHeads, capacity, headDim],
+// the first `clustered` rows) into k clusters.
+func (r *Runner) clusterExec(k, iters int) (*graph.Exec, error) {
+	key := fmt.Sprintf("cluster/%d/%d", k, iters)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.sqSteps == nil {
+		r.sqSteps = map[string]*graph.Exec{}
+	}
+	if e, ok := r.sqSteps[key]; ok {
+		return e, nil
+	}
+	e, err := graph.NewExec(r.backend, func(g *Graph, in []*Node) []*Node {
+		keys, clustered := in[:len(in)-1], in[len(in)-1]
+		var out []*Node
+		for _, kl := range keys {
+			c, labels, counts := squeeze.KMeansMasked(kl, clustered, k, iters)
+			out = append(out, c, counts, labels)
+		}
+		return out
+	})
+	if err != nil {
+		return nil, err
+	}
+	e = e.WithName(key).SetMaxCache(maxCompiled)
+	r.sqSteps[key] = e
+	return e, nil
+}
+
 // stepExecSqueezed returns the compiled step for sequences over a squeezed prefix.
 func (r *Runner) stepExecSqueezed(sq *squeezeIndex, allLogits bool) (*graph.Exec, error) {
-	key := fmt.Sprintf("%d/%d/%d/%v", sq.clustered, sq.window, sq.budget, allLogits)
+	key := fmt.Sprintf("step/%d/%v", sq.maxKept, allLogits)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.sqSteps == nil {

@@ -33,22 +33,36 @@ const negInf = -1e30
 // It returns centroids [H, K, D] (float32; zero for empty clusters), labels [H, S] int32 and counts [H, K]
 // float32 (0 marks an empty cluster).
 func KMeans(keys *Node, k, iters int) (centroids, labels, counts *Node) {
+	return KMeansMasked(keys, nil, k, iters)
+}
+
+// KMeansMasked is KMeans over the first `clustered` keys only (a scalar int32 node; nil = all): the
+// rest are padding and belong to no cluster (their labels are meaningless). Shapes stay static, so
+// contexts of different lengths in one capacity bucket share one executable.
+func KMeansMasked(keys, clustered *Node, k, iters int) (centroids, labels, counts *Node) {
 	g := keys.Graph()
 	h, s, d := keys.Shape().Dimensions[0], keys.Shape().Dimensions[1], keys.Shape().Dimensions[2]
+	n := clustered
+	if n == nil {
+		n = Scalar(g, dtypes.Int32, s)
+	}
 	raw := ConvertDType(keys, dtypes.Float32)
 	unit := L2NormalizeWithEpsilon(raw, 1e-12, -1) // [H, S, D]
+	rowValid := ConvertDType(LessThan(Iota(g, shapes.Make(dtypes.Int32, 1, s, 1), 1),
+		BroadcastToDims(n, 1, s, 1)), dtypes.Float32) // [1, S, 1]
 
-	// Initial centroids: k keys spread evenly over the context.
+	// Initial centroids: k keys spread evenly over the clustered part.
 	kIdx := Iota(g, shapes.Make(dtypes.Int32, k, s), 0)
 	sIdx := Iota(g, shapes.Make(dtypes.Int32, k, s), 1)
-	pick := Equal(sIdx, DivScalar(MulScalar(kIdx, s), k))                   // [K, S]: key ⌊j·S/K⌋ seeds cluster j
+	seed := Div(Mul(kIdx, BroadcastToDims(n, k, s)), Scalar(g, dtypes.Int32, k))
+	pick := Equal(sIdx, seed)                                               // [K, S]: key ⌊j·n/K⌋ seeds cluster j
 	cent := Einsum("ks,hsd->hkd", ConvertDType(pick, dtypes.Float32), unit) // [H, K, D]
 
 	var onehot *Node
 	assign := func(c *Node) {
 		sim := Einsum("hsd,hkd->hsk", unit, L2NormalizeWithEpsilon(c, 1e-12, -1)) // [H, S, K] cosine similarity
 		labels = ArgMax(sim, -1, dtypes.Int32)                                    // [H, S]
-		onehot = OneHot(labels, k, dtypes.Float32)                                // [H, S, K]
+		onehot = Mul(OneHot(labels, k, dtypes.Float32), rowValid)                 // [H, S, K]; padding in no cluster
 		counts = ReduceSum(onehot, 1)                                             // [H, K]
 	}
 	for range iters {
@@ -108,14 +122,20 @@ func ThresholdMask(keyScores, threshold *Node) *Node {
 // probabilities are; ties broken by position): [H, S] bool. It needs no sort: the budget-th largest score
 // is found by bisection on the float's bits (monotonic for non-negative floats), 31 masked counts.
 func BudgetMask(keyScores *Node, budget int) *Node {
-	g := keyScores.Graph()
-	h, s := keyScores.Shape().Dimensions[0], keyScores.Shape().Dimensions[1]
-	if budget >= s {
+	if budget >= keyScores.Shape().Dimensions[1] {
 		return ConvertDType(OnesLike(keyScores), dtypes.Bool)
 	}
+	return BudgetMaskN(keyScores, Scalar(keyScores.Graph(), dtypes.Int32, budget))
+}
+
+// BudgetMaskN is BudgetMask with the budget given as a scalar int32 node (so it can vary without
+// recompiling). A budget at least the number of keys keeps them all.
+func BudgetMaskN(keyScores, budget *Node) *Node {
+	g := keyScores.Graph()
+	h, s := keyScores.Shape().Dimensions[0], keyScores.Shape().Dimensions[1]
 	bits := Bitcast(MaxScalar(ConvertDType(keyScores, dtypes.Float32), 0), dtypes.Int32) // [H, S]
-	b := Scalar(g, dtypes.Int32, budget)
-	lo := Zeros(g, shapes.Make(dtypes.Int32, h, 1))             // count(bits >= lo) >= budget holds
+	b := budget
+	lo := Zeros(g, shapes.Make(dtypes.Int32, h, 1))                  // count(bits >= lo) >= budget holds
 	hi := BroadcastToDims(Scalar(g, dtypes.Int32, 0x7f800001), h, 1) // count(bits >= hi) < budget holds
 	for range 31 {
 		mid := Add(lo, DivScalar(Sub(hi, lo), 2))

@@ -17,6 +17,7 @@ import (
 
 	"github.com/squeezeai/sqllm/backend/xla"
 	"github.com/squeezeai/sqllm/engine"
+	"github.com/squeezeai/sqllm/llama"
 	"github.com/squeezeai/sqllm/model"
 )
 
@@ -40,17 +41,19 @@ func (s *stringList) String() string     { return strings.Join(*s, ",") }
 func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 
 type config struct {
-	modelDir, prompt, promptFile     string
-	maxTokens                        int
-	temperature, topP, repeatPenalty float64
-	topK, repeatLastN                int
-	seed                             int64
-	stops                            stringList
-	backend, plugin, dtype           string
-	maxChunk, maxContext             int
-	randomWeights, ignoreEOS, quiet  bool
-	contextFile, cacheDir            string
-	noCache, interactive             bool
+	modelDir, prompt, promptFile      string
+	maxTokens                         int
+	temperature, topP, repeatPenalty  float64
+	topK, repeatLastN                 int
+	seed                              int64
+	stops                             stringList
+	backend, plugin, dtype            string
+	maxChunk, maxContext              int
+	randomWeights, ignoreEOS, quiet   bool
+	contextFile, cacheDir             string
+	noCache, interactive              bool
+	sqBudget, sqCentroids, sqSparsity float64
+	sqHierarchical                    bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -79,6 +82,10 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.contextFile, "context-file", "", "a long fixed context (document, code) prefilled once and cached; -prompt/-prompt-file is then the user input that follows it")
 	fs.StringVar(&c.cacheDir, "cache-dir", "", "prefix cache directory (default: $SQLLM_CACHE_DIR or the user cache directory's sqllm/prefix)")
 	fs.BoolVar(&c.noCache, "no-cache", false, "do not read or write the prefix cache")
+	fs.Float64Var(&c.sqBudget, "squeeze-budget", 0, "Squeezed Attention over the -context-file: keep this fraction of its clustered keys per step (fixed budget; 0 = dense)")
+	fs.Float64Var(&c.sqCentroids, "squeeze-centroids", 0.05, "number of k-means centroids as a fraction of the fixed context")
+	fs.Float64Var(&c.sqSparsity, "squeeze-sparsity", 0, "calibrated-threshold Squeezed Attention (not implemented yet: use -squeeze-budget)")
+	fs.BoolVar(&c.sqHierarchical, "squeeze-hierarchical", false, "two-level clustering (not implemented yet)")
 	fs.BoolVar(&c.interactive, "interactive", false, "with -context-file: read user inputs from stdin, one per line, and answer each against the same fixed context")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -112,10 +119,32 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if c.interactive && c.promptFile == "-" {
 		return nil, errors.New("-interactive reads its inputs from stdin: -prompt-file - cannot be used with it")
 	}
+	if c.sqSparsity != 0 {
+		return nil, errors.New("-squeeze-sparsity: calibrated-threshold mode is not implemented yet; use -squeeze-budget F")
+	}
+	if c.sqHierarchical {
+		return nil, errors.New("-squeeze-hierarchical: the two-level index is not implemented yet")
+	}
+	if c.sqBudget != 0 && (c.sqBudget < 0 || c.sqBudget > 1) {
+		return nil, fmt.Errorf("-squeeze-budget %g: want a fraction in (0, 1]", c.sqBudget)
+	}
+	if c.sqBudget != 0 && c.contextFile == "" {
+		return nil, errors.New("-squeeze-budget applies to a fixed context: give -context-file")
+	}
+	if c.sqCentroids <= 0 || c.sqCentroids > 0.5 {
+		return nil, fmt.Errorf("-squeeze-centroids %g: want a fraction in (0, 0.5]", c.sqCentroids)
+	}
 	if c.maxChunk < 0 || c.maxContext < 0 {
 		return nil, errors.New("-chunk and -max-context must not be negative")
 	}
 	return c, nil
+}
+
+func (c *config) squeeze() *llama.SqueezeOptions {
+	if c.sqBudget == 0 {
+		return nil
+	}
+	return &llama.SqueezeOptions{Budget: c.sqBudget, Centroids: c.sqCentroids}
 }
 
 func (c *config) sampler() model.SamplerConfig {
@@ -183,7 +212,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	m, err := engine.Open(dir, engine.Options{Backend: kind, PluginPath: c.plugin, DType: c.dtype,
 		MaxChunk: c.maxChunk, MaxContext: c.maxContext, RandomWeights: c.randomWeights,
-		CacheDir: c.cacheDir, NoCache: c.noCache})
+		CacheDir: c.cacheDir, NoCache: c.noCache, Squeeze: c.squeeze()})
 	if err != nil {
 		fmt.Fprintf(stderr, "generate: %v\n", err)
 		return 1
@@ -266,6 +295,11 @@ func reportContext(w io.Writer, m *engine.Model, fc *engine.Context) {
 	fmt.Fprintf(w, "fixed context: %d tokens, %s in %.3fs (cache: %s)\n", fc.Tokens, fc.Source, fc.Duration.Seconds(), where)
 	if fc.WriteDuration > 0 {
 		fmt.Fprintf(w, "fixed context: written to the disk cache in %.3fs\n", fc.WriteDuration.Seconds())
+	}
+	if info, ok := fc.Squeeze(); ok {
+		fmt.Fprintf(w, "squeezed attention: %d keys clustered into %d centroids in %.3fs, window %d, budget %d keys; "+
+			"mean kept fraction %.3f (centroids counted)\n", info.Clustered, info.Centroids, info.ClusterTime.Seconds(),
+			info.Window, info.Budget, info.KeptFraction)
 	}
 	if fc.Note != "" {
 		fmt.Fprintf(w, "fixed context: note: %s\n", fc.Note)

@@ -7,6 +7,7 @@ import (
 	"github.com/squeezeai/sqllm/backend/xla"
 	"github.com/squeezeai/sqllm/engine"
 	"github.com/squeezeai/sqllm/evals"
+	"github.com/squeezeai/sqllm/llama"
 )
 
 // loaded is an opened model as the command uses it.
@@ -15,18 +16,29 @@ type loaded struct {
 	maxContext int    // tokens the model accepts (prompt and generation)
 	describe   string // backend, dtype and model, for the report
 	close      func()
+	// forConfig returns the LM for one configuration (nil: lm serves every config).
+	forConfig func(evals.Config) evals.LM
 }
 
 // opener opens the model the options name; tests substitute a fake.
 type opener func(o *options) (*loaded, error)
 
-// runnable says whether the engine can run a config: dense only, until Squeezed Attention lands. It is
-// checked for every config at start-up, before any data or model is loaded.
+// runnable says whether the engine can run a config: dense, and sqNN in the engine's fixed-budget mode
+// (keep 1-NN% of the clustered keys per step); the hierarchical index and calibrated thresholds are not
+// implemented yet. It is checked for every config at start-up, before any data or model is loaded.
 func runnable(c evals.Config) error {
-	if c.Squeezed() {
+	if c.Hierarchical {
 		return c.NotImplemented()
 	}
 	return nil
+}
+
+// squeezeOptions maps a config to the engine's Squeezed Attention options (nil: dense).
+func squeezeOptions(c evals.Config) *llama.SqueezeOptions {
+	if !c.Squeezed() {
+		return nil
+	}
+	return &llama.SqueezeOptions{Budget: 1 - c.Sparsity}
 }
 
 // openEngine opens the model with the engine.
@@ -40,12 +52,16 @@ func openEngine(o *options) (*loaded, error) {
 	if m.Backend.Note != "" {
 		desc += " (" + m.Backend.Note + ")"
 	}
-	return &loaded{lm: engineLM{m}, maxContext: m.Runner.MaxLen(), describe: desc, close: func() { m.Close() }}, nil
+	return &loaded{lm: engineLM{m: m}, maxContext: m.Runner.MaxLen(), describe: desc, close: func() { m.Close() },
+		forConfig: func(c evals.Config) evals.LM { return engineLM{m: m, sq: squeezeOptions(c)} }}, nil
 }
 
 // engineLM is evals.LM over an engine.Model with dense attention: the fixed context is prefilled (or found
 // in the prefix cache) once, then continued with the user input; every key is kept.
-type engineLM struct{ m *engine.Model }
+type engineLM struct {
+	m  *engine.Model
+	sq *llama.SqueezeOptions // nil: dense
+}
 
 func (l engineLM) Tokenize(text string, addSpecial bool) []int {
 	return l.m.Tokenizer.Encode(text, addSpecial)
@@ -61,14 +77,18 @@ func (l engineLM) Generate(ctx context.Context, fixed, input []int, maxNew int, 
 		res, err := l.m.Generate(ctx, req)
 		return res.Text, 1, err
 	}
-	c, err := l.m.NewContextTokens(ctx, fixed)
+	c, err := l.m.NewContextSqueezed(ctx, fixed, l.sq)
 	if err != nil {
 		return "", 0, err
 	}
 	defer c.Close()
+	kept := 1.0
+	if info, ok := c.Squeeze(); ok {
+		kept = info.KeptFraction
+	}
 	if req.PromptTokens == nil {
 		req.PromptTokens = []int{} // an empty user input: continue the fixed context alone
 	}
 	res, err := c.Generate(ctx, req)
-	return res.Text, 1, err
+	return res.Text, kept, err
 }

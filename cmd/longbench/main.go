@@ -173,7 +173,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, open open
 	}
 	lms := map[string]evals.LM{}
 	for _, c := range configs {
-		lms[c.Name] = m.lm // dense: one model serves every config
+		lms[c.Name] = m.lm
+		if m.forConfig != nil {
+			lms[c.Name] = m.forConfig(c)
+		}
 	}
 	remaining := plan.Remaining()
 	if !o.quiet {

@@ -122,8 +122,8 @@ func TestStartupErrors(t *testing.T) {
 		want string
 		code int
 	}{
-		{"squeezed config", []string{"-data", "/nonexistent", "-tasks", "lcc", "-out", "o", "-configs", "dense,sq70"},
-			"longbench: config sq70: Squeezed Attention is not implemented yet\n", 2},
+		{"hierarchical squeezed config", []string{"-data", "/nonexistent", "-tasks", "lcc", "-out", "o", "-configs", "dense,sq70h"},
+			"longbench: config sq70h: Squeezed Attention is not implemented yet\n", 2},
 		{"hierarchical config", []string{"-data", "/nonexistent", "-tasks", "lcc", "-out", "o", "-configs", "sq90h"},
 			"config sq90h: Squeezed Attention is not implemented yet", 2},
 		{"unknown config", []string{"-data", data, "-tasks", "lcc", "-out", "o", "-configs", "sparse"}, `unknown config "sparse"`, 2},
