@@ -15,7 +15,7 @@ import (
 //	sqNNh    the same with hierarchical clustering
 //
 // The name is the key of the prediction directory (OUT/preds/NAME/) and of the result rows. Mapping a
-// Config to engine options is the caller's job (cmd/longbench); only dense is runnable for now.
+// Config to engine options is the caller's job (cmd/longbench).
 type Config struct {
 	Name string
 	// Sparsity is the fraction of keys Squeezed Attention skips (sq70: 0.70); 0 for dense.

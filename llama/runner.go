@@ -254,13 +254,17 @@ func (r *Runner) ctxCapacity(n int) int {
 	return (n + g - 1) / g * g
 }
 
-// chunkBucket rounds the number of tokens of a step up: powers of two up to 16, then multiples of 16, so a
-// 65-token user input costs 80 rows, not 128.
+// chunkBucket rounds the number of tokens of a step up: powers of two up to 16, multiples of 16 up to
+// 128 (a 65-token user input costs 80 rows, not 128), then powers of two again, so that XLA compiles few
+// executables (each shape is a compilation of a second or more on the GPU).
 func (r *Runner) chunkBucket(n int) int {
-	if n <= 16 {
+	switch {
+	case n <= 16:
 		return nextPow2(n)
+	case n <= 128:
+		return min((n+15)/16*16, r.opts.MaxChunk)
 	}
-	return min((n+15)/16*16, r.opts.MaxChunk)
+	return min(nextPow2(n), r.opts.MaxChunk)
 }
 
 func nextPow2(n int) int {
