@@ -112,6 +112,9 @@ func (m *Model) NewContext(ctx context.Context, text string) (c *Context, err er
 
 // NewContextTokens is NewContext for token ids.
 func (m *Model) NewContextTokens(ctx context.Context, tokens []int) (c *Context, err error) {
+	if m == nil {
+		return nil, ErrClosed
+	}
 	return m.NewContextSqueezed(ctx, tokens, m.squeeze)
 }
 

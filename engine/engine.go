@@ -8,7 +8,8 @@
 //		OnText: func(s string) error { fmt.Print(s); return nil }})
 //
 // A Model is safe for concurrent use: every Generate call runs its own sequence (KV cache).
-// The API returns errors, never panics.
+// The API returns errors, never panics. Close waits for the calls in progress; later calls return
+// ErrClosed.
 package engine
 
 import (
@@ -16,11 +17,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime/debug"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gomlx/compute/dtypes"
@@ -43,9 +46,11 @@ type Options struct {
 	PluginPath string
 	// DType is the compute dtype: "f32" or "bf16". Empty: f32 on the pure-Go backend, bf16 on XLA.
 	DType string
-	// MaxChunk is the prefill chunk in tokens (0: 512 on the Go backend, 2048 on XLA).
+	// MaxChunk is the prefill chunk in tokens (0: 512 on the Go backend, 2048 on XLA); at most
+	// MaxChunkLimit. Cancellation takes effect between chunks.
 	MaxChunk int
-	// MaxContext lowers the context limit below the model's max_position_embeddings (0: the model's).
+	// MaxContext lowers the context limit below the model's max_position_embeddings (0: the model's);
+	// a larger value is an error, and so is a context above MaxContextLimit.
 	MaxContext int
 	// RandomWeights builds the model from config.json alone, with random weights (benchmarks only).
 	RandomWeights bool
@@ -56,6 +61,74 @@ type Options struct {
 	NoCache bool
 	// MemoryCacheBytes is the byte budget of prefixes kept in device memory while unused (default 2 GiB).
 	MemoryCacheBytes int64
+	// Squeeze, when set, makes every fixed context (NewContext) use Squeezed Attention.
+	Squeeze *llama.SqueezeOptions
+}
+
+// Limits checked by Open before anything is allocated for them.
+const (
+	// MaxContextLimit is the largest context (in tokens) a Model accepts: a config.json declaring a
+	// larger max_position_embeddings needs Options.MaxContext to lower it.
+	MaxContextLimit = 1 << 24
+	// MaxChunkLimit is the largest Options.MaxChunk.
+	MaxChunkLimit = 1 << 16
+)
+
+// ErrClosed is returned by calls on a closed Model (or a Context of one) and on a closed Context.
+var ErrClosed = errors.New("engine: model is closed")
+
+// errContextClosed wraps ErrClosed for a closed Context.
+var errContextClosed = fmt.Errorf("engine: context is closed (%w)", ErrClosed)
+
+// gate counts the calls in progress on an object so that closing it waits for them; once closed, it
+// lets no new call in.
+type gate struct {
+	mu     sync.Mutex
+	idle   *sync.Cond // signalled when active drops to 0
+	active int
+	closed bool
+}
+
+// enter registers a call; false when the object is closed.
+func (g *gate) enter() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return false
+	}
+	g.active++
+	return true
+}
+
+func (g *gate) exit() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.active--; g.active == 0 && g.idle != nil {
+		g.idle.Broadcast()
+	}
+}
+
+// close refuses new calls and waits for the active ones to exit; false when already closed.
+func (g *gate) close() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return false
+	}
+	g.closed = true
+	if g.idle == nil {
+		g.idle = sync.NewCond(&g.mu)
+	}
+	for g.active > 0 {
+		g.idle.Wait()
+	}
+	return true
+}
+
+func (g *gate) isClosed() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.closed
 }
 
 // Model is an opened model: tokenizer, weights on a device, compiled steps.
@@ -70,7 +143,25 @@ type Model struct {
 	LoadDuration  time.Duration
 	eos           []int
 	cache         *cacheState
+	squeeze       *llama.SqueezeOptions
+	dtype         string
+	life          gate
 }
+
+// enter registers a call on the model (Close waits for it): ErrClosed once closed (or for a Model
+// that Open did not make). Every successful enter needs an exit.
+func (m *Model) enter() error {
+	if m == nil || !m.life.enter() {
+		return ErrClosed
+	}
+	if m.Runner == nil { // not opened by Open
+		m.life.exit()
+		return ErrClosed
+	}
+	return nil
+}
+
+func (m *Model) exit() { m.life.exit() }
 
 // ParseDType validates a -dtype value ("" means automatic).
 func ParseDType(s string) (string, error) {
@@ -98,6 +189,12 @@ func Open(dir string, opts Options) (m *Model, err error) {
 	if err != nil {
 		return nil, err
 	}
+	switch {
+	case opts.MaxContext < 0:
+		return nil, fmt.Errorf("engine: MaxContext %d must not be negative", opts.MaxContext)
+	case opts.MaxChunk > MaxChunkLimit:
+		return nil, fmt.Errorf("engine: MaxChunk %d exceeds the limit of %d tokens", opts.MaxChunk, MaxChunkLimit)
+	}
 	hf, err := weights.ReadConfig(dir)
 	if err != nil {
 		return nil, err
@@ -105,6 +202,18 @@ func Open(dir string, opts Options) (m *Model, err error) {
 	cfg, err := llama.NewConfig(hf)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, "config.json"), err)
+	}
+	// The context is bounded before anything is sized by it: never beyond what the model was trained
+	// for, and never so large that a request's bookkeeping could exhaust memory.
+	switch {
+	case opts.MaxContext > cfg.MaxPositionEmbeddings:
+		return nil, fmt.Errorf("engine: MaxContext %d is beyond the model's context (max_position_embeddings %d)",
+			opts.MaxContext, cfg.MaxPositionEmbeddings)
+	case opts.MaxContext > MaxContextLimit:
+		return nil, fmt.Errorf("engine: MaxContext %d exceeds the engine's limit of %d tokens", opts.MaxContext, MaxContextLimit)
+	case opts.MaxContext == 0 && cfg.MaxPositionEmbeddings > MaxContextLimit:
+		return nil, fmt.Errorf("%s: max_position_embeddings %d exceeds the engine's limit of %d tokens (set a smaller MaxContext)",
+			filepath.Join(dir, "config.json"), cfg.MaxPositionEmbeddings, MaxContextLimit)
 	}
 	tok, err := tokenizer.Load(dir)
 	if err != nil {
@@ -154,7 +263,10 @@ func Open(dir string, opts Options) (m *Model, err error) {
 		return nil, err
 	}
 	m = &Model{Dir: dir, Config: cfg, Tokenizer: tok, Runner: r, Backend: b, eos: readEOS(dir, cfg, tok),
-		RandomWeights: opts.RandomWeights}
+		RandomWeights: opts.RandomWeights, dtype: "f32", squeeze: opts.Squeeze}
+	if r.DType() == dtypes.BFloat16 {
+		m.dtype = "bf16"
+	}
 	if err := m.initCache(opts); err != nil {
 		r.Close()
 		return nil, err
@@ -163,9 +275,10 @@ func Open(dir string, opts Options) (m *Model, err error) {
 	return m, nil
 }
 
-// Close releases the device memory.
+// Close releases the device memory. It waits for the calls in progress (Generate, NewContext,
+// Context.Generate) to return; later calls return ErrClosed. Closing twice is harmless.
 func (m *Model) Close() error {
-	if m == nil || m.Runner == nil {
+	if m == nil || !m.life.close() || m.Runner == nil {
 		return nil
 	}
 	if m.cache != nil {
@@ -177,12 +290,7 @@ func (m *Model) Close() error {
 }
 
 // DType is the compute dtype name ("f32" or "bf16").
-func (m *Model) DType() string {
-	if m.Runner.DType() == dtypes.BFloat16 {
-		return "bf16"
-	}
-	return "f32"
-}
+func (m *Model) DType() string { return m.dtype }
 
 // Request is one generation request.
 type Request struct {
@@ -202,14 +310,21 @@ type Request struct {
 type Response = model.Result
 
 // Encode tokenizes text as a prompt (with BOS as the tokenizer's post-processor says).
-func (m *Model) Encode(text string) []int { return m.Tokenizer.Encode(text, true) }
+func (m *Model) Encode(text string) []int {
+	if m == nil || m.Tokenizer == nil {
+		return nil
+	}
+	return m.Tokenizer.Encode(text, true)
+}
 
 // Generate runs the prompt and samples up to MaxTokens new tokens, stopping at EOS or a stop string.
+// A MaxTokens beyond the free context is clamped: generation then ends with model.StopContextFull.
 func (m *Model) Generate(ctx context.Context, req Request) (res Response, err error) {
 	defer recoverTo(&err)
-	if m.Runner == nil {
-		return res, errors.New("engine: model is closed")
+	if err := m.enter(); err != nil {
+		return res, err
 	}
+	defer m.exit()
 	prompt := req.PromptTokens
 	if prompt == nil {
 		prompt = m.Encode(req.Prompt)
@@ -259,7 +374,7 @@ func (m *Model) EOSTokens() []int { return m.eos }
 // readEOS collects the end-of-sequence ids from every place a hub checkpoint may declare them.
 func readEOS(dir string, cfg *llama.Config, tok *tokenizer.Tokenizer) []int {
 	ids := slices.Clone(cfg.EOSTokenIDs)
-	if b, err := os.ReadFile(filepath.Join(dir, "generation_config.json")); err == nil {
+	if b, err := readSmallFile(filepath.Join(dir, "generation_config.json")); err == nil {
 		var gc struct {
 			EOS json.RawMessage `json:"eos_token_id"`
 		}
@@ -278,6 +393,23 @@ func readEOS(dir string, cfg *llama.Config, tok *tokenizer.Tokenizer) []int {
 	}
 	slices.Sort(ids)
 	return slices.Compact(ids)
+}
+
+// maxSmallFile bounds the optional JSON files read beside the model (real ones are a few hundred bytes).
+const maxSmallFile = 16 << 20
+
+// readSmallFile reads a file of at most maxSmallFile bytes, never more, whatever it is (a device, a pipe).
+func readSmallFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxSmallFile+1))
+	if err == nil && len(b) > maxSmallFile {
+		err = fmt.Errorf("%s: larger than %d bytes", path, maxSmallFile)
+	}
+	return b, err
 }
 
 // recoverTo turns a panic escaping the library into an error: the public API never panics.

@@ -77,7 +77,7 @@ func (p *Prefix) Free() {
 // first Append is preceded by the context's last token.
 func (p *Prefix) NewSequence() *Sequence {
 	return &Sequence{r: p.r, ctx: p.kv, ctxLen: len(p.tokens) - 1, shared: true, sq: p.sq,
-		pending: p.tokens[len(p.tokens)-1:]}
+		pending: p.tokens[len(p.tokens)-1 : len(p.tokens) : len(p.tokens)]} // no spare capacity to append into
 }
 
 // cachedRows is the number of tokens whose keys and values are stored.

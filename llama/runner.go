@@ -34,7 +34,7 @@ func (o *Options) setDefaults() {
 	if o.MaxChunk <= 0 {
 		o.MaxChunk = 512
 	}
-	o.MaxChunk = nextPow2(o.MaxChunk)
+	o.MaxChunk = nextPow2(min(o.MaxChunk, 1<<16))
 	if o.DynBlock <= 0 {
 		o.DynBlock = 128
 	}
@@ -87,6 +87,10 @@ func NewRunner(backend compute.Backend, cfg *Config, w *Weights, opts Options) (
 	r := &Runner{cfg: cfg, backend: backend, weights: w, opts: opts,
 		writes: map[int]*graph.Exec{}, zeros: map[int]*kvTensors{}}
 	r.maxLen = cfg.MaxPositionEmbeddings
+	if opts.MaxLen > cfg.MaxPositionEmbeddings {
+		return nil, fmt.Errorf("llama: context limit %d exceeds the model's max_position_embeddings %d",
+			opts.MaxLen, cfg.MaxPositionEmbeddings)
+	}
 	if opts.MaxLen > 0 {
 		r.maxLen = opts.MaxLen
 	}

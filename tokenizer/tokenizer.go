@@ -107,7 +107,7 @@ func Load(path string) (*Tokenizer, error) {
 	} else if fi.IsDir() {
 		file = filepath.Join(path, "tokenizer.json")
 	}
-	data, err := os.ReadFile(file)
+	data, err := readLimited(file, fileLimit)
 	if err != nil {
 		return nil, fmt.Errorf("tokenizer: %v", err)
 	}
@@ -116,8 +116,11 @@ func Load(path string) (*Tokenizer, error) {
 		if err != nil {
 			return nil, fmt.Errorf("tokenizer: %s: %v", file, err)
 		}
-		if data, err = io.ReadAll(zr); err != nil {
+		if data, err = io.ReadAll(io.LimitReader(zr, fileLimit+1)); err != nil {
 			return nil, fmt.Errorf("tokenizer: %s: %v", file, err)
+		}
+		if int64(len(data)) > fileLimit {
+			return nil, fmt.Errorf("tokenizer: %s: %w (decompresses to more than %d bytes)", file, errTooLarge, fileLimit)
 		}
 	}
 	t, err := parse(data, defaultOptions)
@@ -128,6 +131,8 @@ func Load(path string) (*Tokenizer, error) {
 		if err := t.applyConfig(cfg); err != nil {
 			return nil, fmt.Errorf("tokenizer: %s: %v", cfgPath, err)
 		}
+	} else if errors.Is(err, errTooLarge) {
+		return nil, fmt.Errorf("tokenizer: %v", err)
 	}
 	return t, nil
 }
@@ -144,8 +149,44 @@ func readConfig(file string) ([]byte, string, error) {
 		}
 	}
 	path := filepath.Join(dir, prefix+"tokenizer_config.json")
-	data, err := os.ReadFile(path)
+	data, err := readLimited(path, fileLimit)
 	return data, path, err
+}
+
+// MaxFileSize is the largest tokenizer.json (after decompression) and tokenizer_config.json accepted;
+// real ones are below 50 MB.
+const MaxFileSize = 256 << 20
+
+var fileLimit int64 = MaxFileSize // lowered by tests
+
+var errTooLarge = errors.New("file too large")
+
+// readLimited reads a whole file of at most limit bytes. A larger file is refused before anything is
+// allocated for it; a file whose size is unknown (a device, a pipe) is refused once limit bytes are read.
+func readLimited(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.IsDir() {
+		return nil, fmt.Errorf("%s: is a directory", path)
+	}
+	if st.Size() > limit {
+		return nil, fmt.Errorf("%s: %w (%d bytes, the limit is %d)", path, errTooLarge, st.Size(), limit)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%s: %w (more than %d bytes)", path, errTooLarge, limit)
+	}
+	return data, nil
 }
 
 // Parse builds a Tokenizer from the contents of a tokenizer.json file.

@@ -119,7 +119,7 @@ func OpenIndex(indexPath string) (*Checkpoint, error) {
 	if st.Size() > MaxHeaderSize {
 		return nil, wrap(fmt.Errorf("index file too large (%d bytes)", st.Size()))
 	}
-	data, err := os.ReadFile(indexPath)
+	data, err := readLimited(indexPath, MaxHeaderSize) // also bounds a device or pipe, whose size is 0
 	if err != nil {
 		return nil, fmt.Errorf("weights: %w", err)
 	}
