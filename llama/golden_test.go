@@ -11,7 +11,6 @@ import (
 
 	"github.com/gomlx/compute"
 	"github.com/gomlx/compute/dtypes"
-	"github.com/gomlx/compute/gobackend"
 
 	"github.com/squeezeai/sqllm/backend/xla"
 	"github.com/squeezeai/sqllm/weights"
@@ -52,13 +51,23 @@ var loadGolden = sync.OnceValues(func() ([]goldenCase, error) {
 // script runs this package's compiled tests that way).
 func testBackend(t testing.TB) compute.Backend {
 	if os.Getenv("SQLLM_TEST_BACKEND") != "xla" {
-		return gobackend.GetBackend()
+		return goBackend(t)
 	}
 	xlaOnce.Do(func() { xlaBackend, xlaErr = xla.New(xla.Options{Kind: xla.XLA}) })
 	if xlaErr != nil {
 		t.Fatal(xlaErr)
 	}
 	return xlaBackend.Backend
+}
+
+var goOnce = sync.OnceValues(xla.NewGo)
+
+func goBackend(t testing.TB) compute.Backend {
+	b, err := goOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 var (

@@ -202,50 +202,48 @@ func squeezedAttention(c *Config, q, ctxK, ctxV, dynK, dynV, dynMask *Node, sq *
 // bucket64 rounds up to a multiple of 64.
 func bucket64(n int) int { return (n + 63) / 64 * 64 }
 
-// clusterExec returns the executable that clusters every layer's keys ([numKVHeads, capacity, headDim],
-// the first `clustered` rows) into k clusters.
-func (r *Runner) clusterExec(k, iters int) (*graph.Exec, error) {
-	key := fmt.Sprintf("cluster/%d/%d", k, iters)
+// namedExec returns the executable cached under key, building it on first use.
+func (r *Runner) namedExec(key string, build func() (*graph.Exec, error)) (*graph.Exec, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.sqSteps == nil {
-		r.sqSteps = map[string]*graph.Exec{}
-	}
 	if e, ok := r.sqSteps[key]; ok {
 		return e, nil
 	}
-	e, err := graph.NewExec(r.backend, func(g *Graph, in []*Node) []*Node {
-		keys, clustered := in[:len(in)-1], in[len(in)-1]
-		var out []*Node
-		for _, kl := range keys {
-			c, labels, counts := squeeze.KMeansMasked(kl, clustered, k, iters)
-			out = append(out, c, counts, labels)
-		}
-		return out
-	})
+	e, err := build()
 	if err != nil {
 		return nil, err
 	}
-	e = e.WithName(key).SetMaxCache(maxCompiled)
+	if r.sqSteps == nil {
+		r.sqSteps = map[string]*graph.Exec{}
+	}
 	r.sqSteps[key] = e
 	return e, nil
 }
 
+// clusterExec returns the executable that clusters every layer's keys ([numKVHeads, capacity, headDim],
+// the first `clustered` rows) into k clusters.
+func (r *Runner) clusterExec(k, iters int) (*graph.Exec, error) {
+	key := fmt.Sprintf("cluster/%d/%d", k, iters)
+	return r.namedExec(key, func() (*graph.Exec, error) {
+		e, err := graph.NewExec(r.backend, func(g *Graph, in []*Node) []*Node {
+			keys, clustered := in[:len(in)-1], in[len(in)-1]
+			var out []*Node
+			for _, kl := range keys {
+				c, labels, counts := squeeze.KMeansMasked(kl, clustered, k, iters)
+				out = append(out, c, counts, labels)
+			}
+			return out
+		})
+		if err != nil {
+			return nil, err
+		}
+		return e.WithName(key).SetMaxCache(maxCompiled), nil
+	})
+}
+
 // stepExecSqueezed returns the compiled step for sequences over a squeezed prefix.
 func (r *Runner) stepExecSqueezed(sq *squeezeIndex, allLogits bool) (*graph.Exec, error) {
-	key := fmt.Sprintf("step/%d/%v", sq.maxKept, allLogits)
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.sqSteps == nil {
-		r.sqSteps = map[string]*graph.Exec{}
-	}
-	if e, ok := r.sqSteps[key]; ok {
-		return e, nil
-	}
-	e, err := r.newStepExecWith(allLogits, sq)
-	if err != nil {
-		return nil, err
-	}
-	r.sqSteps[key] = e
-	return e, nil
+	return r.namedExec(fmt.Sprintf("step/%d/%v", sq.maxKept, allLogits), func() (*graph.Exec, error) {
+		return r.newStepExecWith(allLogits, sq)
+	})
 }

@@ -3,14 +3,25 @@ package squeeze
 import (
 	"math"
 	"math/rand/v2"
+	"sync"
 	"testing"
 
+	"github.com/gomlx/compute"
 	"github.com/gomlx/compute/dtypes"
 	"github.com/gomlx/compute/gobackend"
 	"github.com/gomlx/compute/shapes"
 	. "github.com/gomlx/gomlx/core/graph" //nolint:revive
 	"github.com/gomlx/gomlx/core/tensors"
 )
+
+// testBackend is the pure-Go backend with ops run one at a time, as the engine configures it.
+var testBackend = sync.OnceValue(func() compute.Backend {
+	b, err := gobackend.New("ops_sequential")
+	if err != nil {
+		panic(err)
+	}
+	return b
+})
 
 func randn(rng *rand.Rand, scale float32, dims ...int) *tensors.Tensor {
 	n := 1
@@ -51,7 +62,7 @@ func TestAllKeptEqualsDense(t *testing.T) {
 	q, k, v := randn(rng, 1, h, m, d), randn(rng, 1, h, s, d), randn(rng, 1, h, s, d)
 	dk, dv := randn(rng, 1, h, dyn, d), randn(rng, 1, h, dyn, d)
 	scale := Scale(d)
-	out := MustExecOnceN(gobackend.GetBackend(), func(q, k, v, dk, dv *Node) []*Node {
+	out := MustExecOnceN(testBackend(), func(q, k, v, dk, dv *Node) []*Node {
 		g := q.Graph()
 		// Queries see the dynamic keys causally: query i (of the m = 2 tokens × 3 heads) sees dyn keys ≤ 5 + i%2.
 		row := Iota(g, shapesOf(dtypes.Int32, 1, m, dyn), 1)
@@ -96,7 +107,7 @@ func TestPlantedNeedle(t *testing.T) {
 	keysT = tensors.FromFlatDataAndDimensions(kv, h, s, d)
 	q := tensors.FromFlatDataAndDimensions(qv, h, 1, d)
 	scale := Scale(d)
-	out := MustExecOnceN(gobackend.GetBackend(), func(q, keys, values *Node) []*Node {
+	out := MustExecOnceN(testBackend(), func(q, keys, values *Node) []*Node {
 		cent, labels, counts := KMeans(keys, k, 8)
 		scores := ClusterScores(q, cent, counts, scale)
 		mask := BudgetMask(KeyScores(scores, labels), s/10)
@@ -125,7 +136,7 @@ func TestCalibrationHitsSparsity(t *testing.T) {
 	const h, s, d, k, w = 2, 512, 16, 26, 32
 	rng := rand.New(rand.NewPCG(5, 6))
 	keys := randn(rng, 1, h, s, d)
-	out := MustExecOnceN(gobackend.GetBackend(), func(keys *Node) []*Node {
+	out := MustExecOnceN(testBackend(), func(keys *Node) []*Node {
 		cent, labels, counts := KMeans(keys, k, 6)
 		// The last w keys' positions stand in for the observation-window queries.
 		q := Slice(keys, AxisRange(), AxisRange(s-w, s), AxisRange())
@@ -168,7 +179,7 @@ func TestEmptyClustersAndHugeLogits(t *testing.T) {
 	keys := tensors.FromFlatDataAndDimensions(kv, h, s, d)
 	rng := rand.New(rand.NewPCG(7, 8))
 	q := randn(rng, 1e4, h, 3, d)
-	out := MustExecOnceN(gobackend.GetBackend(), func(q, keys *Node) []*Node {
+	out := MustExecOnceN(testBackend(), func(q, keys *Node) []*Node {
 		cent, labels, counts := KMeans(keys, k, 5)
 		lp := LogClusterProb(q, cent, counts, Scale(d))
 		scores := ClusterScores(q, cent, counts, Scale(d))
@@ -216,7 +227,7 @@ func TestKMeansSeparatesBlobs(t *testing.T) {
 		kv[i*d+blob] += 3
 	}
 	keys := tensors.FromFlatDataAndDimensions(kv, 1, s, d)
-	out := MustExecOnceN(gobackend.GetBackend(), func(keys *Node) []*Node {
+	out := MustExecOnceN(testBackend(), func(keys *Node) []*Node {
 		_, labels, counts := KMeans(keys, 3, 10)
 		return []*Node{labels, counts}
 	}, keys)
@@ -240,7 +251,7 @@ func TestKMeansSeparatesBlobs(t *testing.T) {
 // TestCompact lists kept keys in order, drops those beyond the budget, and marks unused slots invalid.
 func TestCompact(t *testing.T) {
 	maskV := [][]bool{{false, true, true, false, true, false}, {true, true, true, true, true, false}}
-	out := MustExecOnceN(gobackend.GetBackend(), func(g *Graph) []*Node {
+	out := MustExecOnceN(testBackend(), func(g *Graph) []*Node {
 		idx, valid, kept := Compact(Const(g, maskV), 4)
 		return []*Node{idx, ConvertDType(valid, dtypes.Int32), kept}
 	})

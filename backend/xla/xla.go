@@ -97,8 +97,16 @@ func New(opts Options) (*Backend, error) {
 	return b, nil
 }
 
+// GoConfig is the pure-Go backend's configuration. Ops run one at a time (each matrix product still uses
+// every core): with several products in flight, compute v0.1.6's worker pool can lose a wake-up and
+// deadlock (seen with the eight independent per-layer k-means of a squeeze index).
+const GoConfig = "ops_sequential"
+
+// NewGo returns a new pure-Go backend configured as this engine uses it.
+func NewGo() (compute.Backend, error) { return gobackend.New(GoConfig) }
+
 func newGo(note string) (*Backend, error) {
-	b, err := gobackend.New("")
+	b, err := NewGo()
 	if err != nil {
 		return nil, fmt.Errorf("backend go: %w", err)
 	}
