@@ -58,6 +58,8 @@ import (
 	"path/filepath"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/squeezeai/sqllm/internal/limitread"
 )
 
 // Tokenizer encodes text to token ids and decodes ids to text.
@@ -107,7 +109,7 @@ func Load(path string) (*Tokenizer, error) {
 	} else if fi.IsDir() {
 		file = filepath.Join(path, "tokenizer.json")
 	}
-	data, err := readLimited(file, fileLimit)
+	data, err := limitread.File(file, fileLimit)
 	if err != nil {
 		return nil, fmt.Errorf("tokenizer: %v", err)
 	}
@@ -149,7 +151,7 @@ func readConfig(file string) ([]byte, string, error) {
 		}
 	}
 	path := filepath.Join(dir, prefix+"tokenizer_config.json")
-	data, err := readLimited(path, fileLimit)
+	data, err := limitread.File(path, fileLimit)
 	return data, path, err
 }
 
@@ -159,35 +161,7 @@ const MaxFileSize = 256 << 20
 
 var fileLimit int64 = MaxFileSize // lowered by tests
 
-var errTooLarge = errors.New("file too large")
-
-// readLimited reads a whole file of at most limit bytes. A larger file is refused before anything is
-// allocated for it; a file whose size is unknown (a device, a pipe) is refused once limit bytes are read.
-func readLimited(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if st.IsDir() {
-		return nil, fmt.Errorf("%s: is a directory", path)
-	}
-	if st.Size() > limit {
-		return nil, fmt.Errorf("%s: %w (%d bytes, the limit is %d)", path, errTooLarge, st.Size(), limit)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("%s: %w (more than %d bytes)", path, errTooLarge, limit)
-	}
-	return data, nil
-}
+var errTooLarge = limitread.ErrTooLarge
 
 // Parse builds a Tokenizer from the contents of a tokenizer.json file.
 func Parse(data []byte) (*Tokenizer, error) {

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/squeezeai/sqllm/internal/limitread"
 )
 
 // File names of a Hugging Face checkpoint directory.
@@ -119,7 +121,7 @@ func OpenIndex(indexPath string) (*Checkpoint, error) {
 	if st.Size() > MaxHeaderSize {
 		return nil, wrap(fmt.Errorf("index file too large (%d bytes)", st.Size()))
 	}
-	data, err := readLimited(indexPath, MaxHeaderSize) // also bounds a device or pipe, whose size is 0
+	data, err := limitread.File(indexPath, MaxHeaderSize) // also bounds a device or pipe, whose size is 0
 	if err != nil {
 		return nil, fmt.Errorf("weights: %w", err)
 	}

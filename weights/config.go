@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"math"
 	"os"
@@ -13,6 +12,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/squeezeai/sqllm/internal/limitread"
 )
 
 // ConfigFileName is the name of a Hugging Face model configuration.
@@ -20,34 +21,6 @@ const ConfigFileName = "config.json"
 
 // MaxConfigSize is the largest config.json accepted (real ones are a few kilobytes).
 const MaxConfigSize = 16 << 20
-
-// readLimited reads a whole file of at most limit bytes. A larger file is refused before anything is
-// allocated for it; a file whose size is unknown (a device, a pipe) is refused once limit bytes are read.
-func readLimited(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if st.IsDir() {
-		return nil, fmt.Errorf("%s: is a directory", path)
-	}
-	if st.Size() > limit {
-		return nil, fmt.Errorf("%s: file too large (%d bytes, the limit is %d)", path, st.Size(), limit)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("%s: file too large (more than %d bytes)", path, limit)
-	}
-	return data, nil
-}
 
 // Config is a Hugging Face config.json of the LLaMA family (llama, mistral, qwen2, ...) as written, with
 // transformers' defaults filled in for absent fields. It decides nothing about support: the llama package
@@ -114,7 +87,7 @@ func ReadConfig(pathOrDir string) (*Config, error) {
 	if st, err := os.Stat(path); err == nil && st.IsDir() {
 		path = filepath.Join(path, ConfigFileName)
 	}
-	data, err := readLimited(path, MaxConfigSize)
+	data, err := limitread.File(path, MaxConfigSize)
 	if err != nil {
 		return nil, fmt.Errorf("weights: %w", err)
 	}
