@@ -134,6 +134,9 @@ func (m *Model) newContext(ctx context.Context, tokens []int, sq *llama.SqueezeO
 	if len(tokens) == 0 {
 		return nil, errors.New("engine: the fixed context is empty")
 	}
+	if sq, err = normalizeSqueeze(sq); err != nil {
+		return nil, err
+	}
 	if len(tokens) >= m.Runner.MaxLen() {
 		return nil, fmt.Errorf("engine: %w: the fixed context has %d tokens, the model's context is %d",
 			model.ErrContextTooLong, len(tokens), m.Runner.MaxLen())
@@ -157,12 +160,12 @@ func (m *Model) newContext(ctx context.Context, tokens []int, sq *llama.SqueezeO
 	// The computation may outlive this call (when ctx is cancelled while another caller waits for the
 	// same prefix): it must not touch c, only these, which are read only once it has returned here.
 	// In memory, a squeezed prefix (KV + index) is a different entry from a dense one; on disk they share
-	// the KV entry (the index is rebuilt).
+	// the KV entry, and the squeeze index has an entry of its own (see loadSqueezeIndex).
 	memKey := key
 	if sq != nil {
-		memKey = prefixcache.MakeKey(fmt.Sprintf("%s|squeeze %+v", m.cache.modelFP, *sq), m.DType(), tokens)
+		memKey = prefixcache.MakeKey(fmt.Sprintf("%s|squeeze %s", m.cache.modelFP, sq), m.DType(), tokens)
 	}
-	source, note := FromMemory, ""
+	source, note, indexComputed := FromMemory, "", false
 	p, release, _, err := m.cache.mem.GetOrCompute(ctx, memKey, func(ctx context.Context) (*llama.Prefix, int64, error) {
 		// The computation may outlive a caller that gave up: it registers itself so that Close waits.
 		if err := m.enter(); err != nil {
@@ -173,13 +176,23 @@ func (m *Model) newContext(ctx context.Context, tokens []int, sq *llama.SqueezeO
 		if werr != nil {
 			return nil, 0, werr
 		}
+		computed := false
 		if sq != nil {
-			if werr := p.Squeeze(ctx, *sq); werr != nil {
-				p.Free()
-				return nil, 0, werr
+			loaded := false
+			if src == FromDisk {
+				var inote string
+				loaded, inote = m.loadSqueezeIndex(p, tokens, *sq)
+				why = joinNotes(why, inote)
+			}
+			if !loaded {
+				if werr := p.Squeeze(ctx, *sq); werr != nil {
+					p.Free()
+					return nil, 0, werr
+				}
+				computed = true
 			}
 		}
-		source, note = src, why
+		source, note, indexComputed = src, why, computed
 		return p, p.Bytes(), nil
 	})
 	if err != nil {
@@ -187,14 +200,97 @@ func (m *Model) newContext(ctx context.Context, tokens []int, sq *llama.SqueezeO
 	}
 	c.prefix, c.release, c.Note = p, release, note
 	c.Source, c.Duration = source, time.Since(start)
-	if source == FromComputed && m.cache.disk != nil {
+	if m.cache.disk != nil && (source == FromComputed || indexComputed) {
 		t0 := time.Now()
-		if werr := m.writePrefix(key, p); werr != nil {
-			c.Note = fmt.Sprintf("could not write the prefix cache entry: %v", werr)
+		if source == FromComputed {
+			if werr := m.writePrefix(key, p); werr != nil {
+				c.Note = joinNotes(c.Note, fmt.Sprintf("could not write the prefix cache entry: %v", werr))
+			}
+		}
+		if indexComputed {
+			if werr := m.writeSqueezeIndex(tokens, *sq, p); werr != nil {
+				c.Note = joinNotes(c.Note, fmt.Sprintf("could not write the squeeze index: %v", werr))
+			}
 		}
 		c.WriteDuration = time.Since(t0)
 	}
 	return c, nil
+}
+
+// normalizeSqueeze fills in the defaults of Squeezed Attention options; options that set neither a
+// budget nor a sparsity (sparsity 0) mean dense attention: nil.
+func normalizeSqueeze(sq *llama.SqueezeOptions) (*llama.SqueezeOptions, error) {
+	if sq == nil || (sq.Budget == 0 && sq.Sparsity == 0) {
+		return nil, nil
+	}
+	o, err := sq.Normalized()
+	if err != nil {
+		return nil, err
+	}
+	return &o, nil
+}
+
+// joinNotes joins non-empty notes with "; ".
+func joinNotes(a, b string) string {
+	switch {
+	case a == "":
+		return b
+	case b == "":
+		return a
+	}
+	return a + "; " + b
+}
+
+// squeezeIndexEntry is the disk cache key and expected Meta of the squeeze index of a prefix: its own
+// entry, keyed by the model, dtype, tokens and the index's geometry (options, capacity, centroids), in the
+// compact dtypes of llama.SqueezeLayout.
+func (m *Model) squeezeIndexEntry(tokens []int, opts llama.SqueezeOptions) (prefixcache.Key, prefixcache.Meta, error) {
+	shapes, blobDTypes, geometry, err := m.Runner.SqueezeLayout(len(tokens), opts)
+	if err != nil {
+		return prefixcache.Key{}, prefixcache.Meta{}, err
+	}
+	key := prefixcache.MakeKey(m.cache.modelFP+"|squeeze index|"+geometry, m.DType(), tokens)
+	meta := prefixcache.Meta{ModelFingerprint: m.cache.modelFP, TokenizerFingerprint: m.cache.tokFP,
+		DType: m.DType(), Shapes: shapes, BlobDTypes: blobDTypes, Tokens: tokens,
+		Extra: map[string]string{"squeeze_index": geometry}}
+	return key, meta, nil
+}
+
+// loadSqueezeIndex installs the prefix's squeeze index from the disk cache, if there is a valid one. A
+// damaged or mismatched entry (checksums, shapes, options, or contents: labels, counts, centroids,
+// threshold) is refused, removed and reported in the note; the caller then recomputes the index.
+func (m *Model) loadSqueezeIndex(p *llama.Prefix, tokens []int, opts llama.SqueezeOptions) (ok bool, note string) {
+	if m.cache.disk == nil {
+		return false, ""
+	}
+	key, meta, err := m.squeezeIndexEntry(tokens, opts)
+	if err != nil {
+		return false, "" // Squeeze reports it
+	}
+	blobs, err := m.cache.disk.Read(key, meta)
+	switch {
+	case errors.Is(err, prefixcache.ErrMiss):
+		return false, ""
+	case err != nil:
+		return false, fmt.Sprintf("squeeze index refused (%v); recomputed", err)
+	}
+	if err := p.LoadSqueeze(opts, blobs); err != nil {
+		_ = m.cache.disk.Remove(key)
+		return false, fmt.Sprintf("squeeze index %s refused (%v); recomputed", m.cache.disk.Path(key), err)
+	}
+	return true, ""
+}
+
+func (m *Model) writeSqueezeIndex(tokens []int, opts llama.SqueezeOptions, p *llama.Prefix) error {
+	key, meta, err := m.squeezeIndexEntry(tokens, opts)
+	if err != nil {
+		return err
+	}
+	blobs, err := p.SqueezeBlobs()
+	if err != nil {
+		return err
+	}
+	return m.cache.disk.Write(key, meta, blobs)
 }
 
 func (m *Model) meta(tokens []int) prefixcache.Meta {

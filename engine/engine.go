@@ -46,8 +46,8 @@ type Options struct {
 	PluginPath string
 	// DType is the compute dtype: "f32" or "bf16". Empty: f32 on the pure-Go backend, bf16 on XLA.
 	DType string
-	// MaxChunk is the prefill chunk in tokens (0: 512 on the Go backend, 2048 on XLA); at most
-	// MaxChunkLimit. Cancellation takes effect between chunks.
+	// MaxChunk is the prefill chunk in tokens (0: 512 on the Go backend; on XLA 8192 in bfloat16 and 2048
+	// in float32); at most MaxChunkLimit. Cancellation takes effect between chunks.
 	MaxChunk int
 	// MaxContext lowers the context limit below the model's max_position_embeddings (0: the model's);
 	// a larger value is an error, and so is a context above MaxContextLimit.
@@ -238,7 +238,7 @@ func Open(dir string, opts Options) (m *Model, err error) {
 	}
 	var w *llama.Weights
 	if opts.RandomWeights {
-		w, err = llama.RandomWeights(cfg, dtype, 1)
+		w, err = llama.RandomWeightsOn(b.Backend, cfg, dtype, 1)
 	} else {
 		var ckpt *weights.Checkpoint
 		ckpt, err = weights.OpenDir(dir)
@@ -253,9 +253,13 @@ func Open(dir string, opts Options) (m *Model, err error) {
 	}
 	chunk := opts.MaxChunk
 	if chunk <= 0 {
-		chunk = 512
-		if b.Kind == xla.XLA {
-			chunk = 2048
+		switch {
+		case b.Kind != xla.XLA:
+			chunk = 512
+		case dtype == dtypes.BFloat16:
+			chunk = 8192 // fused (cuDNN) attention: a chunk's memory grows with its length, not its square
+		default:
+			chunk = 2048 // float32 runs the plain attention graph, whose scores grow with chunk × context
 		}
 	}
 	r, err := llama.NewRunner(b.Backend, cfg, w, llama.Options{MaxChunk: chunk, MaxLen: opts.MaxContext})

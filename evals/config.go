@@ -11,8 +11,10 @@ import (
 // Config is one attention configuration to evaluate, by name:
 //
 //	dense    every key (KV budget 1)
-//	sqNN     Squeezed Attention skipping NN% of the fixed context's keys (sq70: keep about 30%)
-//	sqNNh    the same with hierarchical clustering
+//	sqNN     Squeezed Attention with a threshold calibrated to skip NN% of the fixed context's keys (the
+//	         paper's Sq-NN%; sq70: keep about 30%)
+//	sqNNb    Squeezed Attention in the fixed-budget mode: every step keeps exactly 1-NN% of the keys
+//	sqNNh    calibrated, with hierarchical clustering
 //
 // The name is the key of the prediction directory (OUT/preds/NAME/) and of the result rows. Mapping a
 // Config to engine options is the caller's job (cmd/longbench).
@@ -22,19 +24,28 @@ type Config struct {
 	Sparsity float64
 	// Hierarchical selects hierarchical centroid lookup (the h suffix).
 	Hierarchical bool
+	// FixedBudget selects the fixed-budget mode (the b suffix): keep 1-Sparsity of the keys at every step
+	// instead of a calibrated threshold.
+	FixedBudget bool
 }
 
 // Squeezed reports whether the config uses Squeezed Attention.
 func (c Config) Squeezed() bool { return c.Name != "dense" }
 
 // ErrNotImplemented is wrapped by the error for a config the engine cannot run yet.
-var ErrNotImplemented = errors.New("Squeezed Attention is not implemented yet")
+var ErrNotImplemented = errors.New("not implemented yet")
 
-// NotImplemented is the start-up error for a squeezed config: "config sq70: Squeezed Attention is not
-// implemented yet".
-func (c Config) NotImplemented() error { return fmt.Errorf("config %s: %w", c.Name, ErrNotImplemented) }
+// NotImplemented is the start-up error for a config the engine cannot run: "config sq70h: hierarchical
+// Squeezed Attention is not implemented yet".
+func (c Config) NotImplemented() error {
+	what := "Squeezed Attention"
+	if c.Hierarchical {
+		what = "hierarchical Squeezed Attention"
+	}
+	return fmt.Errorf("config %s: %s is %w", c.Name, what, ErrNotImplemented)
+}
 
-var sqName = regexp.MustCompile(`^sq([0-9]{1,2})(h?)$`)
+var sqName = regexp.MustCompile(`^sq([0-9]{1,2})([hb]?)$`)
 
 // ParseConfig parses one config name.
 func ParseConfig(name string) (Config, error) {
@@ -43,13 +54,13 @@ func ParseConfig(name string) (Config, error) {
 	}
 	m := sqName.FindStringSubmatch(name)
 	if m == nil {
-		return Config{}, fmt.Errorf("unknown config %q (want dense, sqNN or sqNNh with NN the percentage of keys skipped, e.g. sq70)", name)
+		return Config{}, fmt.Errorf("unknown config %q (want dense, sqNN, sqNNb or sqNNh with NN the percentage of keys skipped, e.g. sq70)", name)
 	}
 	pct, _ := strconv.Atoi(m[1])
 	if pct < 1 {
 		return Config{}, fmt.Errorf("config %s: the sparsity must be between 1 and 99 percent", name)
 	}
-	return Config{Name: name, Sparsity: float64(pct) / 100, Hierarchical: m[2] == "h"}, nil
+	return Config{Name: name, Sparsity: float64(pct) / 100, Hierarchical: m[2] == "h", FixedBudget: m[2] == "b"}, nil
 }
 
 // ParseConfigs parses a comma-separated list of config names (duplicates are an error).

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"compress/gzip"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -202,15 +203,17 @@ func TestLoadTaskErrors(t *testing.T) {
 }
 
 func TestParseConfigs(t *testing.T) {
-	cs, err := ParseConfigs("dense, sq70,sq90h")
-	want := []Config{{Name: "dense"}, {Name: "sq70", Sparsity: 0.7}, {Name: "sq90h", Sparsity: 0.9, Hierarchical: true}}
+	cs, err := ParseConfigs("dense, sq70,sq90h,sq80b")
+	want := []Config{{Name: "dense"}, {Name: "sq70", Sparsity: 0.7}, {Name: "sq90h", Sparsity: 0.9, Hierarchical: true},
+		{Name: "sq80b", Sparsity: 0.8, FixedBudget: true}}
 	if err != nil || !reflect.DeepEqual(cs, want) {
 		t.Errorf("ParseConfigs = %+v, %v", cs, err)
 	}
 	if cs[0].Squeezed() || !cs[1].Squeezed() {
 		t.Error("Squeezed")
 	}
-	if got := cs[1].NotImplemented().Error(); got != "config sq70: Squeezed Attention is not implemented yet" {
+	if got := cs[2].NotImplemented().Error(); got != "config sq90h: hierarchical Squeezed Attention is not implemented yet" ||
+		!errors.Is(cs[2].NotImplemented(), ErrNotImplemented) {
 		t.Errorf("NotImplemented: %q", got)
 	}
 	for _, bad := range []string{"", "sparse", "sq0", "sq100", "sq70x", "dense,dense"} {

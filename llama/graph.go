@@ -3,9 +3,11 @@ package llama
 import (
 	"math"
 
+	"github.com/gomlx/compute"
 	"github.com/gomlx/compute/dtypes"
 	"github.com/gomlx/compute/shapes"
 	. "github.com/gomlx/gomlx/core/graph" //nolint:revive // graph code reads best with the ops unqualified.
+	"github.com/gomlx/gomlx/support/exceptions"
 )
 
 // The forward pass as graph functions. A step processes n new tokens (a prefill chunk or one decode
@@ -17,6 +19,9 @@ import (
 //   - dyn: the dynamic tail (user input and generated tokens) [numKVHeads, dynCap, headDim] per layer,
 //     of which dynLen rows are valid. The step writes its n new keys/values at rows [dynLen, dynLen+n)
 //     and returns the new dyn tensors.
+//
+// A prefill step has no dyn input: its dyn segment is its own n keys/values, returned as they are (the
+// runner copies them into the context). The first prefill step of a sequence has no ctx input either.
 //
 // Positions: ctx rows hold positions 0..ctxLen-1, dyn rows ctxLen..ctxLen+dynLen-1, so the step's first
 // token is at position ctxLen+dynLen. Attention is exact softmax over both segments (masked), so the
@@ -74,9 +79,10 @@ type stepInputs struct {
 	tokens             *Node          // [n] int32
 	ctxLen, dynLen     *Node          // scalar int32
 	nValid             *Node          // scalar int32: tokens[nValid:] are padding
-	ctxK, ctxV         []*Node        // per layer [numKVHeads, ctxCap, headDim]
-	dynK, dynV         []*Node        // per layer [numKVHeads, dynCap, headDim]
+	ctxK, ctxV         []*Node        // per layer [numKVHeads, ctxCap, headDim]; nil: no fixed context yet
+	dynK, dynV         []*Node        // per layer [numKVHeads, dynCap, headDim]; nil: a prefill step
 	allLogits          bool           // static: logits for every position, else only for row nValid-1
+	fused              bool           // static: try the backend's fused attention (see fusedAttention)
 	squeeze            *squeezeInputs // nil: dense attention over the fixed context
 	numWeights, layers int
 }
@@ -95,13 +101,20 @@ func forward(c *Config, w modelNodes, s stepInputs) (logits *Node, dynK, dynV []
 	ctxMask, dynMask := attentionMasks(c, positions, s) // [n, ctxCap], [n, dynCap]
 
 	dynK, dynV = make([]*Node, c.NumHiddenLayers), make([]*Node, c.NumHiddenLayers)
+	at := func(ts []*Node, l int) *Node {
+		if ts == nil {
+			return nil
+		}
+		return ts[l]
+	}
 	for l, lw := range w.layers {
 		var sq *squeezeLayer
 		if s.squeeze != nil {
 			sq = &s.squeeze.layers[l]
 		}
-		x, dynK[l], dynV[l] = decoderLayer(c, lw, x, cos, sin, s.ctxK[l], s.ctxV[l], s.dynK[l], s.dynV[l],
-			s.dynLen, ctxMask, dynMask, sq)
+		seg := layerKV{ctxK: at(s.ctxK, l), ctxV: at(s.ctxV, l), dynK: at(s.dynK, l), dynV: at(s.dynV, l),
+			ctxLen: s.ctxLen, dynLen: s.dynLen, ctxMask: ctxMask, dynMask: dynMask, fused: s.fused}
+		x, dynK[l], dynV[l] = decoderLayer(c, lw, x, cos, sin, seg, sq)
 	}
 	x = rmsNorm(x, w.norm, c.RMSNormEps) // [n, hidden]
 	if !s.allLogits {
@@ -115,27 +128,42 @@ func forward(c *Config, w modelNodes, s stepInputs) (logits *Node, dynK, dynV []
 	return logits, dynK, dynV
 }
 
+// layerKV is what one layer's attention reads: the two KV segments (either may be nil, see stepInputs),
+// their lengths and masks.
+type layerKV struct {
+	ctxK, ctxV, dynK, dynV *Node
+	ctxLen, dynLen         *Node
+	ctxMask, dynMask       *Node
+	fused                  bool
+}
+
 // decoderLayer is one transformer block, in the order of the paper:
 // norm → q/k/v → RoPE → attention → o → residual → norm → SwiGLU → residual.
-func decoderLayer(c *Config, w layerNodes, x, cos, sin, ctxK, ctxV, dynK, dynV, dynLen, ctxMask, dynMask *Node,
-	sq *squeezeLayer) (
+func decoderLayer(c *Config, w layerNodes, x, cos, sin *Node, kv layerKV, sq *squeezeLayer) (
 	out, newDynK, newDynV *Node) {
 	n := x.Shape().Dimensions[0]
 	hd := c.HeadDim
 
 	// Attention block.
-	h := rmsNorm(x, w.inNorm, c.RMSNormEps)                                               // [n, hidden]
-	q := Reshape(linear(h, w.q, w.qBias), n, c.NumAttentionHeads, hd)                     // [n, numHeads, headDim]
-	k := Reshape(linear(h, w.k, w.kBias), n, c.NumKeyValueHeads, hd)                      // [n, numKVHeads, headDim]
-	v := Reshape(linear(h, w.v, w.vBias), n, c.NumKeyValueHeads, hd)                      // [n, numKVHeads, headDim]
-	q, k = applyRoPE(q, cos, sin), applyRoPE(k, cos, sin)                                 // keys are cached post-RoPE
-	kT, vT := Transpose(k, 0, 1), Transpose(v, 0, 1)                                      // [numKVHeads, n, headDim]
-	newDynK, newDynV = writeRows(dynK, kT, dynLen, nil), writeRows(dynV, vT, dynLen, nil) // [numKVHeads, dynCap, headDim]
-	var attn *Node                                                                        // [n, numHeads*headDim]
-	if sq == nil {
-		attn = attention(c, q, ctxK, ctxV, newDynK, newDynV, ctxMask, dynMask)
-	} else {
-		attn = squeezedAttention(c, q, ctxK, ctxV, newDynK, newDynV, dynMask, sq)
+	h := rmsNorm(x, w.inNorm, c.RMSNormEps)                           // [n, hidden]
+	q := Reshape(linear(h, w.q, w.qBias), n, c.NumAttentionHeads, hd) // [n, numHeads, headDim]
+	k := Reshape(linear(h, w.k, w.kBias), n, c.NumKeyValueHeads, hd)  // [n, numKVHeads, headDim]
+	v := Reshape(linear(h, w.v, w.vBias), n, c.NumKeyValueHeads, hd)  // [n, numKVHeads, headDim]
+	q, k = applyRoPE(q, cos, sin), applyRoPE(k, cos, sin)             // keys are cached post-RoPE
+	kT, vT := Transpose(k, 0, 1), Transpose(v, 0, 1)                  // [numKVHeads, n, headDim]
+	newDynK, newDynV = kT, vT                                         // a prefill step: the dyn segment is the chunk itself
+	if kv.dynK != nil {
+		newDynK, newDynV = writeRows(kv.dynK, kT, kv.dynLen, nil), writeRows(kv.dynV, vT, kv.dynLen, nil) // [numKVHeads, dynCap, headDim]
+	}
+	var attn *Node // [n, numHeads*headDim]
+	switch {
+	case sq != nil:
+		attn = squeezedAttention(c, q, kv.ctxK, kv.ctxV, newDynK, newDynV, kv.dynMask, sq)
+	case kv.fused:
+		attn = fusedAttention(c, q, kT, vT, kv)
+	}
+	if attn == nil {
+		attn = attentionSegments(c, q, []segment{{kv.ctxK, kv.ctxV, kv.ctxMask}, {newDynK, newDynV, kv.dynMask}})
 	}
 	x = Add(x, linear(attn, w.o, w.oBias)) // residual
 
@@ -206,19 +234,27 @@ func applyRoPE(x, cos, sin *Node) *Node {
 func attentionMasks(c *Config, positions *Node, s stepInputs) (ctxMask, dynMask *Node) {
 	g := positions.Graph()
 	n := positions.Shape().Dimensions[0]
-	ctxCap := s.ctxK[0].Shape().Dimensions[1]
-	dynCap := s.dynK[0].Shape().Dimensions[1]
+	dynCap := n // a prefill step's dyn segment is its own tokens
+	if s.dynK != nil {
+		dynCap = s.dynK[0].Shape().Dimensions[1]
+	}
 	qPos := Reshape(positions, n, 1) // [n, 1]
 
-	ctxPos := Reshape(Iota(g, shapes.Make(dtypes.Int32, ctxCap), 0), 1, ctxCap) // [1, ctxCap]
-	ctxMask = BroadcastToDims(LessThan(ctxPos, s.ctxLen), n, ctxCap)            // [n, ctxCap]
+	var ctxPos *Node
+	if s.ctxK != nil {
+		ctxCap := s.ctxK[0].Shape().Dimensions[1]
+		ctxPos = Reshape(Iota(g, shapes.Make(dtypes.Int32, ctxCap), 0), 1, ctxCap) // [1, ctxCap]
+		ctxMask = BroadcastToDims(LessThan(ctxPos, s.ctxLen), n, ctxCap)           // [n, ctxCap]
+	}
 
 	dynRow := Reshape(Iota(g, shapes.Make(dtypes.Int32, dynCap), 0), 1, dynCap) // [1, dynCap]
 	dynPos := Add(dynRow, Add(s.ctxLen, ZerosLike(dynRow)))                     // absolute positions
 	dynMask = LessOrEqual(dynPos, qPos)                                         // [n, dynCap] causal
 	if c.SlidingWindow > 0 {
 		w := Scalar(g, dtypes.Int32, c.SlidingWindow)
-		ctxMask = And(ctxMask, LessThan(Sub(qPos, ctxPos), w))
+		if ctxMask != nil {
+			ctxMask = And(ctxMask, LessThan(Sub(qPos, ctxPos), w))
+		}
 		dynMask = And(dynMask, LessThan(Sub(qPos, dynPos), w))
 	}
 	return ctxMask, dynMask
@@ -227,29 +263,143 @@ func attentionMasks(c *Config, positions *Node, s stepInputs) (ctxMask, dynMask 
 // attention is grouped-query attention of q [n, numHeads, headDim] over the ctx and dyn segments
 // ([numKVHeads, capacity, headDim] each), one softmax over both. Returns [n, numHeads*headDim].
 func attention(c *Config, q, ctxK, ctxV, dynK, dynV, ctxMask, dynMask *Node) *Node {
+	return attentionSegments(c, q, []segment{{ctxK, ctxV, ctxMask}, {dynK, dynV, dynMask}})
+}
+
+// segment is a run of keys and values [numKVHeads, capacity, headDim] with the mask [n, capacity] of
+// which of them each query attends. A segment with nil keys is absent.
+type segment struct{ k, v, mask *Node }
+
+// attentionSegments is grouped-query attention of q [n, numHeads, headDim] over several KV segments,
+// one exact softmax over all of them (the decomposed graph every backend runs). Returns
+// [n, numHeads*headDim].
+func attentionSegments(c *Config, q *Node, segs []segment) *Node {
 	n, hd := q.Shape().Dimensions[0], c.HeadDim
 	kvh, group := c.NumKeyValueHeads, c.GroupSize()
-	ctxCap := ctxK.Shape().Dimensions[1]
-	dynCap := dynK.Shape().Dimensions[1]
 	dtype := q.DType()
 	scale := 1 / math.Sqrt(float64(hd))
 
 	// The query heads sharing a KV head become rows of one product: [numKVHeads, n*group, headDim].
 	qg := TransposeAllAxes(Reshape(q, n, kvh, group, hd), 1, 0, 2, 3)
 	qg = Reshape(qg, kvh, n*group, hd)
-	sCtx := MulScalar(einsum("kqd,kpd->kqp", qg, ctxK), scale) // [numKVHeads, n*group, ctxCap]
-	sDyn := MulScalar(einsum("kqd,kpd->kqp", qg, dynK), scale) // [numKVHeads, n*group, dynCap]
-	scores := ConvertDType(Concatenate([]*Node{sCtx, sDyn}, -1), dtypes.Float32)
-	mask := Concatenate([]*Node{ctxMask, dynMask}, -1) // [n, ctxCap+dynCap]
-	mask = BroadcastToDims(Reshape(mask, 1, n, 1, ctxCap+dynCap), kvh, n, group, ctxCap+dynCap)
-	mask = Reshape(mask, kvh, n*group, ctxCap+dynCap)
-	scores = Where(mask, scores, Scalar(scores.Graph(), dtypes.Float32, maskedScore))
-	probs := ConvertDType(Softmax(scores, -1), dtype) // [numKVHeads, n*group, ctxCap+dynCap]
-	pCtx := Slice(probs, AxisRange(), AxisRange(), AxisRange(0, ctxCap))
-	pDyn := Slice(probs, AxisRange(), AxisRange(), AxisRange(ctxCap, ctxCap+dynCap))
-	out := Add(einsum("kqp,kpd->kqd", pCtx, ctxV), einsum("kqp,kpd->kqd", pDyn, dynV)) // [numKVHeads, n*group, headDim]
-	out = TransposeAllAxes(Reshape(out, kvh, n, group, hd), 1, 0, 2, 3)                // [n, numKVHeads, group, headDim]
+	var scores, masks []*Node
+	var present []segment
+	for _, sg := range segs {
+		if sg.k == nil {
+			continue
+		}
+		present = append(present, sg)
+		scores = append(scores, MulScalar(einsum("kqd,kpd->kqp", qg, sg.k), scale)) // [numKVHeads, n*group, capacity]
+		masks = append(masks, sg.mask)
+	}
+	all := ConvertDType(Concatenate(scores, -1), dtypes.Float32)
+	total := all.Shape().Dimensions[2]
+	mask := Concatenate(masks, -1) // [n, total]
+	mask = BroadcastToDims(Reshape(mask, 1, n, 1, total), kvh, n, group, total)
+	mask = Reshape(mask, kvh, n*group, total)
+	all = Where(mask, all, Scalar(all.Graph(), dtypes.Float32, maskedScore))
+	probs := ConvertDType(Softmax(all, -1), dtype) // [numKVHeads, n*group, total]
+	var out *Node
+	off := 0
+	for _, sg := range present {
+		capacity := sg.k.Shape().Dimensions[1]
+		p := Slice(probs, AxisRange(), AxisRange(), AxisRange(off, off+capacity))
+		off += capacity
+		o := einsum("kqp,kpd->kqd", p, sg.v) // [numKVHeads, n*group, headDim]
+		if out == nil {
+			out = o
+		} else {
+			out = Add(out, o)
+		}
+	}
+	out = TransposeAllAxes(Reshape(out, kvh, n, group, hd), 1, 0, 2, 3) // [n, numKVHeads, group, headDim]
 	return Reshape(out, n, c.NumAttentionHeads*hd)
+}
+
+// fusedMinTokens: steps of at least this many tokens try the backend's fused attention; a decode step
+// gains nothing from it (measured on the H200: a single query is no faster than the plain graph).
+const fusedMinTokens = 64
+
+// fusedAttention computes the step's attention with the backend's fused flash-attention op (cuDNN on the
+// CUDA plugin), so the [heads, n, keys] scores never materialise: a prefill chunk of thousands of tokens
+// then costs O(n) memory and runs near matmul peak. The keys come in up to three parts, each one fused
+// call, merged by log-sum-exp with the softmax statistics the op returns:
+//   - the fixed context, rows [0, ctxLen) (a padding mask; the group's query heads are folded into query
+//     rows of their KV head, so the context is never broadcast to every query head);
+//   - the dynamic segment's earlier rows [0, dynLen) (same);
+//   - the step's own keys, causal.
+//
+// It returns nil when the backend has no fused attention for this case (the pure-Go backend, float32,
+// the XLA CPU plugin), and the caller falls back to attentionSegments.
+func fusedAttention(c *Config, q, chunkK, chunkV *Node, kv layerKV) (out *Node) {
+	g := q.Graph()
+	if c.SlidingWindow > 0 || c.HeadDim%8 != 0 || !q.DType().IsHalfPrecision() ||
+		!g.Backend().Capabilities().Operations[compute.OpTypeFusedScaledDotProductAttention] {
+		return nil
+	}
+	n, hd := q.Shape().Dimensions[0], c.HeadDim
+	kvh, group := c.NumKeyValueHeads, c.GroupSize()
+	scale := 1 / math.Sqrt(float64(hd))
+	f32 := dtypes.Float32
+	err := exceptions.TryCatch[error](func() {
+		type part struct{ out, lse *Node } // [numKVHeads, n, group, headDim] f32, [numKVHeads, n, group]
+		var parts []part
+		// Folded query rows: row i*group+j of KV head h is query i of head h*group+j.
+		qf := Reshape(TransposeAllAxes(Reshape(q, n, kvh, group, hd), 1, 0, 2, 3), 1, kvh, n*group, hd)
+		qLen := InternalBackendOutputs(Const(g, []int32{int32(n * group)}))[0]
+		padded := func(k, v, length *Node) {
+			cfg := &compute.ScaledDotProductAttentionConfig{Scale: scale, QuerySeqLen: qLen,
+				KeyValueSeqLen: InternalBackendOutputs(Reshape(length, 1))[0]}
+			o, states := BackendFusedScaledDotProductAttention(qf, ExpandAxes(k, 0), ExpandAxes(v, 0),
+				compute.AttentionAxesLayoutBHSD, cfg)
+			o = Reshape(ConvertDType(o, f32), kvh, n, group, hd)
+			lse := Reshape(states[0], kvh, n, group)
+			// An empty part attends to nothing: weight 0 whatever the kernel returned for it.
+			nonEmpty := GreaterThan(length, ZerosLike(length))
+			o = Where(BroadcastToDims(nonEmpty, o.Shape().Dimensions...), o, ZerosLike(o))
+			lse = Where(BroadcastToDims(nonEmpty, lse.Shape().Dimensions...), lse,
+				Scalar(g, f32, maskedScore))
+			parts = append(parts, part{o, lse})
+		}
+		if kv.ctxK != nil {
+			padded(kv.ctxK, kv.ctxV, kv.ctxLen)
+		}
+		if kv.dynK != nil {
+			padded(kv.dynK, kv.dynV, kv.dynLen)
+		}
+		qh := ExpandAxes(Transpose(q, 0, 1), 0) // [1, numHeads, n, headDim]
+		o, states := BackendFusedScaledDotProductAttention(qh, ExpandAxes(chunkK, 0), ExpandAxes(chunkV, 0),
+			compute.AttentionAxesLayoutBHSD, &compute.ScaledDotProductAttentionConfig{Scale: scale, Causal: true})
+		o = TransposeAllAxes(Reshape(ConvertDType(o, f32), kvh, group, n, hd), 0, 2, 1, 3)
+		lse := TransposeAllAxes(Reshape(states[0], kvh, group, n), 0, 2, 1)
+		parts = append(parts, part{o, lse})
+
+		// Log-sum-exp merge: out = Σ exp(lse_i - m)·out_i / Σ exp(lse_i - m).
+		m := parts[0].lse
+		for _, p := range parts[1:] {
+			m = Max(m, p.lse)
+		}
+		var num, den *Node
+		for _, p := range parts {
+			w := Exp(Sub(p.lse, m))
+			t := Mul(p.out, ExpandAxes(w, -1))
+			if num == nil {
+				num, den = t, w
+			} else {
+				num, den = Add(num, t), Add(den, w)
+			}
+		}
+		merged := Div(num, ExpandAxes(den, -1)) // [numKVHeads, n, group, headDim]
+		merged = TransposeAllAxes(ConvertDType(merged, q.DType()), 1, 0, 2, 3)
+		out = Reshape(merged, n, c.NumAttentionHeads*hd)
+	})
+	if err != nil {
+		if compute.IsNotImplemented(err) {
+			return nil
+		}
+		panic(err)
+	}
+	return out
 }
 
 // writeRows returns cache [numKVHeads, capacity, headDim] with rows [off, off+count) of axis 1 replaced by

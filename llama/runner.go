@@ -28,6 +28,9 @@ type Options struct {
 	CtxGranule int
 	// MaxLen overrides the context limit (default Config.MaxPositionEmbeddings).
 	MaxLen int
+	// NoFusedAttention keeps steps on the plain attention graph even where the backend has a fused
+	// attention op (for A/B checks; also SQLLM_NO_FUSED=1).
+	NoFusedAttention bool
 }
 
 func (o *Options) setDefaults() {
@@ -52,6 +55,9 @@ type Runner struct {
 	maxLen  int
 
 	stepLast, stepAll *graph.Exec
+	// prefill[allLogits][hasCtx] are the steps of a sequence's first Append: no dyn input (the chunk's
+	// keys/values come out as they are), and the first chunk has no fixed context either.
+	prefill [2][2]*graph.Exec
 
 	mu       sync.Mutex
 	writes   map[int]*graph.Exec     // by output capacity
@@ -100,12 +106,22 @@ func NewRunner(backend compute.Backend, cfg *Config, w *Weights, opts Options) (
 		}
 		t.FinalizeLocal()
 	}
+	if os.Getenv("SQLLM_NO_FUSED") != "" {
+		r.opts.NoFusedAttention = true
+	}
 	var err error
 	if r.stepLast, err = r.newStepExec(false); err != nil {
 		return nil, err
 	}
 	if r.stepAll, err = r.newStepExec(true); err != nil {
 		return nil, err
+	}
+	for i, all := range []bool{false, true} {
+		for j, hasCtx := range []bool{false, true} {
+			if r.prefill[i][j], err = r.newExec(stepKind{allLogits: all, prefill: true, hasCtx: hasCtx}, nil); err != nil {
+				return nil, err
+			}
+		}
 	}
 	return r, nil
 }
@@ -151,9 +167,21 @@ func (r *Runner) newStepExec(allLogits bool) (*graph.Exec, error) {
 	return r.newStepExecWith(allLogits, nil)
 }
 
+// stepKind says which inputs a step executable takes.
+type stepKind struct {
+	allLogits bool // logits at every position, else only the last valid one
+	prefill   bool // no dyn input: the chunk's keys/values are the dyn output
+	hasCtx    bool // a fixed-context input (always, except for a sequence's first prefill chunk)
+}
+
 // newStepExecWith builds a step executable; with a squeeze index, its inputs end with every layer's
-// centroids, counts and labels, and the fixed context is read sparsely.
+// centroids, counts, cluster starts and cluster order, and the fixed context is read sparsely.
 func (r *Runner) newStepExecWith(allLogits bool, sq *squeezeIndex) (*graph.Exec, error) {
+	return r.newExec(stepKind{allLogits: allLogits, hasCtx: true}, sq)
+}
+
+func (r *Runner) newExec(kind stepKind, sq *squeezeIndex) (*graph.Exec, error) {
+	allLogits := kind.allLogits
 	c := r.cfg
 	nw := len(r.weights.Tensors)
 	L := c.NumHiddenLayers
@@ -168,25 +196,43 @@ func (r *Runner) newStepExecWith(allLogits bool, sq *squeezeIndex) (*graph.Exec,
 			invFreq: rest[0], tokens: graph.Slice(packed, graph.AxisRange(0, n)),
 			ctxLen: scalar(0), dynLen: scalar(1), nValid: scalar(2),
 			allLogits: allLogits,
+			fused:     !r.opts.NoFusedAttention && n >= fusedMinTokens,
 		}
 		kv := rest[2:]
-		s.ctxK, s.ctxV, s.dynK, s.dynV = kv[:L], kv[L:2*L], kv[2*L:3*L], kv[3*L:4*L]
+		if kind.hasCtx {
+			s.ctxK, s.ctxV, kv = kv[:L], kv[L:2*L], kv[2*L:]
+		}
+		if !kind.prefill {
+			s.dynK, s.dynV, kv = kv[:L], kv[L:2*L], kv[2*L:]
+		}
 		if sq != nil {
-			idx := kv[4*L:]
+			idx := kv
 			s.squeeze = &squeezeInputs{}
+			var threshold *graph.Node // calibrated mode: a scalar float32 after the layers' index
+			if sq.calibrated() {
+				threshold = idx[4*L]
+			}
 			for l := range L {
 				s.squeeze.layers = append(s.squeeze.layers, squeezeLayer{
-					centroids: idx[3*l], counts: idx[3*l+1], labels: idx[3*l+2],
+					centroids: idx[4*l], counts: idx[4*l+1], starts: idx[4*l+2], order: idx[4*l+3],
 					clustered: scalar(3), window: scalar(4), budget: scalar(5),
-					maxKept: sq.maxKept})
+					maxKept: sq.maxKept, threshold: threshold})
 			}
 		}
 		logits, dynK, dynV := forward(c, w, s)
-		return append(append([]*graph.Node{logits}, dynK...), dynV...)
+		// The argmax too, so that greedy decoding copies one id to the host instead of the vocabulary's logits.
+		next := graph.ArgMax(logits, -1)
+		return append(append([]*graph.Node{logits, next}, dynK...), dynV...)
 	}
 	name := "step"
+	if kind.prefill {
+		name = "prefill"
+		if !kind.hasCtx {
+			name = "prefill_first"
+		}
+	}
 	if allLogits {
-		name = "step_all_logits"
+		name += "_all_logits"
 	}
 	e, err := graph.NewExec(r.backend, fn)
 	if err != nil {
@@ -294,6 +340,8 @@ type Sequence struct {
 	// (a prefix's last context token).
 	pending []int
 	closed  bool
+	greedy  bool // AppendGreedy in progress: steps read only the argmax, into next
+	next    int
 }
 
 var _ model.Sequence = (*Sequence)(nil)
@@ -347,6 +395,18 @@ func (s *Sequence) Append(ctx context.Context, tokens []int) ([]float32, error) 
 		return nil, err
 	}
 	return out[len(out)-1], nil
+}
+
+// AppendGreedy feeds tokens and returns the most likely next token (ties go to the lowest id), chosen on
+// the device: only the token id crosses to the host, not the vocabulary's logits (for a 128K vocabulary
+// that copy costs more than a millisecond per token).
+func (s *Sequence) AppendGreedy(ctx context.Context, tokens []int) (int, error) {
+	s.greedy = true
+	defer func() { s.greedy = false }()
+	if _, err := s.append(ctx, tokens, false); err != nil {
+		return 0, err
+	}
+	return s.next, nil
 }
 
 // AppendAllLogits feeds tokens and returns the logits at every one of their positions.
@@ -419,15 +479,16 @@ func (s *Sequence) append(ctx context.Context, tokens []int, allLogits bool) (lo
 func (s *Sequence) prefillChunk(tokens []int, allLogits bool) ([][]float32, error) {
 	r := s.r
 	nb := r.chunkBucket(len(tokens))
-	if s.ctx == nil {
-		s.ctx = r.newKV(r.ctxCapacity(1))
-	}
-	logits, chunk, err := s.step(tokens, nb, s.ctx, s.ctxLen, r.zeroKV(nb), 0, allLogits)
+	logits, chunk, err := s.step(tokens, nb, s.ctx, s.ctxLen, nil, 0, allLogits)
 	if err != nil {
 		return nil, err
 	}
 	defer chunk.finalize()
-	newCtx, err := r.writeKV(s.ctx, chunk, s.ctxLen, len(tokens), r.ctxCapacity(s.ctxLen+len(tokens)))
+	dst := s.ctx
+	if dst == nil {
+		dst = r.zeroKV(r.ctxCapacity(1)) // read only: writeKV returns a new buffer
+	}
+	newCtx, err := r.writeKV(dst, chunk, s.ctxLen, len(tokens), r.ctxCapacity(s.ctxLen+len(tokens)))
 	if err != nil {
 		return nil, err
 	}
@@ -502,28 +563,39 @@ func (s *Sequence) step(tokens []int, nb int, ctxKV *kvTensors, ctxLen int, dynK
 		return nil, nil, err
 	}
 	args = append(args, invFreq, packed)
-	for _, t := range ctxKV.k {
-		args = append(args, t)
+	if ctxKV != nil {
+		for _, t := range append(slices.Clone(ctxKV.k), ctxKV.v...) {
+			args = append(args, t)
+		}
 	}
-	for _, t := range ctxKV.v {
-		args = append(args, t)
-	}
-	for _, t := range dynKV.k {
-		args = append(args, t)
-	}
-	for _, t := range dynKV.v {
-		args = append(args, t)
+	if dynKV != nil {
+		for _, t := range append(slices.Clone(dynKV.k), dynKV.v...) {
+			args = append(args, t)
+		}
 	}
 	exec := r.stepLast
 	if allLogits {
 		exec = r.stepAll
+	}
+	if dynKV == nil { // a prefill chunk
+		all, hasCtx := 0, 0
+		if allLogits {
+			all = 1
+		}
+		if ctxKV != nil {
+			hasCtx = 1
+		}
+		exec = r.prefill[all][hasCtx]
 	}
 	if s.sq != nil && ctxKV == s.ctx {
 		if exec, err = r.stepExecSqueezed(s.sq, allLogits); err != nil {
 			return nil, nil, err
 		}
 		for l := range c.NumHiddenLayers {
-			args = append(args, s.sq.centroids[l], s.sq.counts[l], s.sq.labels[l])
+			args = append(args, s.sq.centroids[l], s.sq.counts[l], s.sq.starts[l], s.sq.order[l])
+		}
+		if s.sq.calibrated() {
+			args = append(args, s.sq.threshold)
 		}
 	}
 	t0 := time.Now()
@@ -538,9 +610,19 @@ func (s *Sequence) step(tokens []int, nb int, ctxKV *kvTensors, ctxLen int, dynK
 		}(time.Now())
 	}
 	L := c.NumHiddenLayers
-	newDyn := &kvTensors{k: out[1 : 1+L], v: out[1+L : 1+2*L]}
+	newDyn := &kvTensors{k: out[2 : 2+L], v: out[2+L : 2+2*L]}
+	defer out[0].FinalizeAll()
+	defer out[1].FinalizeAll()
+	if s.greedy && !allLogits {
+		next, err := tensors.CopyFlatData[int32](out[1])
+		if err != nil {
+			newDyn.finalize()
+			return nil, nil, err
+		}
+		s.next = int(next[0])
+		return [][]float32{nil}, newDyn, nil
+	}
 	flat, err := tensors.CopyFlatData[float32](out[0])
-	out[0].FinalizeAll()
 	if err != nil {
 		newDyn.finalize()
 		return nil, nil, err
@@ -603,4 +685,41 @@ func (r *Runner) writeKV(dst, src *kvTensors, off, count, capacity int) (*kvTens
 		return nil, fmt.Errorf("llama: writing KV cache: %w", err)
 	}
 	return &kvTensors{k: out[:L], v: out[L:]}, nil
+}
+
+// WeightBytes is the size of the weights on the device.
+func (r *Runner) WeightBytes() int64 {
+	var n int64
+	for _, t := range r.weights.Tensors {
+		n += int64(t.Shape().Memory())
+	}
+	return n
+}
+
+// DecodeStepBytes is the memory traffic of a decode step that must happen with this cache layout: every
+// weight read once (the embedding only for one row when it is not also the LM head), the valid context
+// rows' keys and values read, and the dynamic segment (capacity dynCap) read and written whole, since
+// the step returns new dyn buffers. The roofline time of the step is this over the memory bandwidth.
+func (r *Runner) DecodeStepBytes(ctxRows, dynCap int) int64 {
+	c := r.cfg
+	elem := int64(r.weights.DType.Size())
+	n := r.WeightBytes()
+	if !c.TieWordEmbeddings {
+		n -= int64(c.VocabSize-1) * int64(c.HiddenSize) * elem
+	}
+	row := 2 * int64(c.NumHiddenLayers) * int64(c.NumKeyValueHeads) * int64(c.HeadDim) * elem // K and V, all layers
+	return n + int64(ctxRows)*row + 2*int64(dynCap)*row
+}
+
+// PrefillFLOPs is the arithmetic of a prefill of n tokens from an empty sequence: 2 FLOPs per weight
+// per token in the projections (the LM head for the last token only) plus causal attention
+// (QKᵀ and PV, 2·n²/2·headDim·heads each, per layer).
+func (r *Runner) PrefillFLOPs(n int) float64 {
+	c := r.cfg
+	h, hd, kvh := float64(c.HiddenSize), float64(c.HeadDim), float64(c.NumKeyValueHeads)
+	qh, inter := float64(c.NumAttentionHeads), float64(c.IntermediateSize)
+	perLayer := h*qh*hd + 2*h*kvh*hd + qh*hd*h + 3*h*inter // q, k+v, o, gate+up+down
+	tokens := float64(n)
+	return 2*tokens*perLayer*float64(c.NumHiddenLayers) + 2*h*float64(c.VocabSize) +
+		2*tokens*tokens*hd*qh*float64(c.NumHiddenLayers)
 }

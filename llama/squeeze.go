@@ -2,12 +2,12 @@ package llama
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"time"
 
 	"github.com/gomlx/compute/dtypes"
-	"github.com/gomlx/compute/shapes"
 	"github.com/gomlx/gomlx/core/graph"
 	. "github.com/gomlx/gomlx/core/graph" //nolint:revive // graph code reads best with the ops unqualified.
 	"github.com/gomlx/gomlx/core/tensors"
@@ -15,12 +15,19 @@ import (
 	"github.com/squeezeai/sqllm/squeeze"
 )
 
-// SqueezeOptions configure Squeezed Attention over a prefix's fixed context.
+// SqueezeOptions configure Squeezed Attention over a prefix's fixed context. Exactly one of Budget
+// (fixed-budget mode) and Sparsity (calibrated-threshold mode, the paper's) is set.
 type SqueezeOptions struct {
 	// Budget is the fraction of the clustered fixed-context keys kept for each user input and each decode
 	// step (fixed-budget mode), in (0, 1].
 	Budget float64
-	// Centroids is the number of centroids as a fraction of the clustered keys (default 0.05).
+	// Sparsity is the target fraction of the clustered fixed-context keys dropped (calibrated-threshold
+	// mode), in (0, 1): one global threshold over all layers and heads is calibrated on the context's own
+	// observation-window queries so that they drop this fraction of the keys; every user input and decode
+	// step then keeps the clusters whose estimated probability exceeds it.
+	Sparsity float64
+	// Centroids is the number of centroids per KV head as a fraction of the context (of its KV capacity
+	// bucket, so that contexts of one bucket share executables; default 0.05).
 	Centroids float64
 	// Window is the observation window: the context's last tokens, never clustered and always attended
 	// (default 100, at most a tenth of the context).
@@ -29,26 +36,100 @@ type SqueezeOptions struct {
 	Iterations int
 }
 
+// Normalized returns the options with their defaults filled in, or an error naming the bad option.
+func (o SqueezeOptions) Normalized() (SqueezeOptions, error) {
+	switch {
+	case math.IsNaN(o.Budget) || math.IsNaN(o.Sparsity):
+		return o, errors.New("llama: squeeze budget or sparsity is NaN")
+	case o.Budget != 0 && o.Sparsity != 0:
+		return o, fmt.Errorf("llama: squeeze budget %g and sparsity %g both set: choose the fixed-budget or the calibrated mode", o.Budget, o.Sparsity)
+	case o.Budget == 0 && o.Sparsity == 0:
+		return o, errors.New("llama: squeeze options set neither a budget nor a sparsity")
+	case o.Budget < 0 || o.Budget > 1:
+		return o, fmt.Errorf("llama: squeeze budget %g outside (0, 1]", o.Budget)
+	case o.Sparsity < 0 || o.Sparsity >= 1:
+		return o, fmt.Errorf("llama: squeeze sparsity %g outside (0, 1)", o.Sparsity)
+	}
+	if o.Centroids == 0 {
+		o.Centroids = 0.05
+	}
+	if !(o.Centroids > 0 && o.Centroids <= 0.5) {
+		return o, fmt.Errorf("llama: squeeze centroids fraction %g outside (0, 0.5]", o.Centroids)
+	}
+	if o.Window == 0 {
+		o.Window = 100
+	}
+	if o.Window < 0 || o.Window > 1<<16 {
+		return o, fmt.Errorf("llama: squeeze observation window %d outside [1, 65536]", o.Window)
+	}
+	if o.Iterations == 0 {
+		o.Iterations = 10
+	}
+	if o.Iterations < 0 || o.Iterations > 1000 {
+		return o, fmt.Errorf("llama: %d k-means iterations outside [1, 1000]", o.Iterations)
+	}
+	return o, nil
+}
+
+// Calibrated reports whether the options select the calibrated-threshold mode.
+func (o SqueezeOptions) Calibrated() bool { return o.Sparsity > 0 }
+
+// String is a canonical description of the options (defaults as given), used in cache keys.
+func (o SqueezeOptions) String() string {
+	return fmt.Sprintf("budget=%g sparsity=%g centroids=%g window=%d iterations=%d",
+		o.Budget, o.Sparsity, o.Centroids, o.Window, o.Iterations)
+}
+
+// thresholdMargin sizes the calibrated mode's static kept-key list: it holds thresholdMargin × the
+// target kept fraction (1 - sparsity) of the context capacity (bucketed), the same for every layer and
+// head. A step whose queries pass more keys in a head than that keeps the best-scoring ones that fit (the
+// threshold mask intersected with a budget mask), so the global threshold is then a little stricter for
+// that head. Measured on the bundled model (1,536-token context filling its capacity, 40 decode steps):
+// 2-10% of the head-steps pass more keys than fit, and the list leaves out 0.3-3% of the passing keys
+// (sparsity 0.7: 0.3%; 0.5: 3%), always the lowest-scoring ones.
+const thresholdMargin = 1.25
+
 // squeezeIndex is a prefix's clustering: per layer and KV head, centroids of the clustered keys.
 type squeezeIndex struct {
-	opts      SqueezeOptions
-	clustered int // keys [0, clustered) are clustered; [clustered, cachedRows) are the window
+	opts      SqueezeOptions // normalized
+	clustered int            // keys [0, clustered) are clustered; [clustered, cachedRows) are the window
 	window    int
-	budget    int // kept clustered keys per head and step
-	maxKept   int // static size of the kept-key lists (budget + window, bucketed by capacity)
-	k         int
+	// budget is the number of clustered keys kept per head and step: in fixed-budget mode exactly that
+	// many, in calibrated mode at most that many (those above the threshold, the best ones if more).
+	budget   int
+	maxKept  int // static size of the kept-key lists (budget + window, bucketed by capacity)
+	k        int
+	capacity int // the prefix's KV capacity (the static shapes follow it)
+	// centroids are rounded to bfloat16 (their storage dtype) right after clustering, so that an index
+	// loaded from disk is bit for bit the one computed.
 	centroids []*tensors.Tensor // per layer [numKVHeads, K, headDim] float32
 	counts    []*tensors.Tensor // per layer [numKVHeads, K] float32
-	labels    []*tensors.Tensor // per layer [numKVHeads, clustered] int32
-	// ClusterTime is how long the clustering took.
-	clusterTime time.Duration
+	labels    []*tensors.Tensor // per layer [numKVHeads, capacity] int32 (rows ≥ clustered: 0 or unused)
+	// starts and order are the keys sorted by cluster (squeeze.ClusterOrder of labels and counts), for the
+	// step's cluster-level selection: computed on the device after clustering or loading, never stored.
+	starts []*tensors.Tensor // per layer [numKVHeads, K] int32: first slot of each cluster in order
+	order  []*tensors.Tensor // per layer [numKVHeads, capacity] int32: the clustered keys by cluster, then the rest
+	// Calibrated mode: the global threshold on a cluster's estimated probability, and the fraction of the
+	// clustered keys the calibration queries kept with it.
+	threshold      float32
+	calibratedKept float64
+	clusterTime    time.Duration // how long the clustering took
+	calibrateTime  time.Duration // how long the calibration took
+	loadTime       time.Duration // how long loading the index took (loaded from storage)
+	loaded         bool
 }
+
+// calibrated reports whether the index is in calibrated-threshold mode.
+func (sq *squeezeIndex) calibrated() bool { return sq.opts.Sparsity > 0 }
 
 // squeezeLayer are one layer's index nodes inside a step graph.
 type squeezeLayer struct {
-	centroids, counts, labels *Node // [numKVHeads, K, headDim], [numKVHeads, K], [numKVHeads, ctxCap]
+	centroids, counts         *Node // [numKVHeads, K, headDim] float32, [numKVHeads, K] float32
+	starts, order             *Node // [numKVHeads, K], [numKVHeads, ctxCap] int32 (squeeze.ClusterOrder)
 	clustered, window, budget *Node // scalar int32: they vary per prefix without recompiling
 	maxKept                   int
+	// threshold is the calibrated mode's global threshold (scalar float32); nil in fixed-budget mode.
+	threshold *Node
 }
 
 type squeezeInputs struct {
@@ -57,16 +138,54 @@ type squeezeInputs struct {
 
 // SqueezeInfo describes a prefix's Squeezed Attention index.
 type SqueezeInfo struct {
+	Options SqueezeOptions // normalized
+	// Budget is the number of clustered keys kept per KV head and step: exactly (fixed-budget mode) or at
+	// most (calibrated mode: the static size of the kept list, see thresholdMargin).
 	Clustered, Window, Budget, Centroids int
 	// KeptFraction is the fraction of the fixed context's keys read per step, centroids counted as keys:
-	// (budget + window + centroids) / context keys.
+	// (kept clustered keys + window + centroids) / context keys. Fixed-budget mode: exact. Calibrated mode:
+	// with the kept keys of the calibration queries (CalibratedKept); other queries keep more or fewer.
 	KeptFraction float64
-	ClusterTime  time.Duration
+	// Calibrated mode: the threshold and the fraction of the clustered keys that the calibration queries
+	// (the window's own) keep with it.
+	Threshold      float32
+	CalibratedKept float64
+	// ClusterTime and CalibrateTime are how long clustering and calibration took (0 for a loaded index);
+	// LoadTime how long loading a stored index took.
+	ClusterTime, CalibrateTime, LoadTime time.Duration
+	// Loaded says the index was loaded from storage (the prefix cache) instead of computed.
+	Loaded bool
+}
+
+// newSqueezeIndex works out the geometry of the index of a prefix of the given cached rows and KV
+// capacity: clustered keys, window, centroids, budget and the static kept-list size. opts must be
+// normalized.
+func newSqueezeIndex(opts SqueezeOptions, rows, capacity int) (*squeezeIndex, error) {
+	window := min(opts.Window, rows/10)
+	clustered := rows - window
+	if clustered < 64 || int(math.Round(opts.Centroids*float64(clustered))) < 2 {
+		return nil, fmt.Errorf("llama: a fixed context of %d tokens is too short to squeeze", rows+1)
+	}
+	// Static shapes follow the context capacity (a bucket), so prefixes of different lengths share
+	// executables: K and the kept-list size are fractions of the capacity, the actual counts are inputs.
+	k := max(2, int(math.Round(opts.Centroids*float64(capacity))))
+	idx := &squeezeIndex{opts: opts, clustered: clustered, window: window, k: k, capacity: capacity}
+	if opts.Calibrated() {
+		keep := min(1, thresholdMargin*(1-opts.Sparsity))
+		slots := bucket64(int(math.Ceil(keep * float64(capacity))))
+		idx.maxKept = slots + bucket64(opts.Window)
+		idx.budget = idx.maxKept - window // every slot the window does not use
+	} else {
+		idx.budget = max(1, int(math.Ceil(opts.Budget*float64(clustered))))
+		idx.maxKept = bucket64(int(math.Ceil(opts.Budget*float64(capacity)))) + bucket64(opts.Window)
+	}
+	return idx, nil
 }
 
 // Squeeze clusters the prefix's keys so that sequences started from it attend only to the keys that
-// matter. It replaces any previous index. Prefixes shorter than a few hundred tokens gain nothing and are
-// left dense (an error says so).
+// matter; in calibrated mode it then sets the threshold (see SqueezeOptions.Sparsity). It replaces any
+// previous index. Prefixes shorter than a few hundred tokens gain nothing and are left dense (an error
+// says so).
 func (p *Prefix) Squeeze(ctx context.Context, opts SqueezeOptions) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -76,42 +195,19 @@ func (p *Prefix) Squeeze(ctx context.Context, opts SqueezeOptions) (err error) {
 	if p.r.cfg.SlidingWindow > 0 {
 		return fmt.Errorf("llama: %w: Squeezed Attention with a sliding-window model", ErrUnsupported)
 	}
-	if opts.Budget <= 0 || opts.Budget > 1 || math.IsNaN(opts.Budget) {
-		return fmt.Errorf("llama: squeeze budget %g outside (0, 1]", opts.Budget)
+	if opts, err = opts.Normalized(); err != nil {
+		return err
 	}
-	if opts.Centroids == 0 {
-		opts.Centroids = 0.05
+	if p.kv == nil {
+		return errors.New("llama: squeeze: the prefix is freed")
 	}
-	if opts.Centroids <= 0 || opts.Centroids > 0.5 {
-		return fmt.Errorf("llama: squeeze centroids fraction %g outside (0, 0.5]", opts.Centroids)
+	idx, err := newSqueezeIndex(opts, p.cachedRows(), p.kv.capacity())
+	if err != nil {
+		return err
 	}
-	if opts.Iterations == 0 {
-		opts.Iterations = 10
-	}
-	rows := p.cachedRows()
-	window := opts.Window
-	if window == 0 {
-		window = 100
-	}
-	window = min(window, rows/10)
-	clustered := rows - window
-	k := int(math.Round(opts.Centroids * float64(clustered)))
-	if clustered < 64 || k < 2 {
-		return fmt.Errorf("llama: a fixed context of %d tokens is too short to squeeze", len(p.tokens))
-	}
-	budget := max(1, int(math.Ceil(opts.Budget*float64(clustered))))
-	// Static shapes follow the context capacity (a bucket), so prefixes of different lengths share
-	// executables: K and the kept-list size are fractions of the capacity, the actual counts are inputs.
-	capacity := p.kv.capacity()
-	k = max(2, int(math.Round(opts.Centroids*float64(capacity))))
-	maxWindow := opts.Window
-	if maxWindow == 0 {
-		maxWindow = 100
-	}
-	maxKept := bucket64(int(math.Ceil(opts.Budget*float64(capacity)))) + bucket64(maxWindow)
 	start := time.Now()
 	L := p.r.cfg.NumHiddenLayers
-	exec, err := p.r.clusterExec(k, opts.Iterations)
+	exec, err := p.r.clusterExec(idx.k, opts.Iterations)
 	if err != nil {
 		return err
 	}
@@ -119,7 +215,7 @@ func (p *Prefix) Squeeze(ctx context.Context, opts SqueezeOptions) (err error) {
 	for _, t := range p.kv.k {
 		args = append(args, t)
 	}
-	args = append(args, int32(clustered))
+	args = append(args, int32(idx.clustered))
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -127,17 +223,31 @@ func (p *Prefix) Squeeze(ctx context.Context, opts SqueezeOptions) (err error) {
 	if err != nil {
 		return fmt.Errorf("llama: clustering: %w", err)
 	}
-	idx := &squeezeIndex{opts: opts, clustered: clustered, window: window, budget: budget, k: k, maxKept: maxKept}
 	for l := range L {
-		idx.centroids = append(idx.centroids, out[3*l])
-		idx.counts = append(idx.counts, out[3*l+1])
-		idx.labels = append(idx.labels, out[3*l+2])
+		idx.centroids = append(idx.centroids, out[5*l])
+		idx.counts = append(idx.counts, out[5*l+1])
+		idx.labels = append(idx.labels, out[5*l+2])
+		idx.starts = append(idx.starts, out[5*l+3])
+		idx.order = append(idx.order, out[5*l+4])
 	}
 	// Wait for the device so the clustering time is real.
 	if _, err := tensors.CopyFlatData[float32](idx.counts[0]); err != nil {
+		idx.free()
 		return err
 	}
 	idx.clusterTime = time.Since(start)
+	if opts.Calibrated() {
+		if err := ctx.Err(); err != nil {
+			idx.free()
+			return err
+		}
+		start := time.Now()
+		if err := p.calibrate(idx); err != nil {
+			idx.free()
+			return err
+		}
+		idx.calibrateTime = time.Since(start)
+	}
 	p.dropSqueeze()
 	p.sq = idx
 	return nil
@@ -149,52 +259,53 @@ func (p *Prefix) SqueezeInfo() (info SqueezeInfo, ok bool) {
 	if sq == nil {
 		return info, false
 	}
-	return SqueezeInfo{Clustered: sq.clustered, Window: sq.window, Budget: sq.budget, Centroids: sq.k,
-		KeptFraction: float64(sq.budget+sq.window+sq.k) / float64(sq.clustered+sq.window),
-		ClusterTime:  sq.clusterTime}, true
+	kept := float64(sq.budget)
+	if sq.calibrated() {
+		kept = sq.calibratedKept * float64(sq.clustered)
+	}
+	return SqueezeInfo{Options: sq.opts, Clustered: sq.clustered, Window: sq.window, Budget: sq.budget,
+		Centroids:    sq.k,
+		KeptFraction: (kept + float64(sq.window+sq.k)) / float64(sq.clustered+sq.window),
+		Threshold:    sq.threshold, CalibratedKept: sq.calibratedKept,
+		ClusterTime: sq.clusterTime, CalibrateTime: sq.calibrateTime, LoadTime: sq.loadTime, Loaded: sq.loaded}, true
 }
 
 func (p *Prefix) dropSqueeze() {
 	if p.sq == nil {
 		return
 	}
-	for _, ts := range [][]*tensors.Tensor{p.sq.centroids, p.sq.counts, p.sq.labels} {
+	p.sq.free()
+	p.sq = nil
+}
+
+// free releases the index's tensors.
+func (sq *squeezeIndex) free() {
+	for _, ts := range [][]*tensors.Tensor{sq.centroids, sq.counts, sq.labels, sq.starts, sq.order} {
 		for _, t := range ts {
 			t.FinalizeAll()
 		}
 	}
-	p.sq = nil
 }
 
 // squeezedAttention is attention over the fixed context read sparsely (the keys of the clusters that
 // matter for this step's queries, plus the observation window), merged by log-sum-exp with dense causal
 // attention over the dynamic segment. One selection per KV head for the step's whole input (all its
-// tokens and all the query heads of the group).
+// tokens and all the query heads of the group): in fixed-budget mode the budget's best keys, in
+// calibrated mode the keys whose cluster's score exceeds the threshold (at most budget of them).
 func squeezedAttention(c *Config, q, ctxK, ctxV, dynK, dynV, dynMask *Node, sq *squeezeLayer) *Node {
-	g := q.Graph()
 	n, hd := q.Shape().Dimensions[0], c.HeadDim
 	kvh, group := c.NumKeyValueHeads, c.GroupSize()
-	ctxCap, dynCap := ctxK.Shape().Dimensions[1], dynK.Shape().Dimensions[1]
+	dynCap := dynK.Shape().Dimensions[1]
 	scale := 1 / math.Sqrt(float64(hd))
 
-	qg := TransposeAllAxes(Reshape(q, n, kvh, group, hd), 1, 0, 2, 3)
-	qg = Reshape(qg, kvh, n*group, hd) // [numKVHeads, n*group, headDim]
-
-	// Selection: the clusters' estimated probabilities → the budget's best keys, plus the window.
-	scores := squeeze.ClusterScores(qg, sq.centroids, sq.counts, scale) // [numKVHeads, K]
-	pos := Iota(g, shapes.Make(dtypes.Int32, kvh, ctxCap), 1)
-	clustered := LessThan(pos, BroadcastToDims(sq.clustered, kvh, ctxCap)) // rows [0, clustered)
-	end := BroadcastToDims(Add(sq.clustered, sq.window), kvh, ctxCap)
-	windowRows := And(Not(clustered), LessThan(pos, end)) // the observation window: always attended
-	keyScores := Where(clustered, squeeze.KeyScores(scores, sq.labels), ZerosLike(ConvertDType(pos, dtypes.Float32)))
-	keep := And(squeeze.BudgetMaskN(keyScores, sq.budget), clustered)
-	mask := Or(keep, windowRows) // [numKVHeads, ctxCap]
-	idx, valid, _ := squeeze.Compact(mask, sq.maxKept)
-
-	sparse := squeeze.SparseAttention(qg, ctxK, ctxV, idx, valid, scale)
+	qg := Reshape(TransposeAllAxes(Reshape(q, n, kvh, group, hd), 1, 0, 2, 3), kvh, n*group, hd) // [numKVHeads, n*group, headDim]
 	dm := Reshape(BroadcastToDims(Reshape(dynMask, n, 1, dynCap), n, group, dynCap), 1, n*group, dynCap)
-	dense := squeeze.DenseAttention(qg, dynK, dynV, dm, scale)
-	out := squeeze.Merge(sparse, dense).Out // [numKVHeads, n*group, headDim] float32
+	// Selection at the cluster level (squeeze.SelectKeys / SelectKeysThreshold): in fixed-budget mode the
+	// budget's best keys; in calibrated mode the clusters above the threshold, at most budget keys (the
+	// list's free slots: the best of them when more pass); then the observation window.
+	ix := squeeze.LayerIndex{Centroids: sq.centroids, Counts: sq.counts, Starts: sq.starts, Order: sq.order,
+		Clustered: sq.clustered, Window: sq.window, Budget: sq.budget, Threshold: sq.threshold, MaxKept: sq.maxKept}
+	out := squeeze.Attend(qg, ctxK, ctxV, squeeze.DenseAttention(qg, dynK, dynV, dm, scale), ix, scale, squeeze.KernelAuto).Out // [numKVHeads, n*group, headDim] float32
 	out = TransposeAllAxes(Reshape(ConvertDType(out, q.DType()), kvh, n, group, hd), 1, 0, 2, 3)
 	return Reshape(out, n, c.NumAttentionHeads*hd)
 }
@@ -221,7 +332,8 @@ func (r *Runner) namedExec(key string, build func() (*graph.Exec, error)) (*grap
 }
 
 // clusterExec returns the executable that clusters every layer's keys ([numKVHeads, capacity, headDim],
-// the first `clustered` rows) into k clusters.
+// the first `clustered` rows) into k clusters. Outputs per layer: centroids, counts, labels, and the
+// cluster order's starts and order (squeeze.ClusterOrder).
 func (r *Runner) clusterExec(k, iters int) (*graph.Exec, error) {
 	key := fmt.Sprintf("cluster/%d/%d", k, iters)
 	return r.namedExec(key, func() (*graph.Exec, error) {
@@ -230,7 +342,9 @@ func (r *Runner) clusterExec(k, iters int) (*graph.Exec, error) {
 			var out []*Node
 			for _, kl := range keys {
 				c, labels, counts := squeeze.KMeansMasked(kl, clustered, k, iters)
-				out = append(out, c, counts, labels)
+				c = ConvertDType(ConvertDType(c, dtypes.BFloat16), dtypes.Float32) // the storage precision
+				order, starts := squeeze.ClusterOrder(labels, counts, clustered)
+				out = append(out, c, counts, labels, starts, order)
 			}
 			return out
 		})
@@ -241,9 +355,57 @@ func (r *Runner) clusterExec(k, iters int) (*graph.Exec, error) {
 	})
 }
 
+// clusterOrderExec returns the executable that sorts every layer's keys by cluster (squeeze.ClusterOrder)
+// for an index loaded from storage. Inputs: per layer labels [numKVHeads, capacity] int32, then per layer
+// counts [numKVHeads, K] float32, then the number of clustered keys (int32). Outputs: per layer starts
+// and order.
+func (r *Runner) clusterOrderExec() (*graph.Exec, error) {
+	return r.namedExec("cluster_order", func() (*graph.Exec, error) {
+		L := r.cfg.NumHiddenLayers
+		e, err := graph.NewExec(r.backend, func(g *Graph, in []*Node) []*Node {
+			labels, counts, clustered := in[:L], in[L:2*L], in[2*L]
+			var out []*Node
+			for l := range L {
+				order, starts := squeeze.ClusterOrder(labels[l], counts[l], clustered)
+				out = append(out, starts, order)
+			}
+			return out
+		})
+		if err != nil {
+			return nil, err
+		}
+		return e.WithName("cluster_order").SetMaxCache(maxCompiled), nil
+	})
+}
+
+// setClusterOrder computes the index's starts and order from its labels and counts on the device.
+func (r *Runner) setClusterOrder(idx *squeezeIndex) error {
+	exec, err := r.clusterOrderExec()
+	if err != nil {
+		return err
+	}
+	args := make([]any, 0, 2*len(idx.labels)+1)
+	for _, t := range idx.labels {
+		args = append(args, t)
+	}
+	for _, t := range idx.counts {
+		args = append(args, t)
+	}
+	args = append(args, int32(idx.clustered))
+	out, err := exec.Call(args...)
+	if err != nil {
+		return fmt.Errorf("llama: sorting the squeeze index by cluster: %w", err)
+	}
+	for l := range len(idx.labels) {
+		idx.starts = append(idx.starts, out[2*l])
+		idx.order = append(idx.order, out[2*l+1])
+	}
+	return nil
+}
+
 // stepExecSqueezed returns the compiled step for sequences over a squeezed prefix.
 func (r *Runner) stepExecSqueezed(sq *squeezeIndex, allLogits bool) (*graph.Exec, error) {
-	return r.namedExec(fmt.Sprintf("step/%d/%v", sq.maxKept, allLogits), func() (*graph.Exec, error) {
+	return r.namedExec(fmt.Sprintf("step/%d/%v/calibrated=%v", sq.maxKept, allLogits, sq.calibrated()), func() (*graph.Exec, error) {
 		return r.newStepExecWith(allLogits, sq)
 	})
 }

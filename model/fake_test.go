@@ -135,3 +135,24 @@ func (r *chunkRecorder) onText(s string) error {
 }
 
 func (r *chunkRecorder) joined() string { return strings.Join(r.chunks, "") }
+
+// greedySeq is a fakeSeq that also picks the argmax itself (model.GreedySequence), counting how often.
+type greedySeq struct {
+	*fakeSeq
+	greedyCalls int
+}
+
+func (g *greedySeq) AppendGreedy(ctx context.Context, tokens []int) (int, error) {
+	logits, err := g.Append(ctx, tokens)
+	if err != nil {
+		return 0, err
+	}
+	g.greedyCalls++
+	best := 0
+	for i, x := range logits {
+		if x > logits[best] {
+			best = i
+		}
+	}
+	return best, nil
+}

@@ -116,12 +116,30 @@ func Generate(ctx context.Context, seq Sequence, prompt []int, dec TextDecoder, 
 		budget, full = room, StopContextFull
 	}
 
-	start := time.Now()
-	logits, err := seq.Append(ctx, prompt)
-	res.PrefillDuration = time.Since(start)
-	if err == nil && len(logits) == 0 {
-		err = errNoLogits
+	sampler := NewSampler(opts.Sampler)
+	history := make([]int, len(prompt), len(prompt)+budget)
+	copy(history, prompt)
+	// next appends tokens and picks the following token: on the sequence's device when decoding is plain
+	// greedy (only the id crosses to the host), else by the sampler from the logits.
+	greedySeq, onDevice := seq.(GreedySequence)
+	onDevice = onDevice && sampler.cfg.Temperature == 0 && sampler.cfg.RepeatPenalty == 1
+	next := func(tokens []int) (int, error) {
+		if onDevice {
+			return greedySeq.AppendGreedy(ctx, tokens)
+		}
+		logits, err := seq.Append(ctx, tokens)
+		if err == nil && len(logits) == 0 {
+			err = errNoLogits
+		}
+		if err != nil {
+			return 0, err
+		}
+		return sampler.Sample(logits, history), nil
 	}
+
+	start := time.Now()
+	tok, err := next(prompt)
+	res.PrefillDuration = time.Since(start)
 	if err != nil {
 		return res, fmt.Errorf("model: generate: prefill: %w", err)
 	}
@@ -132,9 +150,6 @@ func Generate(ctx context.Context, seq Sequence, prompt []int, dec TextDecoder, 
 		res.Text = text.out.String()
 		res.DecodeDuration = time.Since(start)
 	}()
-	sampler := NewSampler(opts.Sampler)
-	history := make([]int, len(prompt), len(prompt)+budget)
-	copy(history, prompt)
 	res.Tokens = make([]int, 0, budget)
 	for {
 		if len(res.Tokens) >= budget {
@@ -144,7 +159,6 @@ func Generate(ctx context.Context, seq Sequence, prompt []int, dec TextDecoder, 
 		if err = ctx.Err(); err != nil {
 			return res, fmt.Errorf("model: generate: %w", err)
 		}
-		tok := sampler.Sample(logits, history)
 		if slices.Contains(opts.StopTokens, tok) {
 			res.StopReason = StopEOS
 			break
@@ -163,11 +177,8 @@ func Generate(ctx context.Context, seq Sequence, prompt []int, dec TextDecoder, 
 			res.StopReason = full
 			break // the last token is not appended: its logits are not needed
 		}
-		logits, err = seq.Append(ctx, []int{tok})
+		tok, err = next([]int{tok})
 		res.DecodeTokens++
-		if err == nil && len(logits) == 0 {
-			err = errNoLogits
-		}
 		if err != nil {
 			return res, fmt.Errorf("model: generate: decode step %d: %w", res.DecodeTokens, err)
 		}

@@ -500,3 +500,34 @@ func TestGenerateNoLogits(t *testing.T) {
 		t.Fatalf("err = %v, want a no-logits error", err)
 	}
 }
+
+// TestGenerateGreedyOnDevice checks that plain greedy decoding lets a GreedySequence pick the tokens
+// (one AppendGreedy per Append, same tokens as host argmax), and that sampling or a repetition penalty
+// keeps the host sampler.
+func TestGenerateGreedyOnDevice(t *testing.T) {
+	next := map[int]int{1: 2, 2: 3, 3: 9, 9: 1}
+	want, err := Generate(context.Background(), tableSeq(testVocab, 40, next), []int{9}, newTestDecoder(), GenerateOptions{MaxTokens: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &greedySeq{fakeSeq: tableSeq(testVocab, 40, next)}
+	got, err := Generate(context.Background(), g, []int{9}, newTestDecoder(), GenerateOptions{MaxTokens: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got.Tokens, want.Tokens) || got.StopReason != want.StopReason {
+		t.Errorf("greedy on device: %v (%s), want %v (%s)", got.Tokens, got.StopReason, want.Tokens, want.StopReason)
+	}
+	if g.greedyCalls != g.appends || g.appends != 10 {
+		t.Errorf("AppendGreedy calls %d, Append calls %d; want 10 of each", g.greedyCalls, g.appends)
+	}
+	for _, sc := range []SamplerConfig{{Temperature: 0.7, Seed: 1}, {RepeatPenalty: 1.3}} {
+		g := &greedySeq{fakeSeq: tableSeq(testVocab, 40, next)}
+		if _, err := Generate(context.Background(), g, []int{9}, newTestDecoder(), GenerateOptions{MaxTokens: 5, Sampler: sc}); err != nil {
+			t.Fatal(err)
+		}
+		if g.greedyCalls != 0 {
+			t.Errorf("sampler %+v: AppendGreedy used %d times; the host sampler must pick", sc, g.greedyCalls)
+		}
+	}
+}

@@ -23,6 +23,14 @@ type Sequence interface {
 	Close() error
 }
 
+// GreedySequence is a Sequence that can pick the most likely next token itself (on its device), so that
+// greedy decoding copies one token id per step instead of the vocabulary's logits.
+type GreedySequence interface {
+	Sequence
+	// AppendGreedy is Append followed by argmax of the logits (ties to the lowest id).
+	AppendGreedy(ctx context.Context, tokens []int) (int, error)
+}
+
 // TextDecoder streams text for generated tokens (implemented by
 // tokenizer.StreamDecoder): Push never returns half a UTF-8 character; Flush
 // returns whatever is still buffered at the end of the stream.

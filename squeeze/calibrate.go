@@ -38,3 +38,64 @@ func CalibrateThreshold(scores []float32, sparsity float64) (threshold float32, 
 	}
 	return threshold, float64(n) / float64(len(scores)), nil
 }
+
+// CalibrateClusters is CalibrateThreshold over clusters, whose keys share one score: scores[i] is the
+// calibration score of cluster i and counts[i] its number of keys (0 for an empty cluster, which is
+// ignored), taken together over all layers and heads. The threshold is chosen so that the fraction of
+// keys dropped (score ≤ τ) is as close to sparsity as whole clusters allow (ties: the one dropping
+// fewer keys), so it is a fraction of keys, not of clusters. kept is the fraction of keys kept
+// (score > τ); τ = -Inf keeps every key.
+func CalibrateClusters(scores, counts []float32, sparsity float64) (threshold float32, kept float64, err error) {
+	if sparsity < 0 || sparsity >= 1 || math.IsNaN(sparsity) {
+		return 0, 0, fmt.Errorf("squeeze: sparsity %g outside [0, 1)", sparsity)
+	}
+	if len(scores) != len(counts) {
+		return 0, 0, fmt.Errorf("squeeze: %d cluster scores for %d cluster counts", len(scores), len(counts))
+	}
+	type cluster struct {
+		score float32
+		n     float64
+	}
+	var cs []cluster
+	total := 0.0
+	for i, s := range scores {
+		n := float64(counts[i])
+		switch {
+		case n < 0 || math.IsNaN(n) || math.IsInf(n, 0):
+			return 0, 0, fmt.Errorf("squeeze: cluster %d has a count of %g keys", i, n)
+		case n == 0:
+			continue
+		case math.IsNaN(float64(s)):
+			return 0, 0, fmt.Errorf("squeeze: NaN score for cluster %d", i)
+		}
+		cs = append(cs, cluster{s, n})
+		total += n
+	}
+	if total == 0 {
+		return 0, 0, errors.New("squeeze: no keys to calibrate on")
+	}
+	slices.SortFunc(cs, func(a, b cluster) int {
+		switch {
+		case a.score < b.score:
+			return -1
+		case a.score > b.score:
+			return 1
+		}
+		return 0
+	})
+	// Candidate thresholds: -Inf (drop nothing), then every distinct score (drop it and all below).
+	threshold, bestErr, dropped := float32(math.Inf(-1)), sparsity, 0.0
+	bestDropped := 0.0
+	for i := 0; i < len(cs); {
+		j := i
+		for j < len(cs) && cs[j].score == cs[i].score {
+			dropped += cs[j].n
+			j++
+		}
+		if e := math.Abs(dropped/total - sparsity); e < bestErr {
+			threshold, bestErr, bestDropped = cs[i].score, e, dropped
+		}
+		i = j
+	}
+	return threshold, 1 - bestDropped/total, nil
+}

@@ -6,6 +6,12 @@
 // DenseAttention is the reference path and the test oracle: with every key kept, the squeezed path
 // equals it.
 //
+// The online path for a step is Attend (attention.go): Select (centroid lookup, then SelectKeys: the
+// budget chosen among the K clusters by a count-weighted search and expanded to the kept keys' index list
+// slot by slot through the cluster-sorted key order of ClusterOrder, with no pass over all S keys), then
+// a sparse kernel (gathered einsum, fusable multiply-reduce, or the backend's fused flash attention) and
+// the merge. BudgetMaskN/KeyScores/Compact are the per-key selection it replaces, kept as its oracle.
+//
 // Shapes use: numKVHeads H, fixed-context keys S, head dim D, centroids K, queries M (for one KV head,
 // its group's query heads × query tokens, flattened), kept-key budget B.
 //
@@ -39,6 +45,11 @@ func KMeans(keys *Node, k, iters int) (centroids, labels, counts *Node) {
 // KMeansMasked is KMeans over the first `clustered` keys only (a scalar int32 node; nil = all): the
 // rest are padding and belong to no cluster (their labels are meaningless). Shapes stay static, so
 // contexts of different lengths in one capacity bucket share one executable.
+//
+// Half-precision keys on an accelerator take the fast path: the similarities and the cluster sums are
+// half-precision matrix products with float32 results (exact one-hot weights, float32 accumulation; the
+// unit vectors are rounded to the keys' dtype), deterministic (no atomics). Float32 keys, or the pure-Go
+// backend, compute in float32.
 func KMeansMasked(keys, clustered *Node, k, iters int) (centroids, labels, counts *Node) {
 	g := keys.Graph()
 	h, s, d := keys.Shape().Dimensions[0], keys.Shape().Dimensions[1], keys.Shape().Dimensions[2]
@@ -46,45 +57,57 @@ func KMeansMasked(keys, clustered *Node, k, iters int) (centroids, labels, count
 	if n == nil {
 		n = Scalar(g, dtypes.Int32, s)
 	}
-	raw := ConvertDType(keys, dtypes.Float32)
+	f32 := dtypes.Float32
+	mm := f32 // the dtype of the matrix products' operands
+	if keys.DType().IsHalfPrecision() && (g.Backend().String() != "go" || testHalfKMeans) {
+		mm = keys.DType()
+	}
+	raw := ConvertDType(keys, f32)
 	unit := L2NormalizeWithEpsilon(raw, 1e-12, -1) // [H, S, D]
+	unitMM := ConvertDType(unit, mm)
 	rowValid := ConvertDType(LessThan(Iota(g, shapes.Make(dtypes.Int32, 1, s, 1), 1),
-		BroadcastToDims(n, 1, s, 1)), dtypes.Float32) // [1, S, 1]
+		BroadcastToDims(n, 1, s, 1)), mm) // [1, S, 1]
+	ones := ConvertDType(BroadcastToDims(Reshape(rowValid, 1, s), h, s), mm) // [H, S]: 1 for clustered keys
 
-	// Initial centroids: k keys spread evenly over the clustered part.
-	kIdx := Iota(g, shapes.Make(dtypes.Int32, k, s), 0)
-	sIdx := Iota(g, shapes.Make(dtypes.Int32, k, s), 1)
-	seed := Div(Mul(kIdx, BroadcastToDims(n, k, s)), Scalar(g, dtypes.Int32, k))
-	pick := Equal(sIdx, seed)                                               // [K, S]: key ⌊j·n/K⌋ seeds cluster j
-	cent := Einsum("ks,hsd->hkd", ConvertDType(pick, dtypes.Float32), unit) // [H, K, D]
+	// Initial centroids: k keys spread evenly over the clustered part (key ⌊j·n/K⌋ seeds cluster j).
+	seed := Div(Mul(Iota(g, shapes.Make(dtypes.Int32, h, k), 1), BroadcastToDims(n, h, k)), Scalar(g, dtypes.Int32, k))
+	cent := GatherRows(unit, seed) // [H, K, D]
 
 	var onehot *Node
 	assign := func(c *Node) {
-		sim := Einsum("hsd,hkd->hsk", unit, L2NormalizeWithEpsilon(c, 1e-12, -1)) // [H, S, K] cosine similarity
-		labels = ArgMax(sim, -1, dtypes.Int32)                                    // [H, S]
-		onehot = Mul(OneHot(labels, k, dtypes.Float32), rowValid)                 // [H, S, K]; padding in no cluster
-		counts = ReduceSum(onehot, 1)                                             // [H, K]
+		cn := ConvertDType(L2NormalizeWithEpsilon(c, 1e-12, -1), mm)
+		sim := productF32(unitMM, cn, [][2]int{{2, 2}}, [][2]int{{0, 0}})     // [H, S, K] cosine similarity
+		labels = ArgMax(sim, -1, dtypes.Int32)                                // [H, S]
+		onehot = Mul(OneHot(labels, k, mm), rowValid)                         // [H, S, K]; padding in no cluster
+		counts = productF32(onehot, ones, [][2]int{{1, 1}}, [][2]int{{0, 0}}) // [H, K]
 	}
 	for range iters {
 		assign(cent)
-		sums := Einsum("hsk,hsd->hkd", onehot, unit)
+		sums := productF32(onehot, unitMM, [][2]int{{1, 1}}, [][2]int{{0, 0}}) // [H, K, D]
 		mean := Div(sums, ExpandAxes(MaxScalar(counts, 1), -1))
 		// An empty cluster keeps its previous centroid (it may win keys back later).
 		nonEmpty := BroadcastToDims(ExpandAxes(GreaterThan(counts, ZerosLike(counts)), -1), h, k, d)
 		cent = Where(nonEmpty, mean, cent)
 	}
 	assign(cent)
-	sums := Einsum("hsk,hsd->hkd", onehot, raw)
+	sums := productF32(onehot, ConvertDType(keys, mm), [][2]int{{1, 1}}, [][2]int{{0, 0}})
 	centroids = Div(sums, ExpandAxes(MaxScalar(counts, 1), -1))
 	return centroids, labels, counts
 }
 
+// testHalfKMeans makes tests take KMeansMasked's half-precision path on the pure-Go backend.
+var testHalfKMeans bool
+
 // LogClusterProb returns log p_c(q) for queries q [H, M, D] against centroids [H, K, D] with counts
 // [H, K]: p_c(q) = exp(q·C_c·scale) / Σ_j N_j exp(q·C_j·scale), the estimated attention probability of
 // one key of cluster c. Computed with the maximum subtracted; empty clusters get log p = -1e30. [H, M, K].
+//
+// With q and centroids both in a half-precision dtype (bfloat16 centroids are half the bytes to read per
+// lookup), the logits come from a half-precision product, as the engine's own attention scores do; else
+// the product is float32.
 func LogClusterProb(q, centroids, counts *Node, scale float64) *Node {
-	logits := MulScalar(Einsum("hmd,hkd->hmk", ConvertDType(q, dtypes.Float32), centroids), scale) // [H, M, K]
-	nonEmpty := ExpandAxes(GreaterThan(counts, ZerosLike(counts)), 1)                              // [H, 1, K]
+	logits := MulScalar(product("hmd,hkd->hmk", q, centroids), scale) // [H, M, K] float32
+	nonEmpty := ExpandAxes(GreaterThan(counts, ZerosLike(counts)), 1) // [H, 1, K]
 	nonEmpty = BroadcastToDims(nonEmpty, logits.Shape().Dimensions...)
 	logN := Log(MaxScalar(counts, 1)) // [H, K]
 	weighted := Where(nonEmpty, Add(logits, ExpandAxes(logN, 1)), Scalar(q.Graph(), dtypes.Float32, negInf))
@@ -200,8 +223,11 @@ type Partial struct {
 
 // DenseAttention is exact attention of q [H, M, D] over keys and values [H, S, D], where mask [H, M, S]
 // (or broadcastable [H, 1, S] / [1, M, S]) says which keys each query sees (nil = all).
+// With q, keys and values all in a half-precision dtype the two products run in it (scores and the
+// probabilities that weight the values are rounded to it, as the engine's dense attention does; the
+// softmax is float32); otherwise everything is float32.
 func DenseAttention(q, keys, values, mask *Node, scale float64) Partial {
-	scores := MulScalar(Einsum("hmd,hsd->hms", ConvertDType(q, dtypes.Float32), ConvertDType(keys, dtypes.Float32)), scale)
+	scores := MulScalar(product("hmd,hsd->hms", q, keys), scale) // [H, M, S] float32
 	return softmaxPartial(scores, mask, values)
 }
 
@@ -227,7 +253,13 @@ func softmaxPartial(scores, mask, values *Node) Partial {
 		e = Where(mask, e, ZerosLike(e)) // a fully masked row sums to 0, not to S
 	}
 	sum := ReduceAndKeep(e, ReduceSum, -1)
-	out := Div(Einsum("hms,hsd->hmd", e, ConvertDType(values, dtypes.Float32)), MaxScalar(sum, 1e-30))
+	var out *Node
+	if values.DType().IsHalfPrecision() {
+		// Normalise before rounding the weights to the half dtype, as a softmax in the engine does.
+		out = product("hms,hsd->hmd", ConvertDType(Div(e, MaxScalar(sum, 1e-30)), values.DType()), values)
+	} else {
+		out = Div(product("hms,hsd->hmd", e, values), MaxScalar(sum, 1e-30))
+	}
 	seen := GreaterThan(sum, ZerosLike(sum))
 	lse := Where(seen, Add(mx, Log(MaxScalar(sum, 1e-30))), Scalar(g, dtypes.Float32, negInf))
 	return Partial{Out: out, LSE: lse}
@@ -240,6 +272,33 @@ func Merge(a, b Partial) Partial {
 	sum := MaxScalar(Add(wa, wb), 1e-30)
 	out := Div(Add(Mul(a.Out, wa), Mul(b.Out, wb)), sum)
 	return Partial{Out: out, LSE: Add(m, Log(sum))}
+}
+
+// product is Einsum with a float32 result. When both operands share a half-precision dtype it multiplies
+// in it (accumulating in float32 on the device, as the engine's attention does); otherwise in float32.
+// On the pure-Go backend half-precision operands are multiplied in float32 and rounded back (GoMLX
+// compute v0.1.6's bfloat16 matmul kernels are wrong for batched products).
+func product(equation string, a, b *Node) *Node {
+	f32 := dtypes.Float32
+	if a.DType() != b.DType() || !a.DType().IsHalfPrecision() {
+		return Einsum(equation, ConvertDType(a, f32), ConvertDType(b, f32))
+	}
+	if a.Graph().Backend().String() == "go" {
+		return ConvertDType(ConvertDType(Einsum(equation, ConvertDType(a, f32), ConvertDType(b, f32)), a.DType()), f32)
+	}
+	return ConvertDType(Einsum(equation, a, b), f32)
+}
+
+// productF32 is EinsumAxes (output axes: batch, then a's free axes, then b's) with float32 operands, or
+// with half-precision operands (both of one dtype) and a float32 result accumulated in float32 — the
+// precision of a float32 product of the rounded operands. The pure-Go backend multiplies half-precision
+// operands in float32. (Einsum would drop the output dtype: it rebuilds its DotGeneral.)
+func productF32(a, b *Node, contracting, batch [][2]int) *Node {
+	f32 := dtypes.Float32
+	if a.DType() != b.DType() || !a.DType().IsHalfPrecision() || a.Graph().Backend().String() == "go" {
+		return EinsumAxes(ConvertDType(a, f32), ConvertDType(b, f32), contracting, batch)
+	}
+	return Dot(a, b).WithAccumulatorDType(f32).WithOutputDType(f32).EinsumAxes(contracting, batch)
 }
 
 // Scale is the attention scale 1/√D.

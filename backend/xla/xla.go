@@ -127,7 +127,7 @@ func newXLA(plugin string) (b *Backend, err error) {
 		_ = os.Setenv("GOPJRT_CUDA_CHECKS", "0")
 	}
 	// TF32 off: a user who asks for float32 gets float32 products (bf16 is the fast path).
-	xb, err := goxla.New(plugin + ",tf32=false")
+	xb, err := goxla.New(plugin + ",tf32=false,preallocate=false")
 	if err != nil {
 		return nil, fmt.Errorf("backend xla: loading %s: %w", plugin, err)
 	}

@@ -9,13 +9,21 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
+	"os/exec"
 	"runtime"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+
+	"github.com/gomlx/compute/dtypes"
+	"github.com/gomlx/compute/shapes"
+	"github.com/gomlx/gomlx/core/graph"
+	"github.com/gomlx/gomlx/core/tensors"
 
 	"github.com/squeezeai/sqllm/backend/xla"
 	"github.com/squeezeai/sqllm/engine"
@@ -39,6 +47,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ttftCtx := fs.Int("ttft-context", 0, "also measure time to first token with a cached fixed context of this many tokens (0 = skip)")
 	ttftQ := fs.Int("ttft-question", 64, "user-input tokens after the fixed context, for -ttft-context")
 	cacheDir := fs.String("cache-dir", "", "prefix cache directory for -ttft-context (default: a temporary directory)")
+	ttftDisk := fs.Bool("ttft-disk", true, "with -ttft-context, also time disk hits")
+	memCache := fs.Float64("memory-cache-gib", 0, "device memory budget of cached prefixes, GiB (0: the engine's default, 2 GiB)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -77,7 +87,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		*cacheDir = tmp
 	}
 	m, err := engine.Open(dir, engine.Options{Backend: kind, PluginPath: *plugin, DType: *dtype, MaxChunk: *chunk,
-		RandomWeights: *random, CacheDir: *cacheDir})
+		RandomWeights: *random, CacheDir: *cacheDir, MemoryCacheBytes: int64(*memCache * (1 << 30))})
 	if err != nil {
 		fmt.Fprintf(stderr, "bench: %v\n", err)
 		return 1
@@ -94,7 +104,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		time.Now().UTC().Format("2006-01-02"))
 	ctx := context.Background()
 	if *ttftCtx > 0 {
-		if err := ttft(ctx, stdout, m, name, *ttftCtx, *ttftQ, *reps); err != nil {
+		if err := ttft(ctx, stdout, m, name, *ttftCtx, *ttftQ, *reps, *ttftDisk); err != nil {
 			fmt.Fprintf(stderr, "bench: %v\n", err)
 			return 1
 		}
@@ -102,10 +112,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 0
 		}
 	}
+	var bw float64 // measured copy bandwidth, bytes/s (read + write)
 	if len(lens) > 0 {
-		fmt.Fprintln(stdout, "| model | backend | dtype | prompt tokens | prefill tokens/s | prefill s | decode ms/token | decode tokens/s |")
-		fmt.Fprintln(stdout, "|---|---|---|---|---|---|---|---|")
+		if bw, err = copyBandwidth(m); err != nil {
+			fmt.Fprintf(stderr, "bench: measuring copy bandwidth: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "<!-- measured copy bandwidth (read+write bytes / time of x+1 over a %d MiB buffer): %.0f GB/s; weights %.2f GB -->\n",
+			copyBytes(m)>>20, bw/1e9, float64(m.Runner.WeightBytes())/1e9)
+		fmt.Fprintln(stdout, "| model | backend | dtype | prompt tokens | prefill tokens/s | prefill s | prefill TFLOP/s | decode ms/token | decode tokens/s | roofline ms/token | × roofline | peak GPU memory GiB |")
+		fmt.Fprintln(stdout, "|---|---|---|---|---|---|---|---|---|---|---|---|")
 	}
+	mem := startMemSampler()
+	defer mem.stop()
 	for _, n := range lens {
 		if n+*decode > m.Runner.MaxLen() {
 			fmt.Fprintf(stderr, "bench: %d + %d tokens exceed the context %d; skipped\n", n, *decode, m.Runner.MaxLen())
@@ -116,23 +135,23 @@ func run(args []string, stdout, stderr io.Writer) int {
 			prompt[i] = 100 + (i*7919)%(m.Config.VocabSize-200)
 		}
 		var pre, dec []float64
+		mem.reset()
 		for rep := 0; rep <= *reps; rep++ { // rep 0 compiles
+			// Greedy decoding as the engine runs it: the argmax is taken on the device.
 			seq := m.Runner.NewSequence()
 			t0 := time.Now()
-			logits, err := seq.Append(ctx, prompt)
+			tok, err := seq.AppendGreedy(ctx, prompt)
 			if err != nil {
 				fmt.Fprintf(stderr, "bench: %v\n", err)
 				return 1
 			}
 			p := time.Since(t0).Seconds()
-			tok := argmax(logits)
 			t1 := time.Now()
 			for range *decode {
-				if logits, err = seq.Append(ctx, []int{tok}); err != nil {
+				if tok, err = seq.AppendGreedy(ctx, []int{tok}); err != nil {
 					fmt.Fprintf(stderr, "bench: %v\n", err)
 					return 1
 				}
-				tok = argmax(logits)
 			}
 			d := time.Since(t1).Seconds() / float64(max(*decode, 1))
 			seq.Close()
@@ -141,8 +160,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 			}
 		}
 		p, d := median(pre), median(dec)
-		fmt.Fprintf(stdout, "| %s | %s | %s | %d | %.0f | %.3f | %.2f | %.1f |\n", name, m.Backend.Kind, m.DType(), n,
-			float64(n)/p, p, d*1e3, 1/d)
+		// Decode steps run with the prompt in the fixed-context segment and the generated tokens in a
+		// dynamic segment of 128-token blocks; the roofline counts the middle step.
+		dynCap := (*decode + 1 + 127) / 128 * 128
+		roof := float64(m.Runner.DecodeStepBytes(n+*decode/2, dynCap)) / bw
+		peak := "n/a"
+		if gib, ok := mem.peakGiB(); ok {
+			peak = fmt.Sprintf("%.1f", gib)
+		}
+		fmt.Fprintf(stdout, "| %s | %s | %s | %d | %.0f | %.3f | %.1f | %.2f | %.1f | %.2f | %.2f | %s |\n", name, m.Backend.Kind,
+			m.DType(), n, float64(n)/p, p, m.Runner.PrefillFLOPs(n)/p/1e12, d*1e3, 1/d, roof*1e3, d/roof, peak)
 	}
 	return 0
 }
@@ -157,7 +184,7 @@ func synthetic(n, offset, vocab int) []int {
 
 // ttft measures the time to the first generated token for a fixed context of n tokens plus a user input of q
 // tokens: cold (no cache: the whole prompt is prefilled), from the memory cache, and from the disk cache.
-func ttft(ctx context.Context, w io.Writer, m *engine.Model, name string, n, q, reps int) error {
+func ttft(ctx context.Context, w io.Writer, m *engine.Model, name string, n, q, reps int, disk bool) error {
 	fixed := synthetic(n, 0, m.Config.VocabSize)
 	question := synthetic(q, n, m.Config.VocabSize)
 	cold := func() error {
@@ -209,12 +236,14 @@ func ttft(ctx context.Context, w io.Writer, m *engine.Model, name string, n, q, 
 	if source != engine.FromMemory {
 		return fmt.Errorf("expected memory hits, got %s", source)
 	}
-	tDisk, err := timeIt(cached, m.PurgeMemoryCache)
-	if err != nil {
-		return err
-	}
-	if source != engine.FromDisk {
-		return fmt.Errorf("expected disk hits, got %s", source)
+	tDisk := math.NaN()
+	if disk {
+		if tDisk, err = timeIt(cached, m.PurgeMemoryCache); err != nil {
+			return err
+		}
+		if source != engine.FromDisk {
+			return fmt.Errorf("expected disk hits, got %s", source)
+		}
 	}
 	fmt.Fprintf(w, "\n| model | backend | dtype | fixed context | user input | cold TTFT s | memory hit TTFT s | disk hit TTFT s | memory speed-up | disk speed-up |\n")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
@@ -223,15 +252,101 @@ func ttft(ctx context.Context, w io.Writer, m *engine.Model, name string, n, q, 
 	return nil
 }
 
-func argmax(v []float32) int {
-	best := 0
-	for i, x := range v {
-		if x > v[best] {
-			best = i
-		}
+// copyBytes is the buffer size of the bandwidth probe: 1 GiB on a GPU, 128 MiB on the CPU.
+func copyBytes(m *engine.Model) int64 {
+	if m.Backend.Kind == xla.XLA {
+		return 1 << 30
 	}
-	return best
+	return 128 << 20
 }
+
+// copyBandwidth measures the device's memory bandwidth as the engine sees it: one executable that reads a
+// float32 buffer and writes x+1 to a new one; bytes read + written over the median time of 10 calls.
+func copyBandwidth(m *engine.Model) (float64, error) {
+	n := int(copyBytes(m) / 4)
+	b := m.Backend.Backend
+	mk, err := graph.NewExec(b, func(g *graph.Graph) *graph.Node {
+		return graph.Iota(g, shapes.Make(dtypes.Float32, n), 0)
+	})
+	if err != nil {
+		return 0, err
+	}
+	// y = x+1, and y's first element, read back to wait for the device without copying y to the host.
+	add, err := graph.NewExec(b, func(x *graph.Node) (*graph.Node, *graph.Node) {
+		y := graph.AddScalar(x, 1)
+		return y, graph.Slice(y, graph.AxisRange(0, 1))
+	})
+	if err != nil {
+		return 0, err
+	}
+	out, err := mk.Call()
+	if err != nil {
+		return 0, err
+	}
+	x := out[0]
+	defer x.FinalizeAll()
+	var ts []float64
+	for i := range 11 {
+		t0 := time.Now()
+		out, err := add.Call(x)
+		if err != nil {
+			return 0, err
+		}
+		if _, err := tensors.CopyFlatData[float32](out[1]); err != nil {
+			return 0, err
+		}
+		if i > 0 {
+			ts = append(ts, time.Since(t0).Seconds())
+		}
+		out[0].FinalizeAll()
+		out[1].FinalizeAll()
+	}
+	return float64(8*n) / median(ts), nil
+}
+
+// memSampler polls nvidia-smi for the GPU memory in use (the XLA client runs without preallocation, so
+// its pool grows to the peak need and stays there). ok is false without nvidia-smi.
+type memSampler struct {
+	mu   sync.Mutex
+	peak float64 // MiB
+	ok   bool
+	done chan struct{}
+}
+
+func startMemSampler() *memSampler {
+	s := &memSampler{done: make(chan struct{})}
+	if _, err := exec.LookPath("nvidia-smi"); err != nil {
+		return s
+	}
+	go func() {
+		for {
+			out, err := exec.Command("nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0").Output()
+			if err == nil {
+				if v, err := strconv.ParseFloat(strings.TrimSpace(string(out)), 64); err == nil {
+					s.mu.Lock()
+					s.peak, s.ok = max(s.peak, v), true
+					s.mu.Unlock()
+				}
+			}
+			select {
+			case <-s.done:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}()
+	return s
+}
+
+func (s *memSampler) reset() { s.mu.Lock(); s.peak = 0; s.mu.Unlock() }
+
+func (s *memSampler) peakGiB() (float64, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.peak / 1024, s.ok
+}
+
+func (s *memSampler) stop() { close(s.done) }
 
 func median(v []float64) float64 {
 	if len(v) == 0 {

@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"strings"
@@ -84,7 +85,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&c.noCache, "no-cache", false, "do not read or write the prefix cache")
 	fs.Float64Var(&c.sqBudget, "squeeze-budget", 0, "Squeezed Attention over the -context-file: keep this fraction of its clustered keys per step (fixed budget; 0 = dense)")
 	fs.Float64Var(&c.sqCentroids, "squeeze-centroids", 0.05, "number of k-means centroids as a fraction of the fixed context")
-	fs.Float64Var(&c.sqSparsity, "squeeze-sparsity", 0, "calibrated-threshold Squeezed Attention (not implemented yet: use -squeeze-budget)")
+	fs.Float64Var(&c.sqSparsity, "squeeze-sparsity", 0, "Squeezed Attention over the -context-file with a threshold calibrated to drop this fraction of its clustered keys (the paper's Sq-NN%; 0 = dense)")
 	fs.BoolVar(&c.sqHierarchical, "squeeze-hierarchical", false, "two-level clustering (not implemented yet)")
 	fs.BoolVar(&c.interactive, "interactive", false, "with -context-file: read user inputs from stdin, one per line, and answer each against the same fixed context")
 	if err := fs.Parse(args); err != nil {
@@ -119,17 +120,23 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if c.interactive && c.promptFile == "-" {
 		return nil, errors.New("-interactive reads its inputs from stdin: -prompt-file - cannot be used with it")
 	}
-	if c.sqSparsity != 0 {
-		return nil, errors.New("-squeeze-sparsity: calibrated-threshold mode is not implemented yet; use -squeeze-budget F")
-	}
 	if c.sqHierarchical {
 		return nil, errors.New("-squeeze-hierarchical: the two-level index is not implemented yet")
 	}
-	if c.sqBudget != 0 && (c.sqBudget < 0 || c.sqBudget > 1) {
+	if c.sqBudget < 0 || c.sqBudget > 1 || math.IsNaN(c.sqBudget) {
 		return nil, fmt.Errorf("-squeeze-budget %g: want a fraction in (0, 1]", c.sqBudget)
 	}
 	if c.sqBudget != 0 && c.contextFile == "" {
 		return nil, errors.New("-squeeze-budget applies to a fixed context: give -context-file")
+	}
+	if c.sqSparsity < 0 || c.sqSparsity >= 1 || math.IsNaN(c.sqSparsity) {
+		return nil, fmt.Errorf("-squeeze-sparsity %g: want a fraction in [0, 1) (0 = dense)", c.sqSparsity)
+	}
+	if c.sqSparsity != 0 && c.sqBudget != 0 {
+		return nil, errors.New("-squeeze-sparsity and -squeeze-budget are exclusive: a calibrated threshold or a fixed budget")
+	}
+	if c.sqSparsity != 0 && c.contextFile == "" {
+		return nil, errors.New("-squeeze-sparsity applies to a fixed context: give -context-file")
 	}
 	if c.sqCentroids <= 0 || c.sqCentroids > 0.5 {
 		return nil, fmt.Errorf("-squeeze-centroids %g: want a fraction in (0, 0.5]", c.sqCentroids)
@@ -140,11 +147,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	return c, nil
 }
 
+// squeeze returns the Squeezed Attention options (nil: dense, which -squeeze-sparsity 0 means).
 func (c *config) squeeze() *llama.SqueezeOptions {
-	if c.sqBudget == 0 {
+	if c.sqBudget == 0 && c.sqSparsity == 0 {
 		return nil
 	}
-	return &llama.SqueezeOptions{Budget: c.sqBudget, Centroids: c.sqCentroids}
+	return &llama.SqueezeOptions{Budget: c.sqBudget, Sparsity: c.sqSparsity, Centroids: c.sqCentroids}
 }
 
 func (c *config) sampler() model.SamplerConfig {
@@ -297,9 +305,7 @@ func reportContext(w io.Writer, m *engine.Model, fc *engine.Context) {
 		fmt.Fprintf(w, "fixed context: written to the disk cache in %.3fs\n", fc.WriteDuration.Seconds())
 	}
 	if info, ok := fc.Squeeze(); ok {
-		fmt.Fprintf(w, "squeezed attention: %d keys clustered into %d centroids in %.3fs, window %d, budget %d keys; "+
-			"mean kept fraction %.3f (centroids counted)\n", info.Clustered, info.Centroids, info.ClusterTime.Seconds(),
-			info.Window, info.Budget, info.KeptFraction)
+		fmt.Fprintln(w, squeezeReport(info))
 	}
 	if fc.Note != "" {
 		fmt.Fprintf(w, "fixed context: note: %s\n", fc.Note)
@@ -320,4 +326,25 @@ func report(w io.Writer, m *engine.Model, res engine.Response) {
 	dec := res.DecodeDuration.Seconds()
 	fmt.Fprintf(w, "decode: %d tokens in %.3fs (%.1f tokens/s); stop: %s\n", len(res.Tokens), dec,
 		float64(res.DecodeTokens)/max(dec, 1e-9), res.StopReason)
+}
+
+// squeezeReport is the report line of a squeezed fixed context: how the index was made (clustered and
+// calibrated, with the times, or loaded from the disk cache) and the mean kept fraction, centroids counted.
+func squeezeReport(info llama.SqueezeInfo) string {
+	made := fmt.Sprintf("%d keys clustered into %d centroids in %.3fs", info.Clustered, info.Centroids, info.ClusterTime.Seconds())
+	if info.Loaded {
+		made = fmt.Sprintf("index of %d keys in %d centroids loaded from the disk cache in %.3fs", info.Clustered,
+			info.Centroids, info.LoadTime.Seconds())
+	}
+	if info.Options.Calibrated() {
+		calibrated := ""
+		if !info.Loaded {
+			calibrated = fmt.Sprintf(", calibrated in %.3fs", info.CalibrateTime.Seconds())
+		}
+		return fmt.Sprintf("squeezed attention: %s%s, window %d; sparsity %.2f: threshold %.3g keeps %.3f of the clustered keys "+
+			"for the calibration queries (at most %d per head and step); mean kept fraction %.3f (centroids counted)",
+			made, calibrated, info.Window, info.Options.Sparsity, info.Threshold, info.CalibratedKept, info.Budget, info.KeptFraction)
+	}
+	return fmt.Sprintf("squeezed attention: %s, window %d, budget %d keys; mean kept fraction %.3f (centroids counted)",
+		made, info.Window, info.Budget, info.KeptFraction)
 }

@@ -23,9 +23,10 @@ type loaded struct {
 // opener opens the model the options name; tests substitute a fake.
 type opener func(o *options) (*loaded, error)
 
-// runnable says whether the engine can run a config: dense, and sqNN in the engine's fixed-budget mode
-// (keep 1-NN% of the clustered keys per step); the hierarchical index and calibrated thresholds are not
-// implemented yet. It is checked for every config at start-up, before any data or model is loaded.
+// runnable says whether the engine can run a config: dense, sqNN (the calibrated threshold dropping NN%
+// of the clustered keys for the context's own window queries, the paper's Sq-NN%) and sqNNb (the
+// fixed-budget mode: every step keeps 1-NN% of them); the hierarchical index (sqNNh) is not implemented
+// yet. It is checked for every config at start-up, before any data or model is loaded.
 func runnable(c evals.Config) error {
 	if c.Hierarchical {
 		return c.NotImplemented()
@@ -35,10 +36,13 @@ func runnable(c evals.Config) error {
 
 // squeezeOptions maps a config to the engine's Squeezed Attention options (nil: dense).
 func squeezeOptions(c evals.Config) *llama.SqueezeOptions {
-	if !c.Squeezed() {
+	switch {
+	case !c.Squeezed():
 		return nil
+	case c.FixedBudget:
+		return &llama.SqueezeOptions{Budget: 1 - c.Sparsity}
 	}
-	return &llama.SqueezeOptions{Budget: 1 - c.Sparsity}
+	return &llama.SqueezeOptions{Sparsity: c.Sparsity}
 }
 
 // openEngine opens the model with the engine.
@@ -56,8 +60,10 @@ func openEngine(o *options) (*loaded, error) {
 		forConfig: func(c evals.Config) evals.LM { return engineLM{m: m, sq: squeezeOptions(c)} }}, nil
 }
 
-// engineLM is evals.LM over an engine.Model with dense attention: the fixed context is prefilled (or found
-// in the prefix cache) once, then continued with the user input; every key is kept.
+// engineLM is evals.LM over an engine.Model: the fixed context is prefilled (or found in the prefix cache)
+// once, squeezed when sq is set, then continued with the user input. The kept fraction it reports is the
+// context's SqueezeInfo.KeptFraction (centroids counted; for sqNN, that of the calibration queries), 1 for
+// dense.
 type engineLM struct {
 	m  *engine.Model
 	sq *llama.SqueezeOptions // nil: dense

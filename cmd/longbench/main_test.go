@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -123,9 +125,9 @@ func TestStartupErrors(t *testing.T) {
 		code int
 	}{
 		{"hierarchical squeezed config", []string{"-data", "/nonexistent", "-tasks", "lcc", "-out", "o", "-configs", "dense,sq70h"},
-			"longbench: config sq70h: Squeezed Attention is not implemented yet\n", 2},
+			"longbench: config sq70h: hierarchical Squeezed Attention is not implemented yet\n", 2},
 		{"hierarchical config", []string{"-data", "/nonexistent", "-tasks", "lcc", "-out", "o", "-configs", "sq90h"},
-			"config sq90h: Squeezed Attention is not implemented yet", 2},
+			"config sq90h: hierarchical Squeezed Attention is not implemented yet", 2},
 		{"unknown config", []string{"-data", data, "-tasks", "lcc", "-out", "o", "-configs", "sparse"}, `unknown config "sparse"`, 2},
 		{"no data flag", []string{"-tasks", "lcc", "-out", "o"}, "-data DIR is required", 2},
 		{"no tasks", []string{"-data", data, "-out", "o"}, "-tasks is required", 2},
@@ -200,5 +202,62 @@ func TestRealModel(t *testing.T) {
 	t.Logf("prediction %q", done["fib"].Pred)
 	if p := done["fib"]; p.KVBudget != 1 || strings.TrimSpace(p.Pred) == "" {
 		t.Errorf("prediction %+v", p)
+	}
+}
+
+func TestSqueezeConfigs(t *testing.T) {
+	cs, err := evals.ParseConfigs("dense,sq70,sq90b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := squeezeOptions(cs[0]); o != nil {
+		t.Errorf("dense: %+v", o)
+	}
+	if o := squeezeOptions(cs[1]); o == nil || o.Sparsity != 0.7 || o.Budget != 0 {
+		t.Errorf("sq70: %+v, want the calibrated mode with sparsity 0.7", o)
+	}
+	if o := squeezeOptions(cs[2]); o == nil || o.Sparsity != 0 || math.Abs(o.Budget-0.1) > 1e-12 {
+		t.Errorf("sq90b: %+v, want the fixed budget 0.1", o)
+	}
+	for _, c := range cs {
+		if err := runnable(c); err != nil {
+			t.Errorf("%s: %v", c.Name, err)
+		}
+	}
+}
+
+// TestRealModelSqueezed runs sq70 (calibrated) and sq70b (fixed budget) on one item of about 400 tokens
+// with the bundled model: both keep a fraction of the keys and say how much.
+func TestRealModelSqueezed(t *testing.T) {
+	if testing.Short() {
+		t.Skip("loads the bundled model")
+	}
+	data, out := t.TempDir(), t.TempDir()
+	var b strings.Builder
+	for i := range 14 {
+		fmt.Fprintf(&b, "def scale_%d(x, y):\n    \"\"\"Scale x by %d and add y.\"\"\"\n    return x * %d + y\n\n\n", i, i+2, i+2)
+	}
+	b.WriteString("def scale_14(x, y):\n")
+	row, _ := json.Marshal(map[string]any{"_id": "scale", "context": b.String(), "input": "", "answers": []string{"    \"\"\"Scale x by 16 and add y.\"\"\""}})
+	os.WriteFile(filepath.Join(data, "tinycode_lcc.jsonl"), append(row, '\n'), 0o644)
+	code, stdout, stderr := runCLI(t, openEngine, "-data", data, "-tasks", "tinycode_lcc", "-out", out,
+		"-model", modelDir, "-backend", "go", "-configs", "sq70,sq70b", "-quiet")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	t.Logf("\n%s", stdout)
+	budgets := map[string]float64{}
+	for _, cfg := range []string{"sq70", "sq70b"} {
+		done, _, err := evals.ReadPredictions(filepath.Join(out, "preds", cfg, "tinycode_lcc.jsonl"))
+		if err != nil || len(done) != 1 {
+			t.Fatalf("%s: predictions %v, %v", cfg, done, err)
+		}
+		budgets[cfg] = done["scale"].KVBudget
+		if kb := done["scale"].KVBudget; kb <= 0.3 || kb >= 0.7 {
+			t.Errorf("%s: kv_budget %.3f, want about 0.3 of the clustered keys plus the window and centroids", cfg, kb)
+		}
+	}
+	if budgets["sq70"] == budgets["sq70b"] {
+		t.Errorf("sq70 and sq70b report the same kv_budget %.4f", budgets["sq70"])
 	}
 }

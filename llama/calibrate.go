@@ -1,0 +1,174 @@
+package llama
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/gomlx/compute/dtypes"
+	"github.com/gomlx/compute/shapes"
+	"github.com/gomlx/gomlx/core/graph"
+	. "github.com/gomlx/gomlx/core/graph" //nolint:revive // graph code reads best with the ops unqualified.
+	"github.com/gomlx/gomlx/core/tensors"
+
+	"github.com/squeezeai/sqllm/squeeze"
+)
+
+// Threshold calibration (calibrated-threshold mode), as the reference: the calibration queries are the
+// fixed context's own last observation-window tokens' post-RoPE queries, per layer. Prefill does not keep
+// queries, so the window tokens are run once more through the model, attending to the context's clustered
+// rows [0, clustered) and causally to themselves: exactly the queries of a normal forward. Every cluster
+// is scored by its estimated probability averaged over the window queries (per KV head over its query
+// heads, as online), and one global threshold over all layers and heads is the quantile of the keys' scores
+// (clusters weighted by their sizes) that drops the target sparsity.
+
+// calibrate sets idx.threshold and idx.calibratedKept for idx.opts.Sparsity from the window's queries.
+func (p *Prefix) calibrate(idx *squeezeIndex) error {
+	scores, counts, _, err := p.calibrationScores(idx, false)
+	if err != nil {
+		return err
+	}
+	thr, kept, err := squeeze.CalibrateClusters(scores, counts, idx.opts.Sparsity)
+	if err != nil {
+		return fmt.Errorf("llama: calibration: %w", err)
+	}
+	idx.threshold, idx.calibratedKept = thr, kept
+	return nil
+}
+
+// calibrationScores runs the observation window through the model and returns, for every layer, KV
+// head and cluster (flattened in that order), the cluster's mean estimated probability over the window's
+// queries and its number of keys. With withLogits it also returns the window's logits [window × vocab]
+// (for tests: they must equal a normal forward's).
+func (p *Prefix) calibrationScores(idx *squeezeIndex, withLogits bool) (scores, counts, logits []float32, err error) {
+	r := p.r
+	L := r.cfg.NumHiddenLayers
+	exec, err := r.calibrateExec(withLogits)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	rows := p.cachedRows()
+	packed := make([]int32, 0, idx.window+1)
+	for _, t := range p.tokens[idx.clustered:rows] {
+		packed = append(packed, int32(t))
+	}
+	packed = append(packed, int32(idx.clustered))
+	invFreq, err := r.invFreq(rows - 1)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	args := make([]any, 0, len(r.weights.Tensors)+2+4*L)
+	for _, t := range r.weights.Tensors {
+		args = append(args, t)
+	}
+	args = append(args, invFreq, packed)
+	for _, ts := range [][]*tensors.Tensor{p.kv.k, p.kv.v, idx.centroids, idx.counts} {
+		for _, t := range ts {
+			args = append(args, t)
+		}
+	}
+	out, err := exec.Call(args...)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("llama: calibration forward: %w", err)
+	}
+	defer func() {
+		for _, t := range out {
+			t.FinalizeAll()
+		}
+	}()
+	for l := range L {
+		s, err := tensors.CopyFlatData[float32](out[l])
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		n, err := tensors.CopyFlatData[float32](idx.counts[l])
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		scores, counts = append(scores, s...), append(counts, n...)
+	}
+	if withLogits {
+		if logits, err = tensors.CopyFlatData[float32](out[L]); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	return scores, counts, logits, nil
+}
+
+// calibrateExec returns the executable of the calibration forward. Inputs: the weights, the RoPE
+// inverse frequencies, one int32 vector [window tokens..., clustered], then per layer the context's keys
+// and values [numKVHeads, ctxCap, headDim] and the index's centroids [numKVHeads, K, headDim] and counts
+// [numKVHeads, K]. Outputs: per layer the clusters' scores [numKVHeads, K] float32 (and the window's
+// logits [window, vocab] with withLogits).
+func (r *Runner) calibrateExec(withLogits bool) (*graph.Exec, error) {
+	key := fmt.Sprintf("calibrate/%v", withLogits)
+	return r.namedExec(key, func() (*graph.Exec, error) {
+		c := r.cfg
+		nw := len(r.weights.Tensors)
+		L := c.NumHiddenLayers
+		e, err := graph.NewExec(r.backend, func(g *Graph, in []*Node) []*Node {
+			w := unpackWeights(c, in[:nw])
+			invFreq, packed := in[nw], in[nw+1]
+			rest := in[nw+2:]
+			ctxK, ctxV, centroids, counts := rest[:L], rest[L:2*L], rest[2*L:3*L], rest[3*L:4*L]
+			n := packed.Shape().Dimensions[0] - 1
+			tokens := Slice(packed, AxisRange(0, n))               // [window]
+			clustered := Reshape(Slice(packed, AxisRange(n, n+1))) // scalar: position of tokens[0]
+			queries, x := windowForward(c, w, tokens, clustered, invFreq, ctxK, ctxV)
+			scale := 1 / math.Sqrt(float64(c.HeadDim))
+			var out []*Node
+			for l, q := range queries {
+				out = append(out, squeeze.ClusterScores(groupQueries(c, q), centroids[l], counts[l], scale)) // [numKVHeads, K]
+			}
+			if withLogits {
+				x = rmsNorm(x, w.norm, c.RMSNormEps)
+				out = append(out, ConvertDType(einsum("nh,vh->nv", x, w.lmHead), dtypes.Float32)) // [window, vocab]
+			}
+			return out
+		})
+		if err != nil {
+			return nil, err
+		}
+		return e.WithName(key).SetMaxCache(maxCompiled), nil
+	})
+}
+
+// groupQueries folds the query heads sharing a KV head into rows of it, as squeezedAttention does:
+// q [n, numHeads, headDim] → [numKVHeads, n*group, headDim].
+func groupQueries(c *Config, q *Node) *Node {
+	n, hd := q.Shape().Dimensions[0], c.HeadDim
+	kvh, group := c.NumKeyValueHeads, c.GroupSize()
+	qg := TransposeAllAxes(Reshape(q, n, kvh, group, hd), 1, 0, 2, 3)
+	return Reshape(qg, kvh, n*group, hd)
+}
+
+// windowForward recomputes the window tokens (at positions start, start+1, ...) through every layer,
+// attending to the context rows [0, start) and causally to themselves, and returns each layer's post-RoPE
+// queries [n, numHeads, headDim] and the last hidden state [n, hidden] (before the final norm).
+func windowForward(c *Config, w modelNodes, tokens, start, invFreq *Node, ctxK, ctxV []*Node) (queries []*Node, x *Node) {
+	g := tokens.Graph()
+	dtype := w.embed.DType()
+	n, hd := tokens.Shape().Dimensions[0], c.HeadDim
+	ctxCap := ctxK[0].Shape().Dimensions[1]
+
+	positions := Add(Iota(g, shapes.Make(dtypes.Int32, n), 0), start) // [n]
+	cos, sin := ropeTables(positions, invFreq, dtype)                 // [n, 1, headDim]
+	ctxMask := LessThan(Iota(g, shapes.Make(dtypes.Int32, n, ctxCap), 1),
+		BroadcastToDims(start, n, ctxCap)) // [n, ctxCap]: the clustered keys
+	causal := LessOrEqual(Iota(g, shapes.Make(dtypes.Int32, n, n), 1),
+		Iota(g, shapes.Make(dtypes.Int32, n, n), 0)) // [n, n]
+
+	x = Gather(w.embed, ExpandAxes(tokens, -1)) // [n, hidden]
+	for l, lw := range w.layers {
+		h := rmsNorm(x, lw.inNorm, c.RMSNormEps)
+		q := Reshape(linear(h, lw.q, lw.qBias), n, c.NumAttentionHeads, hd) // [n, numHeads, headDim]
+		k := Reshape(linear(h, lw.k, lw.kBias), n, c.NumKeyValueHeads, hd)  // [n, numKVHeads, headDim]
+		v := Reshape(linear(h, lw.v, lw.vBias), n, c.NumKeyValueHeads, hd)  // [n, numKVHeads, headDim]
+		q, k = applyRoPE(q, cos, sin), applyRoPE(k, cos, sin)
+		queries = append(queries, q)
+		attn := attention(c, q, ctxK[l], ctxV[l], Transpose(k, 0, 1), Transpose(v, 0, 1), ctxMask, causal) // [n, numHeads*headDim]
+		x = Add(x, linear(attn, lw.o, lw.oBias))
+		h = rmsNorm(x, lw.postNorm, c.RMSNormEps)
+		x = Add(x, linear(Mul(silu(linear(h, lw.gate, lw.gateBias)), linear(h, lw.up, lw.upBias)), lw.down, lw.downBias))
+	}
+	return queries, x
+}

@@ -1,0 +1,254 @@
+package llama
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/gomlx/gomlx/core/tensors"
+)
+
+// Storage of a prefix's squeeze index, in compact dtypes, as blobs for the prefix cache: per layer
+//
+//	centroids [numKVHeads, K, headDim]   bf16 (the index rounds them to bf16 when it clusters, so the
+//	                                     stored index is bit for bit the computed one)
+//	counts    [numKVHeads, K]            i32
+//	labels    [numKVHeads, clustered]    i16 when K ≤ 32767, else i32
+//
+// then one params blob [4] f64: the calibrated threshold, the fraction of the clustered keys the
+// calibration queries kept (both 0 in fixed-budget mode), and the options' sparsity and budget (checked on
+// load). Everything else (clustered keys, window, K, budget, the static kept-list size) follows from the
+// options, the number of tokens and the KV capacity.
+
+// squeezeFormat names the layout above; it is part of SqueezeLayout's geometry, so a change of layout
+// makes older entries mismatch (and be recomputed) instead of being misread.
+const squeezeFormat = "sqidx/1"
+
+// SqueezeLayout describes the stored index of a prefix of nTokens context tokens squeezed with opts: the
+// shape and dtype (prefixcache's names) of each blob, and a geometry string that identifies the index
+// (options, capacity, K, clustered keys, window, format) for cache keys and checks. It fails where
+// Squeeze would (bad options, too short a context).
+func (r *Runner) SqueezeLayout(nTokens int, opts SqueezeOptions) (shapes [][]int, blobDTypes []string, geometry string, err error) {
+	if opts, err = opts.Normalized(); err != nil {
+		return nil, nil, "", err
+	}
+	rows := nTokens - 1
+	idx, err := newSqueezeIndex(opts, rows, r.ctxCapacity(max(rows, 1)))
+	if err != nil {
+		return nil, nil, "", err
+	}
+	shapes, blobDTypes = r.squeezeLayout(idx)
+	return shapes, blobDTypes, idx.geometry(), nil
+}
+
+func (idx *squeezeIndex) geometry() string {
+	return fmt.Sprintf("%s %s capacity=%d k=%d clustered=%d window_rows=%d budget=%d max_kept=%d",
+		squeezeFormat, idx.opts, idx.capacity, idx.k, idx.clustered, idx.window, idx.budget, idx.maxKept)
+}
+
+// labelDType is the storage dtype of the labels of an index of k centroids.
+func labelDType(k int) string {
+	if k <= math.MaxInt16 {
+		return "i16"
+	}
+	return "i32"
+}
+
+func (r *Runner) squeezeLayout(idx *squeezeIndex) (shapes [][]int, blobDTypes []string) {
+	c := r.cfg
+	for range c.NumHiddenLayers {
+		shapes = append(shapes, []int{c.NumKeyValueHeads, idx.k, c.HeadDim}, []int{c.NumKeyValueHeads, idx.k},
+			[]int{c.NumKeyValueHeads, idx.clustered})
+		blobDTypes = append(blobDTypes, "bf16", "i32", labelDType(idx.k))
+	}
+	return append(shapes, []int{4}), append(blobDTypes, "f64")
+}
+
+// SqueezeBlobs exports the prefix's squeeze index for storage (see SqueezeLayout for the layout).
+func (p *Prefix) SqueezeBlobs() ([][]byte, error) {
+	sq := p.sq
+	if sq == nil {
+		return nil, errors.New("llama: the prefix has no squeeze index")
+	}
+	c := p.r.cfg
+	var blobs [][]byte
+	for l := range c.NumHiddenLayers {
+		cent, err := tensors.CopyFlatData[float32](sq.centroids[l])
+		if err != nil {
+			return nil, fmt.Errorf("llama: reading the squeeze index: %w", err)
+		}
+		b := make([]byte, 0, 2*len(cent))
+		for i, x := range cent {
+			bits := math.Float32bits(x)
+			if bits&0xffff != 0 {
+				return nil, fmt.Errorf("llama: internal error: layer %d centroid value %d (%g) is not a bfloat16", l, i, x)
+			}
+			b = binary.LittleEndian.AppendUint16(b, uint16(bits>>16))
+		}
+		counts, err := tensors.CopyFlatData[float32](sq.counts[l])
+		if err != nil {
+			return nil, fmt.Errorf("llama: reading the squeeze index: %w", err)
+		}
+		cb := make([]byte, 0, 4*len(counts))
+		for _, n := range counts {
+			cb = binary.LittleEndian.AppendUint32(cb, uint32(int32(n)))
+		}
+		labels, err := tensors.CopyFlatData[int32](sq.labels[l])
+		if err != nil {
+			return nil, fmt.Errorf("llama: reading the squeeze index: %w", err)
+		}
+		capacity := sq.labels[l].Shape().Dimensions[1]
+		wide := labelDType(sq.k) == "i32"
+		lb := make([]byte, 0, 4*c.NumKeyValueHeads*sq.clustered)
+		for h := range c.NumKeyValueHeads {
+			for _, x := range labels[h*capacity : h*capacity+sq.clustered] {
+				if wide {
+					lb = binary.LittleEndian.AppendUint32(lb, uint32(x))
+				} else {
+					lb = binary.LittleEndian.AppendUint16(lb, uint16(int16(x)))
+				}
+			}
+		}
+		blobs = append(blobs, b, cb, lb)
+	}
+	var params []byte
+	for _, x := range []float64{float64(sq.threshold), sq.calibratedKept, sq.opts.Sparsity, sq.opts.Budget} {
+		params = binary.LittleEndian.AppendUint64(params, math.Float64bits(x))
+	}
+	return append(blobs, params), nil
+}
+
+// LoadSqueeze installs a stored squeeze index (SqueezeBlobs' output for the same tokens and options)
+// instead of clustering. Everything is checked before it is used: blob sizes, centroids finite, labels
+// in [0, K), counts equal to each cluster's number of labels (so they sum to the clustered keys), and the
+// calibrated threshold and kept fraction sane; a failed check is an error naming the layer, head and
+// value, and the prefix keeps its previous index (if any).
+func (p *Prefix) LoadSqueeze(opts SqueezeOptions, blobs [][]byte) (err error) {
+	start := time.Now()
+	if opts, err = opts.Normalized(); err != nil {
+		return err
+	}
+	if p.kv == nil {
+		return errors.New("llama: load squeeze index: the prefix is freed")
+	}
+	r := p.r
+	c := r.cfg
+	idx, err := newSqueezeIndex(opts, p.cachedRows(), p.kv.capacity())
+	if err != nil {
+		return err
+	}
+	shapesWant, dtypesWant := r.squeezeLayout(idx)
+	if len(blobs) != len(shapesWant) {
+		return fmt.Errorf("llama: squeeze index has %d blobs, want %d", len(blobs), len(shapesWant))
+	}
+	for i, shape := range shapesWant {
+		n := 1
+		for _, d := range shape {
+			n *= d
+		}
+		size := map[string]int{"bf16": 2, "i16": 2, "i32": 4, "f64": 8}[dtypesWant[i]]
+		if len(blobs[i]) != n*size {
+			return fmt.Errorf("llama: squeeze index blob %d has %d bytes, want %d (%v %s)", i, len(blobs[i]), n*size, shape, dtypesWant[i])
+		}
+	}
+	defer func() {
+		if err != nil {
+			idx.free()
+		}
+	}()
+	kvh, hd, k, capacity := c.NumKeyValueHeads, c.HeadDim, idx.k, idx.capacity
+	toDevice := func(t *tensors.Tensor) (*tensors.Tensor, error) {
+		if err := t.MaterializeOnDevice(r.backend, false, 0); err != nil {
+			t.FinalizeAll()
+			return nil, fmt.Errorf("llama: loading the squeeze index: %w", err)
+		}
+		t.FinalizeLocal()
+		return t, nil
+	}
+	for l := range c.NumHiddenLayers {
+		cb, nb, lb := blobs[3*l], blobs[3*l+1], blobs[3*l+2]
+		cent := make([]float32, kvh*k*hd)
+		for i := range cent {
+			cent[i] = math.Float32frombits(uint32(binary.LittleEndian.Uint16(cb[2*i:])) << 16)
+			if math.IsNaN(float64(cent[i])) || math.IsInf(float64(cent[i]), 0) {
+				return fmt.Errorf("llama: squeeze index layer %d: centroid value %d is %g", l, i, cent[i])
+			}
+		}
+		counts := make([]float32, kvh*k)
+		for i := range counts {
+			n := int32(binary.LittleEndian.Uint32(nb[4*i:]))
+			if n < 0 || int(n) > idx.clustered {
+				return fmt.Errorf("llama: squeeze index layer %d head %d: cluster %d has %d keys (%d clustered)", l, i/k, i%k, n, idx.clustered)
+			}
+			counts[i] = float32(n)
+		}
+		labels := make([]int32, kvh*capacity) // rows past the clustered keys: 0 (never read)
+		seen := make([]int, k)
+		for h := range kvh {
+			clear(seen)
+			for j := range idx.clustered {
+				var x int32
+				if labelDType(k) == "i32" {
+					x = int32(binary.LittleEndian.Uint32(lb[4*(h*idx.clustered+j):]))
+				} else {
+					x = int32(int16(binary.LittleEndian.Uint16(lb[2*(h*idx.clustered+j):])))
+				}
+				if x < 0 || int(x) >= k {
+					return fmt.Errorf("llama: squeeze index layer %d head %d: key %d has label %d, outside [0, %d)", l, h, j, x, k)
+				}
+				labels[h*capacity+j] = x
+				seen[x]++
+			}
+			for cl, n := range seen {
+				if float32(n) != counts[h*k+cl] {
+					return fmt.Errorf("llama: squeeze index layer %d head %d: cluster %d has %d keys but a count of %g",
+						l, h, cl, n, counts[h*k+cl])
+				}
+			}
+		}
+		ct, err := toDevice(tensors.FromFlatDataAndDimensions(cent, kvh, k, hd))
+		if err != nil {
+			return err
+		}
+		idx.centroids = append(idx.centroids, ct)
+		nt, err := toDevice(tensors.FromFlatDataAndDimensions(counts, kvh, k))
+		if err != nil {
+			return err
+		}
+		idx.counts = append(idx.counts, nt)
+		lt, err := toDevice(tensors.FromFlatDataAndDimensions(labels, kvh, capacity))
+		if err != nil {
+			return err
+		}
+		idx.labels = append(idx.labels, lt)
+	}
+	if err := r.setClusterOrder(idx); err != nil {
+		return err
+	}
+	pb := blobs[3*c.NumHiddenLayers]
+	param := func(i int) float64 { return math.Float64frombits(binary.LittleEndian.Uint64(pb[8*i:])) }
+	threshold, kept := param(0), param(1)
+	if sparsity, budget := param(2), param(3); sparsity != opts.Sparsity || budget != opts.Budget {
+		return fmt.Errorf("llama: squeeze index made with sparsity %g and budget %g, want %g and %g",
+			sparsity, budget, opts.Sparsity, opts.Budget)
+	}
+	if opts.Calibrated() {
+		// -Inf is a valid threshold (keep every key); +Inf, NaN or a negative probability are not.
+		if math.IsNaN(threshold) || math.IsInf(threshold, 1) || (threshold < 0 && !math.IsInf(threshold, -1)) ||
+			float64(float32(threshold)) != threshold {
+			return fmt.Errorf("llama: squeeze index: calibrated threshold %g is not a probability", threshold)
+		}
+		if !(kept >= 0 && kept <= 1) {
+			return fmt.Errorf("llama: squeeze index: calibrated kept fraction %g outside [0, 1]", kept)
+		}
+		idx.threshold, idx.calibratedKept = float32(threshold), kept
+	} else if threshold != 0 || kept != 0 {
+		return fmt.Errorf("llama: squeeze index: a fixed-budget index with threshold %g and kept fraction %g (want 0, 0)", threshold, kept)
+	}
+	idx.loaded, idx.loadTime = true, time.Since(start)
+	p.dropSqueeze()
+	p.sq = idx
+	return nil
+}

@@ -1,0 +1,111 @@
+package squeeze
+
+import (
+	"github.com/gomlx/compute/dtypes"
+	. "github.com/gomlx/gomlx/core/graph" //nolint:revive // graph code reads best with the ops unqualified.
+)
+
+// LayerIndex is one layer's Squeezed Attention index inside a step graph, for the online path (Select,
+// Attend). The shapes are static (they follow the context capacity); the counts that vary per fixed
+// context are scalar inputs.
+type LayerIndex struct {
+	Centroids *Node // [H, K, D]: bfloat16 halves the bytes every lookup reads (float32 also works)
+	Counts    *Node // [H, K] float32: keys per cluster (0: empty)
+	Starts    *Node // [H, K] int32: first slot of each cluster in Order (ClusterOrder)
+	// Order [H, S] int32 lists the keys sorted by cluster (ClusterOrder). nil: the fixed context's keys
+	// and values are stored sorted by cluster (PermuteRows), so a cluster is a contiguous run of rows.
+	Order                     *Node
+	Clustered, Window, Budget *Node // scalar int32: clustered keys, window rows after them, kept clustered keys
+	// Threshold is the calibrated mode's threshold on a cluster's estimated probability (scalar float32):
+	// the clusters above it are kept, at most Budget keys (the best). nil: fixed-budget mode.
+	Threshold *Node
+	MaxKept   int // static size of the kept-key lists (≥ Budget + Window)
+}
+
+// Select is one step's centroid lookup: the estimated probability of every cluster for the queries qg
+// [H, M, D] (a KV head's query heads × the step's tokens, one selection for them all), then the kept
+// keys' index lists (SelectKeys / SelectKeysThreshold): idx [H, MaxKept] int32, valid [H, MaxKept]
+// bool (a prefix of kept [H] int32 slots).
+func Select(qg *Node, ix LayerIndex, scale float64) (idx, valid, kept *Node) {
+	scores := ClusterScores(qg, ix.Centroids, ix.Counts, scale) // [H, K]
+	if ix.Threshold != nil {
+		return SelectKeysThreshold(scores, ix.Counts, ix.Starts, ix.Order, ix.Threshold, ix.Budget, ix.Clustered,
+			ix.Window, ix.MaxKept)
+	}
+	return SelectKeys(scores, ix.Counts, ix.Starts, ix.Order, ix.Budget, ix.Clustered, ix.Window, ix.MaxKept)
+}
+
+// Kernel chooses how the kept keys are attended.
+type Kernel int
+
+const (
+	// KernelAuto: the fused flash attention for steps of at least FusedMinQueries query rows per KV head
+	// where the backend has it (a user input), else KernelEinsum.
+	KernelAuto Kernel = iota
+	// KernelEinsum gathers the kept rows and attends with two batched products (SparseAttention).
+	KernelEinsum
+	// KernelReduce attends with multiply-and-sum reductions over the kept rows (SparseAttentionReduce),
+	// which a compiler can fuse with the gathers: the kept rows are read once, never copied.
+	KernelReduce
+	// KernelFused is SparseAttentionFused (falls back to KernelEinsum where the backend has no fused
+	// attention).
+	KernelFused
+)
+
+// FusedMinQueries is the number of query rows per KV head from which KernelAuto uses the fused
+// attention: a decode step's few rows leave most of the GPU idle in a flash kernel (one block per head).
+const FusedMinQueries = 64
+
+// Attend is Squeezed Attention for one layer and step: qg [H, M, D] attends to the fixed context ctxK,
+// ctxV [H, S, D] read sparsely (Select's kept keys), merged by log-sum-exp with dyn, the attention of the
+// same queries over the dynamic segment (user input and generated tokens; computed by the caller with
+// DenseAttention and its mask, or CausalAttentionFused; a zero Partial when there is none). With every
+// key kept it equals DenseAttention over both segments.
+func Attend(qg, ctxK, ctxV *Node, dyn Partial, ix LayerIndex, scale float64, kernel Kernel) Partial {
+	idx, valid, kept := Select(qg, ix, scale)
+	sparse := AttendKept(qg, ctxK, ctxV, idx, valid, kept, scale, kernel)
+	if dyn.Out == nil {
+		return sparse
+	}
+	return Merge(sparse, dyn)
+}
+
+// AttendKept attends qg [H, M, D] to the rows idx/valid/kept (from Select) of keys and values [H, S, D]
+// with the given kernel.
+func AttendKept(qg, keys, values, idx, valid, kept *Node, scale float64, kernel Kernel) Partial {
+	m := qg.Shape().Dimensions[1]
+	switch {
+	case kernel == KernelReduce:
+		return SparseAttentionReduce(qg, keys, values, idx, valid, scale)
+	case kernel == KernelFused || (kernel == KernelAuto && m >= FusedMinQueries):
+		if p, ok := SparseAttentionFused(qg, keys, values, idx, kept, scale); ok {
+			return p
+		}
+	}
+	return SparseAttention(qg, keys, values, idx, valid, scale)
+}
+
+// SparseAttentionReduce is SparseAttention written as element-wise products and sums over the gathered
+// rows instead of batched matrix products, all in float32: for a decode step (few query rows per KV
+// head) a compiler can fuse each gather into the reduction that consumes it, so the kept keys and values
+// are read once from the cache and never copied.
+func SparseAttentionReduce(q, keys, values, idx, valid *Node, scale float64) Partial {
+	f32 := dtypes.Float32
+	h, m, d := q.Shape().Dimensions[0], q.Shape().Dimensions[1], q.Shape().Dimensions[2]
+	b := idx.Shape().Dimensions[1]
+	k := ConvertDType(GatherRows(keys, idx), f32)   // [H, B, D]
+	v := ConvertDType(GatherRows(values, idx), f32) // [H, B, D]
+	qf := Reshape(ConvertDType(q, f32), h, m, 1, d)
+	scores := MulScalar(ReduceSum(Mul(qf, Reshape(k, h, 1, b, d)), -1), scale) // [H, M, B]
+	g := q.Graph()
+	mask := BroadcastToDims(Reshape(valid, h, 1, b), h, m, b)
+	scores = Where(mask, scores, Scalar(g, f32, negInf))
+	mx := ReduceAndKeep(scores, ReduceMax, -1) // [H, M, 1]
+	e := Where(mask, Exp(Sub(scores, mx)), ZerosLike(scores))
+	sum := ReduceAndKeep(e, ReduceSum, -1)
+	out := ReduceSum(Mul(Reshape(e, h, m, b, 1), Reshape(v, h, 1, b, d)), 2) // [H, M, D]
+	out = Div(out, MaxScalar(sum, 1e-30))
+	seen := GreaterThan(sum, ZerosLike(sum))
+	lse := Where(seen, Add(mx, Log(MaxScalar(sum, 1e-30))), Scalar(g, f32, negInf))
+	return Partial{Out: out, LSE: lse}
+}
