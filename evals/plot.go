@@ -1,6 +1,7 @@
 package evals
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 
@@ -39,15 +40,7 @@ func WritePlot(path string, results []Result) error {
 	var lines []any
 	for _, t := range tasks {
 		xys := points[t]
-		slices.SortFunc(xys, func(a, b plotter.XY) int {
-			switch {
-			case a.X < b.X:
-				return -1
-			case a.X > b.X:
-				return 1
-			}
-			return 0
-		})
+		slices.SortFunc(xys, func(a, b plotter.XY) int { return cmp.Compare(a.X, b.X) })
 		lines = append(lines, t, xys)
 	}
 	if len(lines) > 0 {

@@ -1,6 +1,7 @@
 package squeeze
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -74,15 +75,7 @@ func CalibrateClusters(scores, counts []float32, sparsity float64) (threshold fl
 	if total == 0 {
 		return 0, 0, errors.New("squeeze: no keys to calibrate on")
 	}
-	slices.SortFunc(cs, func(a, b cluster) int {
-		switch {
-		case a.score < b.score:
-			return -1
-		case a.score > b.score:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(cs, func(a, b cluster) int { return cmp.Compare(a.score, b.score) }) // no NaN: checked above
 	// Candidate thresholds: -Inf (drop nothing), then every distinct score (drop it and all below).
 	threshold, bestErr, dropped := float32(math.Inf(-1)), sparsity, 0.0
 	bestDropped := 0.0
