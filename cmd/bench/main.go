@@ -168,7 +168,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if gib, ok := mem.peakGiB(); ok {
 			peak = fmt.Sprintf("%.1f", gib)
 		}
-		fmt.Fprintf(stdout, "| %s | %s | %s | %d | %.0f | %.3f | %.1f | %.2f | %.1f | %.2f | %.2f | %s |\n", name, m.Backend.Kind,
+		fmt.Fprintf(stdout, "| %s | %s | %s | %d | %.0f | %.3f | %.3g | %.2f | %.1f | %.2f | %.2f | %s |\n", name, m.Backend.Kind,
 			m.DType(), n, float64(n)/p, p, m.Runner.PrefillFLOPs(n)/p/1e12, d*1e3, 1/d, roof*1e3, d/roof, peak)
 	}
 	return 0
