@@ -256,10 +256,10 @@ func Open(dir string, opts Options) (m *Model, err error) {
 		switch {
 		case b.Kind != xla.XLA:
 			chunk = 512
-		case dtype == dtypes.BFloat16:
+		case dtype == dtypes.BFloat16 && cfg.SlidingWindow == 0 && cfg.HeadDim%8 == 0:
 			chunk = 8192 // fused (cuDNN) attention: a chunk's memory grows with its length, not its square
 		default:
-			chunk = 2048 // float32 runs the plain attention graph, whose scores grow with chunk × context
+			chunk = 2048 // the plain attention graph (float32, sliding windows): its scores grow with chunk × context
 		}
 	}
 	r, err := llama.NewRunner(b.Backend, cfg, w, llama.Options{MaxChunk: chunk, MaxLen: opts.MaxContext})
