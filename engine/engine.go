@@ -194,6 +194,8 @@ func Open(dir string, opts Options) (m *Model, err error) {
 		return nil, fmt.Errorf("engine: MaxContext %d must not be negative", opts.MaxContext)
 	case opts.MaxChunk > MaxChunkLimit:
 		return nil, fmt.Errorf("engine: MaxChunk %d exceeds the limit of %d tokens", opts.MaxChunk, MaxChunkLimit)
+	case opts.MemoryCacheBytes < 0:
+		return nil, fmt.Errorf("engine: MemoryCacheBytes %d must not be negative (0: the default 2 GiB)", opts.MemoryCacheBytes)
 	}
 	hf, err := weights.ReadConfig(dir)
 	if err != nil {

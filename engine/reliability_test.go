@@ -758,6 +758,7 @@ func TestOpenLimits(t *testing.T) {
 	for name, opts := range map[string]Options{
 		"MaxContext beyond the model": {MaxContext: 16385},
 		"negative MaxContext":         {MaxContext: -1},
+		"negative MemoryCacheBytes":   {MemoryCacheBytes: -1},
 		"MaxChunk over the limit":     {MaxChunk: MaxChunkLimit + 1},
 		"MaxChunk MaxInt":             {MaxChunk: math.MaxInt}, // would never finish rounding to a power of two
 	} {

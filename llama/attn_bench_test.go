@@ -751,6 +751,11 @@ type abRow struct {
 	res []abResult
 }
 
+// kvBytes is one layer's bf16 keys and values of the given number of rows.
+func (r abRow) kvBytes(rows int) float64 {
+	return float64(r.p.shape.kvHeads) * float64(rows) * float64(r.p.shape.headDim) * 2 * 2
+}
+
 func (r abRow) get(name string) *abResult {
 	for i := range r.res {
 		if r.res[i].variant.name == name && r.res[i].err == nil {
@@ -771,8 +776,8 @@ func writeTables(rows []abRow, md func(string, ...any)) {
 	for _, r := range rows {
 		empty := r.get("empty")
 		base := r.baseline()
-		keptBytes := float64(r.p.layers) * float64(r.p.shape.kvHeads) * float64(r.p.budget+r.p.window) * float64(r.p.shape.headDim) * 2 * 2
-		allBytes := float64(r.p.layers) * float64(r.p.shape.kvHeads) * float64(r.p.ctx) * float64(r.p.shape.headDim) * 2 * 2
+		keptBytes := float64(r.p.layers) * r.kvBytes(r.p.budget+r.p.window)
+		allBytes := float64(r.p.layers) * r.kvBytes(r.p.ctx)
 		for _, x := range r.res {
 			if x.err != nil {
 				msg := "failed: " + strings.ReplaceAll(abShort(x.err), "|", "/")
@@ -828,9 +833,8 @@ func writeTables(rows []abRow, md func(string, ...any)) {
 			if lk := r.get(ln); lk != nil {
 				lpl, bpl := r.perLayer(lk, empty), r.perLayer(best, empty)
 				lookup = fmt.Sprintf("%.1f (%.0f%%)", lpl, 100*lpl/bpl)
-				keptBytes := float64(r.p.shape.kvHeads) * float64(r.p.budget+r.p.window) * float64(r.p.shape.headDim) * 2 * 2
 				if bpl > lpl {
-					bw = abGBs(keptBytes / ((bpl - lpl) * 1e-6))
+					bw = abGBs(r.kvBytes(r.p.budget+r.p.window) / ((bpl - lpl) * 1e-6))
 				}
 			}
 		}

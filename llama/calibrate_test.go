@@ -21,7 +21,7 @@ import (
 const calibCtx, calibDecode = 1537, 24
 
 // calibFixture returns the token ids and the dense logits of every position (one forward).
-func calibFixture(t *testing.T, r *Runner) (ids []int, dense [][]float32) {
+func calibFixture(t *testing.T, r *Runner) (ids []int, dense [][]float32, p *Prefix) {
 	t.Helper()
 	cases, err := loadGolden()
 	if err != nil {
@@ -33,7 +33,11 @@ func calibFixture(t *testing.T, r *Runner) (ids []int, dense [][]float32) {
 	if dense, err = seq.AppendAllLogits(context.Background(), ids); err != nil {
 		t.Fatal(err)
 	}
-	return ids, dense
+	if p, err = r.Prefill(context.Background(), ids[:calibCtx]); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Free)
+	return ids, dense, p
 }
 
 // decodeLogits feeds the tokens one at a time (each step selects keys with its own queries).
@@ -62,12 +66,7 @@ func decodeLogits(t *testing.T, p *Prefix, tokens []int) [][]float32 {
 // those queries within 2 points, counted key by key from the labels.
 func TestCalibration(t *testing.T) {
 	r := testRunner(t, dtypes.Float32, Options{})
-	ids, dense := calibFixture(t, r)
-	p, err := r.Prefill(context.Background(), ids[:calibCtx])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Free()
+	_, dense, p := calibFixture(t, r)
 	if err := p.Squeeze(context.Background(), SqueezeOptions{Sparsity: 0.7}); err != nil {
 		t.Fatal(err)
 	}
@@ -167,12 +166,7 @@ func TestSqueezeOptions(t *testing.T) {
 // not, so the threshold reaches the step graph.
 func TestCalibratedDecode(t *testing.T) {
 	r := testRunner(t, dtypes.Float32, Options{})
-	ids, dense := calibFixture(t, r)
-	p, err := r.Prefill(context.Background(), ids[:calibCtx])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Free()
+	ids, dense, p := calibFixture(t, r)
 	// The context's last token is pending: the first Append feeds it before feed[0].
 	want, feed := dense[calibCtx:], ids[calibCtx:]
 	for _, sparsity := range []float64{0.2, 0.7} {

@@ -40,19 +40,10 @@ func appendPlan(t *testing.T, r *Runner) [][]float32 {
 }
 
 func maxRelDiff(a, b []float32) (diff float64, top1Same bool) {
-	var scale float64
-	ia, ib := 0, 0
 	for i := range a {
 		diff = math.Max(diff, math.Abs(float64(a[i]-b[i])))
-		scale = math.Max(scale, math.Abs(float64(a[i])))
-		if a[i] > a[ia] {
-			ia = i
-		}
-		if b[i] > b[ib] {
-			ib = i
-		}
 	}
-	return diff / scale, ia == ib
+	return diff / maxAbs(a), argmax(a) == argmax(b)
 }
 
 // TestStepKindsAgree checks that chunked prefill (first chunk, chunks over a context), dynamic chunks and
@@ -169,15 +160,6 @@ func TestAppendGreedy(t *testing.T) {
 	prompt := make([]int, 200)
 	for i := range prompt {
 		prompt[i] = 100 + (i*7919)%8000
-	}
-	argmax := func(v []float32) int {
-		best := 0
-		for i, x := range v {
-			if x > v[best] {
-				best = i
-			}
-		}
-		return best
 	}
 	p, err := r.Prefill(ctx, prompt)
 	if err != nil {

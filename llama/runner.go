@@ -54,10 +54,7 @@ type Runner struct {
 	opts    Options
 	maxLen  int
 
-	stepLast, stepAll *graph.Exec
-	// prefill[allLogits][hasCtx] are the steps of a sequence's first Append: no dyn input (the chunk's
-	// keys/values come out as they are), and the first chunk has no fixed context either.
-	prefill [2][2]*graph.Exec
+	steps map[stepKind]*graph.Exec // the dense step executables, built once (read only after NewRunner)
 
 	mu       sync.Mutex
 	writes   map[int]*graph.Exec     // by output capacity
@@ -109,18 +106,15 @@ func NewRunner(backend compute.Backend, cfg *Config, w *Weights, opts Options) (
 	if os.Getenv("SQLLM_NO_FUSED") != "" {
 		r.opts.NoFusedAttention = true
 	}
-	var err error
-	if r.stepLast, err = r.newStepExec(false); err != nil {
-		return nil, err
-	}
-	if r.stepAll, err = r.newStepExec(true); err != nil {
-		return nil, err
-	}
-	for i, all := range []bool{false, true} {
-		for j, hasCtx := range []bool{false, true} {
-			if r.prefill[i][j], err = r.newExec(stepKind{allLogits: all, prefill: true, hasCtx: hasCtx}, nil); err != nil {
+	r.steps = map[stepKind]*graph.Exec{}
+	for _, all := range []bool{false, true} {
+		for _, kind := range []stepKind{{hasCtx: true}, {prefill: true}, {prefill: true, hasCtx: true}} {
+			kind.allLogits = all
+			e, err := r.newExec(kind, nil)
+			if err != nil {
 				return nil, err
 			}
+			r.steps[kind] = e
 		}
 	}
 	return r, nil
@@ -163,23 +157,17 @@ const numScalars = 6
 // trace prints every step's timing to stderr (SQLLM_TRACE=1).
 var trace = os.Getenv("SQLLM_TRACE") != ""
 
-func (r *Runner) newStepExec(allLogits bool) (*graph.Exec, error) {
-	return r.newStepExecWith(allLogits, nil)
-}
-
-// stepKind says which inputs a step executable takes.
+// stepKind says which inputs a step executable takes. A prefill step (a sequence's first Append) has
+// no dyn input: its chunk's keys/values come out as they are; the first chunk has no fixed context
+// either.
 type stepKind struct {
 	allLogits bool // logits at every position, else only the last valid one
 	prefill   bool // no dyn input: the chunk's keys/values are the dyn output
 	hasCtx    bool // a fixed-context input (always, except for a sequence's first prefill chunk)
 }
 
-// newStepExecWith builds a step executable; with a squeeze index, its inputs end with every layer's
-// centroids, counts, cluster starts and cluster order, and the fixed context is read sparsely.
-func (r *Runner) newStepExecWith(allLogits bool, sq *squeezeIndex) (*graph.Exec, error) {
-	return r.newExec(stepKind{allLogits: allLogits, hasCtx: true}, sq)
-}
-
+// newExec builds a step executable; with a squeeze index, its inputs end with every layer's centroids,
+// counts, cluster starts and cluster order, and the fixed context is read sparsely.
 func (r *Runner) newExec(kind stepKind, sq *squeezeIndex) (*graph.Exec, error) {
 	allLogits := kind.allLogits
 	c := r.cfg
@@ -573,20 +561,7 @@ func (s *Sequence) step(tokens []int, nb int, ctxKV *kvTensors, ctxLen int, dynK
 			args = append(args, t)
 		}
 	}
-	exec := r.stepLast
-	if allLogits {
-		exec = r.stepAll
-	}
-	if dynKV == nil { // a prefill chunk
-		all, hasCtx := 0, 0
-		if allLogits {
-			all = 1
-		}
-		if ctxKV != nil {
-			hasCtx = 1
-		}
-		exec = r.prefill[all][hasCtx]
-	}
+	exec := r.steps[stepKind{allLogits: allLogits, prefill: dynKV == nil, hasCtx: ctxKV != nil}]
 	if s.sq != nil && ctxKV == s.ctx {
 		if exec, err = r.stepExecSqueezed(s.sq, allLogits); err != nil {
 			return nil, nil, err

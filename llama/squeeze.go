@@ -406,6 +406,6 @@ func (r *Runner) setClusterOrder(idx *squeezeIndex) error {
 // stepExecSqueezed returns the compiled step for sequences over a squeezed prefix.
 func (r *Runner) stepExecSqueezed(sq *squeezeIndex, allLogits bool) (*graph.Exec, error) {
 	return r.namedExec(fmt.Sprintf("step/%d/%v/calibrated=%v", sq.maxKept, allLogits, sq.calibrated()), func() (*graph.Exec, error) {
-		return r.newStepExecWith(allLogits, sq)
+		return r.newExec(stepKind{allLogits: allLogits, hasCtx: true}, sq)
 	})
 }

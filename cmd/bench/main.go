@@ -52,6 +52,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	if !(*memCache >= 0) || math.IsInf(*memCache, 0) {
+		fmt.Fprintf(stderr, "bench: -memory-cache-gib %v: want a finite number of GiB >= 0\n", *memCache)
+		return 2
+	}
 	var lens []int
 	for _, s := range strings.Split(*lensFlag, ",") {
 		if s == "" {

@@ -22,9 +22,9 @@ if random_weights:
     from transformers import AutoConfig
     cfg = AutoConfig.from_pretrained(model_dir)
     with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(cfg, torch_dtype=dtype, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
 else:
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=dtype, attn_implementation="sdpa").cuda()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa").cuda()
 model.eval()
 vocab = model.config.vocab_size
 print(f"<!-- transformers, torch {torch.__version__}, {torch.cuda.get_device_name()} -->")
