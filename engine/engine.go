@@ -49,6 +49,10 @@ type Options struct {
 	// MaxChunk is the prefill chunk in tokens (0: 512 on the Go backend; on XLA 8192 in bfloat16 and 2048
 	// in float32); at most MaxChunkLimit. Cancellation takes effect between chunks.
 	MaxChunk int
+	// CtxGranule is the step of the fixed contexts' KV capacities: powers of two up to it, then multiples of
+	// it (0: 512 on the Go backend; 2048 on XLA, where every new capacity is an XLA compilation of a second
+	// or more, so that a run over many contexts of different lengths compiles few executables).
+	CtxGranule int
 	// MaxContext lowers the context limit below the model's max_position_embeddings (0: the model's);
 	// a larger value is an error, and so is a context above MaxContextLimit.
 	MaxContext int
@@ -192,6 +196,8 @@ func Open(dir string, opts Options) (m *Model, err error) {
 	switch {
 	case opts.MaxContext < 0:
 		return nil, fmt.Errorf("engine: MaxContext %d must not be negative", opts.MaxContext)
+	case opts.CtxGranule < 0 || opts.CtxGranule > MaxChunkLimit:
+		return nil, fmt.Errorf("engine: CtxGranule %d must be in [0, %d]", opts.CtxGranule, MaxChunkLimit)
 	case opts.MaxChunk > MaxChunkLimit:
 		return nil, fmt.Errorf("engine: MaxChunk %d exceeds the limit of %d tokens", opts.MaxChunk, MaxChunkLimit)
 	case opts.MemoryCacheBytes < 0:
@@ -264,7 +270,11 @@ func Open(dir string, opts Options) (m *Model, err error) {
 			chunk = 2048 // the plain attention graph (float32, sliding windows): its scores grow with chunk × context
 		}
 	}
-	r, err := llama.NewRunner(b.Backend, cfg, w, llama.Options{MaxChunk: chunk, MaxLen: opts.MaxContext})
+	granule := opts.CtxGranule
+	if granule == 0 && b.Kind == xla.XLA {
+		granule = 2048
+	}
+	r, err := llama.NewRunner(b.Backend, cfg, w, llama.Options{MaxChunk: chunk, MaxLen: opts.MaxContext, CtxGranule: granule})
 	if err != nil {
 		return nil, err
 	}

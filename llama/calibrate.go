@@ -147,7 +147,7 @@ func groupQueries(c *Config, q *Node) *Node {
 func windowForward(c *Config, w modelNodes, tokens, start, invFreq *Node, ctxK, ctxV []*Node) (queries []*Node, x *Node) {
 	g := tokens.Graph()
 	dtype := w.embed.DType()
-	n, hd := tokens.Shape().Dimensions[0], c.HeadDim
+	n := tokens.Shape().Dimensions[0]
 	ctxCap := ctxK[0].Shape().Dimensions[1]
 
 	positions := Add(Iota(g, shapes.Make(dtypes.Int32, n), 0), start) // [n]
@@ -160,15 +160,12 @@ func windowForward(c *Config, w modelNodes, tokens, start, invFreq *Node, ctxK, 
 	x = Gather(w.embed, ExpandAxes(tokens, -1)) // [n, hidden]
 	for l, lw := range w.layers {
 		h := rmsNorm(x, lw.inNorm, c.RMSNormEps)
-		q := Reshape(linear(h, lw.q, lw.qBias), n, c.NumAttentionHeads, hd) // [n, numHeads, headDim]
-		k := Reshape(linear(h, lw.k, lw.kBias), n, c.NumKeyValueHeads, hd)  // [n, numKVHeads, headDim]
-		v := Reshape(linear(h, lw.v, lw.vBias), n, c.NumKeyValueHeads, hd)  // [n, numKVHeads, headDim]
+		q, k, v := projectQKV(c, lw, h) // [n, heads, headDim]
 		q, k = applyRoPE(q, cos, sin), applyRoPE(k, cos, sin)
 		queries = append(queries, q)
 		attn := attention(c, q, ctxK[l], ctxV[l], Transpose(k, 0, 1), Transpose(v, 0, 1), ctxMask, causal) // [n, numHeads*headDim]
 		x = Add(x, linear(attn, lw.o, lw.oBias))
-		h = rmsNorm(x, lw.postNorm, c.RMSNormEps)
-		x = Add(x, linear(Mul(silu(linear(h, lw.gate, lw.gateBias)), linear(h, lw.up, lw.upBias)), lw.down, lw.downBias))
+		x = Add(x, mlp(c, lw, rmsNorm(x, lw.postNorm, c.RMSNormEps)))
 	}
 	return queries, x
 }

@@ -84,7 +84,8 @@ func (kv *kvTensors) finalize() {
 	}
 }
 
-// NewRunner moves the weights to the backend's device and prepares the compiled steps.
+// NewRunner moves the weights to the backend's device, packs them into the steps' layout (packWeights:
+// w.Tensors is replaced; the runner owns w and frees it on Close) and prepares the compiled steps.
 func NewRunner(backend compute.Backend, cfg *Config, w *Weights, opts Options) (*Runner, error) {
 	opts.setDefaults()
 	r := &Runner{cfg: cfg, backend: backend, weights: w, opts: opts,
@@ -103,6 +104,9 @@ func NewRunner(backend compute.Backend, cfg *Config, w *Weights, opts Options) (
 		}
 		t.FinalizeLocal()
 	}
+	if err := packWeights(backend, cfg, w); err != nil {
+		return nil, err
+	}
 	if os.Getenv("SQLLM_NO_FUSED") != "" {
 		r.opts.NoFusedAttention = true
 	}
@@ -118,6 +122,76 @@ func NewRunner(backend compute.Backend, cfg *Config, w *Weights, opts Options) (
 		}
 	}
 	return r, nil
+}
+
+// packWeights turns w (Config.WeightNames order) into the step's packed order (see layerNodes): per
+// layer inNorm, q|k|v, o, postNorm, gate|up, down, then the biases present (q|k|v, o, gate|up, down).
+// The concatenations run on the device, one layer at a time, and each layer's separate matrices are
+// freed as soon as they are packed, so the peak memory grows by one layer's q, k, v, gate and up.
+func packWeights(backend compute.Backend, c *Config, w *Weights) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("llama: packing the weights: %v", r)
+		}
+	}()
+	nGlobal, nLayer := len(globalWeightSpecs(c)), len(layerWeightSpecs(c))
+	if len(w.Tensors) != nGlobal+c.NumHiddenLayers*nLayer {
+		return fmt.Errorf("llama: %d weight tensors, the config needs %d", len(w.Tensors), nGlobal+c.NumHiddenLayers*nLayer)
+	}
+	// Per layer (layerWeightSpecs order): 0 inNorm, 1 q, 2 k, 3 v, 4 o, 5 postNorm, 6 gate, 7 up, 8 down,
+	// then q/k/v biases, o bias, gate/up/down biases as the config has them.
+	exec, err := graph.NewExec(backend, func(in []*graph.Node) []*graph.Node {
+		out := []*graph.Node{graph.Concatenate(in[:3], 0), graph.Concatenate(in[3:5], 0)}
+		in = in[5:]
+		if c.AttentionBias {
+			out, in = append(out, graph.Concatenate(in[:3], 0)), in[3:]
+		}
+		if c.MLPBias {
+			out = append(out, graph.Concatenate(in[:2], 0))
+		}
+		return out
+	})
+	if err != nil {
+		return err
+	}
+	defer exec.Finalize()
+	packed := append([]*tensors.Tensor{}, w.Tensors[:nGlobal]...)
+	for l := range c.NumHiddenLayers {
+		lw := w.Tensors[nGlobal+l*nLayer : nGlobal+(l+1)*nLayer]
+		biases := lw[9:]
+		var qkvBias, oBias, guBias, downBias []*tensors.Tensor
+		if c.AttentionBias {
+			qkvBias, biases = biases[:3], biases[3:]
+		}
+		if c.AttentionOutBias {
+			oBias, biases = biases[:1], biases[1:]
+		}
+		if c.MLPBias {
+			guBias, downBias = biases[:2], biases[2:3]
+		}
+		args := []any{lw[1], lw[2], lw[3], lw[6], lw[7]}
+		for _, t := range append(slices.Clone(qkvBias), guBias...) {
+			args = append(args, t)
+		}
+		out, err := exec.Call(args...)
+		if err != nil {
+			return fmt.Errorf("llama: packing layer %d's weights: %w", l, err)
+		}
+		packed = append(packed, lw[0], out[0], lw[4], lw[5], out[1], lw[8])
+		out = out[2:]
+		if c.AttentionBias {
+			packed, out = append(packed, out[0]), out[1:]
+		}
+		packed = append(packed, oBias...)
+		if c.MLPBias {
+			packed = append(packed, out[0], downBias[0])
+		}
+		for _, t := range append(append([]*tensors.Tensor{lw[1], lw[2], lw[3], lw[6], lw[7]}, qkvBias...), guBias...) {
+			t.FinalizeAll()
+		}
+	}
+	w.Tensors = packed
+	return nil
 }
 
 // Config returns the model's blueprint.
@@ -438,12 +512,21 @@ func (s *Sequence) append(ctx context.Context, tokens []int, allLogits bool) (lo
 	}
 	// An empty sequence that owns its context prefills straight into the fixed-context segment; anything
 	// after that goes to the dynamic segment.
+	// Prefilling into the context, the first chunk takes the remainder (len mod MaxChunk) and the rest are
+	// whole chunks: the first chunk's step has no context input, so its shape depends on its length alone,
+	// and every later step's on the context capacity alone (a remainder last would compile one executable
+	// per pair of remainder bucket and context capacity).
 	intoCtx := s.Len() == 0 && !s.shared
+	first := true
 	for len(tokens) > 0 {
 		if err := ctx.Err(); err != nil {
 			return logits, fmt.Errorf("llama: %w", err)
 		}
 		n := min(len(tokens), s.r.opts.MaxChunk)
+		if intoCtx && first && len(tokens)%s.r.opts.MaxChunk != 0 {
+			n = len(tokens) % s.r.opts.MaxChunk
+		}
+		first = false
 		var out [][]float32
 		if intoCtx {
 			out, err = s.prefillChunk(tokens[:n], allLogits)

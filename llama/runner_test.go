@@ -3,10 +3,14 @@ package llama
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
+	"slices"
 	"testing"
 
 	"github.com/gomlx/compute/dtypes"
+	"github.com/gomlx/gomlx/core/graph"
+	"github.com/gomlx/gomlx/core/tensors"
 
 	"github.com/squeezeai/sqllm/model"
 )
@@ -136,5 +140,94 @@ func TestAppendErrors(t *testing.T) {
 	s.Close()
 	if _, err := s.Append(context.Background(), []int{1}); !errors.Is(err, ErrClosed) {
 		t.Errorf("closed sequence: got %v", err)
+	}
+}
+
+// TestPackWeights: the runner's packed layout is q|k|v and gate|up concatenated along the output axis
+// (their biases too), every other tensor unchanged, and unpackWeights names each packed input as such —
+// checked on a config with every optional bias and an untied LM head, where each weight element holds a
+// distinct value.
+func TestPackWeights(t *testing.T) {
+	cfg := &Config{ModelType: "llama", HiddenSize: 8, IntermediateSize: 12, NumHiddenLayers: 2, NumAttentionHeads: 2,
+		NumKeyValueHeads: 1, HeadDim: 4, VocabSize: 16, MaxPositionEmbeddings: 32, RMSNormEps: 1e-5,
+		AttentionBias: true, AttentionOutBias: true, MLPBias: true}
+	names, dims := cfg.WeightNames()
+	w := &Weights{DType: dtypes.Float32}
+	values := map[string][]float32{}
+	for i, name := range names {
+		n := 1
+		for _, d := range dims[i] {
+			n *= d
+		}
+		v := make([]float32, n)
+		for j := range v {
+			v[j] = float32(i*1000 + j)
+		}
+		values[name] = v
+		w.Tensors = append(w.Tensors, tensors.FromFlatDataAndDimensions(slices.Clone(v), dims[i]...))
+	}
+	b := goBackend(t)
+	for _, x := range w.Tensors {
+		if err := x.MaterializeOnDevice(b, false, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := packWeights(b, cfg, w); err != nil {
+		t.Fatal(err)
+	}
+	e, err := graph.NewExec(b, func(in []*graph.Node) []*graph.Node {
+		m := unpackWeights(cfg, in)
+		out := []*graph.Node{m.embed, m.norm, m.lmHead}
+		for _, l := range m.layers {
+			out = append(out, l.inNorm, l.qkv, l.o, l.postNorm, l.gateUp, l.down, l.qkvBias, l.oBias, l.gateUpBias, l.downBias)
+		}
+		return out
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := make([]any, len(w.Tensors))
+	for i, x := range w.Tensors {
+		args[i] = x
+	}
+	out, err := e.Call(args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat := func(names ...string) []float32 {
+		var v []float32
+		for _, n := range names {
+			v = append(v, values[n]...)
+		}
+		return v
+	}
+	want := [][]float32{values["model.embed_tokens.weight"], values["model.norm.weight"], values["lm_head.weight"]}
+	for l := range cfg.NumHiddenLayers {
+		p := fmt.Sprintf("model.layers.%d.", l)
+		want = append(want, values[p+"input_layernorm.weight"],
+			cat(p+"self_attn.q_proj.weight", p+"self_attn.k_proj.weight", p+"self_attn.v_proj.weight"),
+			values[p+"self_attn.o_proj.weight"], values[p+"post_attention_layernorm.weight"],
+			cat(p+"mlp.gate_proj.weight", p+"mlp.up_proj.weight"), values[p+"mlp.down_proj.weight"],
+			cat(p+"self_attn.q_proj.bias", p+"self_attn.k_proj.bias", p+"self_attn.v_proj.bias"),
+			values[p+"self_attn.o_proj.bias"], cat(p+"mlp.gate_proj.bias", p+"mlp.up_proj.bias"), values[p+"mlp.down_proj.bias"])
+	}
+	if len(out) != len(want) {
+		t.Fatalf("%d outputs, want %d", len(out), len(want))
+	}
+	for i, o := range out {
+		got, err := tensors.CopyFlatData[float32](o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, want[i]) {
+			t.Errorf("output %d (%v): got %v..., want %v...", i, o.Shape(), got[:min(4, len(got))], want[i][:min(4, len(want[i]))])
+		}
+	}
+	// The packed q|k|v matrix is [q+2·kv, hidden], gate|up [2·intermediate, hidden].
+	if got := out[3+1].Shape().Dimensions; !slices.Equal(got, []int{16, 8}) {
+		t.Errorf("q|k|v shape %v", got)
+	}
+	if got := out[3+4].Shape().Dimensions; !slices.Equal(got, []int{24, 8}) {
+		t.Errorf("gate|up shape %v", got)
 	}
 }

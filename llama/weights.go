@@ -95,7 +95,8 @@ func (c *Config) ignoredTensor(name string) bool {
 	return c.TieWordEmbeddings && name == "lm_head.weight"
 }
 
-// Weights are the model's tensors in graph-input order, in the compute dtype.
+// Weights are the model's tensors in Config.WeightNames order, in the compute dtype (NewRunner repacks
+// them into its steps' layout).
 type Weights struct {
 	DType   dtypes.DType
 	Tensors []*tensors.Tensor

@@ -124,8 +124,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stdout, "<!-- measured copy bandwidth (read+write bytes / time of x+1 over a %d MiB buffer): %.0f GB/s; weights %.2f GB -->\n",
 			copyBytes(m)>>20, bw/1e9, float64(m.Runner.WeightBytes())/1e9)
-		fmt.Fprintln(stdout, "| model | backend | dtype | prompt tokens | prefill tokens/s | prefill s | prefill TFLOP/s | decode ms/token | decode tokens/s | roofline ms/token | × roofline | peak GPU memory GiB |")
-		fmt.Fprintln(stdout, "|---|---|---|---|---|---|---|---|---|---|---|---|")
+		fmt.Fprintln(stdout, "| model | backend | dtype | prompt tokens | prefill tokens/s | prefill s | prefill TFLOP/s | decode ms/token | decode tokens/s | roofline ms/token | × roofline | peak GPU memory GiB | first run s |")
+		fmt.Fprintln(stdout, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	}
 	mem := startMemSampler()
 	defer mem.stop()
@@ -139,6 +139,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			prompt[i] = 100 + (i*7919)%(m.Config.VocabSize-200)
 		}
 		var pre, dec []float64
+		var first float64 // rep 0: the compilations of the length's steps, then the same work as the others
 		mem.reset()
 		for rep := 0; rep <= *reps; rep++ { // rep 0 compiles
 			// Greedy decoding as the engine runs it: the argmax is taken on the device.
@@ -161,6 +162,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			seq.Close()
 			if rep > 0 {
 				pre, dec = append(pre, p), append(dec, d)
+			} else {
+				first = time.Since(t0).Seconds()
 			}
 		}
 		p, d := median(pre), median(dec)
@@ -172,8 +175,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if gib, ok := mem.peakGiB(); ok {
 			peak = fmt.Sprintf("%.1f", gib)
 		}
-		fmt.Fprintf(stdout, "| %s | %s | %s | %d | %.0f | %.3f | %.3g | %.2f | %.1f | %.2f | %.2f | %s |\n", name, m.Backend.Kind,
-			m.DType(), n, float64(n)/p, p, m.Runner.PrefillFLOPs(n)/p/1e12, d*1e3, 1/d, roof*1e3, d/roof, peak)
+		fmt.Fprintf(stdout, "| %s | %s | %s | %d | %.0f | %.3f | %.3g | %.2f | %.1f | %.2f | %.2f | %s | %.1f |\n", name, m.Backend.Kind,
+			m.DType(), n, float64(n)/p, p, m.Runner.PrefillFLOPs(n)/p/1e12, d*1e3, 1/d, roof*1e3, d/roof, peak, first)
 	}
 	return 0
 }

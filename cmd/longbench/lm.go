@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"time"
 
 	"github.com/squeezeai/sqllm/backend/xla"
 	"github.com/squeezeai/sqllm/engine"
@@ -48,7 +50,8 @@ func squeezeOptions(c evals.Config) *llama.SqueezeOptions {
 // openEngine opens the model with the engine.
 func openEngine(o *options) (*loaded, error) {
 	kind, _ := xla.ParseKind(o.backend)
-	m, err := engine.Open(o.modelDir, engine.Options{Backend: kind, DType: o.dtype, CacheDir: o.cacheDir})
+	m, err := engine.Open(o.modelDir, engine.Options{Backend: kind, DType: o.dtype, CacheDir: o.cacheDir, MaxChunk: o.maxChunk,
+		CtxGranule: o.ctxGranule})
 	if err != nil {
 		return nil, err
 	}
@@ -65,8 +68,9 @@ func openEngine(o *options) (*loaded, error) {
 // context's SqueezeInfo.KeptFraction (centroids counted; for sqNN, that of the calibration queries), 1 for
 // dense.
 type engineLM struct {
-	m  *engine.Model
-	sq *llama.SqueezeOptions // nil: dense
+	m       *engine.Model
+	sq      *llama.SqueezeOptions // nil: dense
+	timings io.Writer             // -timings: each item's phase times (nil: none)
 }
 
 func (l engineLM) Tokenize(text string, addSpecial bool) []int {
@@ -83,18 +87,30 @@ func (l engineLM) Generate(ctx context.Context, fixed, input []int, maxNew int, 
 		res, err := l.m.Generate(ctx, req)
 		return res.Text, 1, err
 	}
+	start := time.Now()
 	c, err := l.m.NewContextSqueezed(ctx, fixed, l.sq)
 	if err != nil {
 		return "", 0, err
 	}
 	defer c.Close()
+	ctxTime := time.Since(start)
 	kept := 1.0
-	if info, ok := c.Squeeze(); ok {
+	info, squeezed := c.Squeeze()
+	if squeezed {
 		kept = info.KeptFraction
 	}
 	if req.PromptTokens == nil {
 		req.PromptTokens = []int{} // an empty user input: continue the fixed context alone
 	}
 	res, err := c.Generate(ctx, req)
+	if l.timings != nil && err == nil {
+		line := fmt.Sprintf("longbench: timings: %d+%d tokens: context %.3fs", len(fixed), len(input), ctxTime.Seconds())
+		if squeezed {
+			line += fmt.Sprintf(" (clustering %.3fs, calibration %.3fs, kept %.3f)", info.ClusterTime.Seconds(),
+				info.CalibrateTime.Seconds(), kept)
+		}
+		fmt.Fprintf(l.timings, "%s, input %.3fs, %d new tokens %.3fs\n", line, res.PrefillDuration.Seconds(), len(res.Tokens),
+			res.DecodeDuration.Seconds())
+	}
 	return res.Text, kept, err
 }

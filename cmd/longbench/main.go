@@ -39,8 +39,11 @@ type options struct {
 	data, tasks, modelDir, out, configs string
 	prompts, maxLen                     string
 	maxLength, limit                    int
+	maxChunk, ctxGranule                int
 	backend, dtype, cacheDir            string
-	quiet                               bool
+	quiet, timings                      bool
+	shard                               string
+	shardIndex, shardCount              int
 	genSynthetic, lengths               string
 	seed                                int64
 	perLength                           int
@@ -59,8 +62,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.maxLen, "maxlen", "", "LongBench's config/dataset2maxlen.json (max new tokens; overrides the built-ins)")
 	fs.IntVar(&o.maxLength, "max-length", 0, "middle-truncate prompts longer than this many tokens (0: the model's context minus 512, at most 31500)")
 	fs.IntVar(&o.limit, "limit", 0, "only the first N items of each task (0: all)")
+	fs.StringVar(&o.shard, "shard", "", "I/N: only the items whose index in the task file is I modulo N (run N processes, e.g. one per GPU, into separate -out directories, then concatenate their predictions files and rerun without -shard to score)")
+	fs.BoolVar(&o.timings, "timings", false, "print each item's phase times (context prefill/clustering/calibration, generation) to stderr")
 	fs.StringVar(&o.backend, "backend", "auto", "auto | go | xla")
 	fs.StringVar(&o.dtype, "dtype", "", "compute dtype: f32 | bf16 (default: f32 on the go backend, bf16 on xla)")
+	fs.IntVar(&o.maxChunk, "max-chunk", 0, "prefill chunk in tokens (0: the engine's default); a larger chunk means fewer step shapes to compile")
+	fs.IntVar(&o.ctxGranule, "ctx-granule", 0, "fixed-context capacities are multiples of this many tokens (0: the engine's default); a larger granule means fewer executables to compile over contexts of many lengths")
 	fs.StringVar(&o.cacheDir, "cache-dir", "-", "on-disk prefix cache directory ('-': none, the default, since every item has its own context; '': the per-user default)")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress bar or notes on stderr")
 	fs.StringVar(&o.genSynthetic, "gen-synthetic", "", "write the synthetic passkey_N and kv_retrieval_N tasks into this directory and exit")
@@ -91,10 +98,16 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, errors.New("-tasks is required")
 	case o.out == "":
 		return nil, errors.New("-out DIR is required")
-	case o.limit < 0 || o.maxLength < 0:
-		return nil, errors.New("-limit and -max-length must not be negative")
+	case o.limit < 0 || o.maxLength < 0 || o.maxChunk < 0 || o.ctxGranule < 0:
+		return nil, errors.New("-limit, -max-length, -max-chunk and -ctx-granule must not be negative")
 	case o.maxLength == 1:
 		return nil, errors.New("-max-length 1 keeps no token (half of it is 0)")
+	}
+	if o.shard != "" {
+		var err error
+		if o.shardIndex, o.shardCount, err = parseShard(o.shard); err != nil {
+			return nil, fmt.Errorf("-shard: %w", err)
+		}
 	}
 	if _, err := xla.ParseKind(o.backend); err != nil {
 		return nil, fmt.Errorf("-backend: %w", err)
@@ -145,6 +158,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, open open
 		if err != nil {
 			return fail(1, err)
 		}
+		if o.shardCount > 0 {
+			t.Items = shardItems(t.Items, o.shardIndex, o.shardCount)
+		}
 		tasks = append(tasks, t)
 	}
 	if len(tasks) == 0 {
@@ -176,6 +192,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, open open
 		lms[c.Name] = m.lm
 		if m.forConfig != nil {
 			lms[c.Name] = m.forConfig(c)
+		}
+	}
+	if o.timings {
+		for name, lm := range lms {
+			if e, ok := lm.(engineLM); ok {
+				e.timings = stderr
+				lms[name] = e
+			}
 		}
 	}
 	remaining := plan.Remaining()
@@ -224,6 +248,32 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, open open
 			evals.BudgetPlot, time.Since(start).Seconds())
 	}
 	return 0
+}
+
+// parseShard parses -shard's I/N.
+func parseShard(s string) (i, n int, err error) {
+	a, b, ok := strings.Cut(s, "/")
+	if ok {
+		i, err = strconv.Atoi(a)
+		if err == nil {
+			n, err = strconv.Atoi(b)
+		}
+	}
+	if !ok || err != nil || n < 1 || i < 0 || i >= n {
+		return 0, 0, fmt.Errorf("%q is not I/N with 0 <= I < N", s)
+	}
+	return i, n, nil
+}
+
+// shardItems keeps the items whose index is i modulo n.
+func shardItems(items []evals.Item, i, n int) []evals.Item {
+	var out []evals.Item
+	for j, it := range items {
+		if j%n == i {
+			out = append(out, it)
+		}
+	}
+	return out
 }
 
 // countDone is the number of predictions already made for the plan's items.

@@ -114,6 +114,47 @@ func TestRunWithFakeLM(t *testing.T) {
 	}
 }
 
+// TestShards: two -shard runs predict disjoint halves; their predictions concatenated score like one
+// unsharded run, without generating again.
+func TestShards(t *testing.T) {
+	data, whole := t.TempDir(), t.TempDir()
+	writeTask(t, data, "tinycode_lcc", 5)
+	lm, opened := &echoLM{}, 0
+	if code, _, stderr := runCLI(t, fakeOpener(lm, &opened), "-data", data, "-tasks", "tinycode_lcc", "-out", whole, "-quiet"); code != 0 {
+		t.Fatal(stderr)
+	}
+	merged := t.TempDir()
+	var preds []byte
+	for i, want := range []int{3, 2} {
+		out := t.TempDir()
+		lm.calls = 0
+		code, stdout, stderr := runCLI(t, fakeOpener(lm, &opened), "-data", data, "-tasks", "tinycode_lcc", "-out", out,
+			"-shard", fmt.Sprintf("%d/2", i), "-quiet")
+		if code != 0 || lm.calls != want || !strings.Contains(stdout, fmt.Sprintf("| %d |", want)) {
+			t.Fatalf("shard %d: exit %d, %d calls, want %d\n%s%s", i, code, lm.calls, want, stdout, stderr)
+		}
+		b, err := os.ReadFile(evals.PredsPath(out, "dense", "tinycode_lcc"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		preds = append(preds, b...)
+	}
+	path := evals.PredsPath(merged, "dense", "tinycode_lcc")
+	os.MkdirAll(filepath.Dir(path), 0o755)
+	if err := os.WriteFile(path, preds, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	lm.calls = 0
+	if code, _, stderr := runCLI(t, fakeOpener(lm, &opened), "-data", data, "-tasks", "tinycode_lcc", "-out", merged, "-quiet"); code != 0 || lm.calls != 0 {
+		t.Fatalf("merged: exit %d, %d calls: %s", code, lm.calls, stderr)
+	}
+	a, _ := os.ReadFile(filepath.Join(whole, "results.csv"))
+	b, _ := os.ReadFile(filepath.Join(merged, "results.csv"))
+	if !bytes.Equal(a, b) {
+		t.Errorf("merged shards:\n%s\nunsharded:\n%s", b, a)
+	}
+}
+
 // TestStartupErrors: bad flags and configs fail before any data is read or the model is opened.
 func TestStartupErrors(t *testing.T) {
 	data := t.TempDir()
@@ -135,6 +176,8 @@ func TestStartupErrors(t *testing.T) {
 		{"bad backend", []string{"-data", data, "-tasks", "lcc", "-out", "o", "-backend", "tpu"}, `unknown backend "tpu"`, 2},
 		{"unknown task", []string{"-data", data, "-tasks", "tinycode_lcc,nosuch", "-out", "o"}, "task nosuch: no prompt template", 1},
 		{"missing data", []string{"-data", data, "-tasks", "lcc", "-out", "o"}, "task lcc: no data", 1},
+		{"bad shard", []string{"-data", data, "-tasks", "lcc", "-out", "o", "-shard", "2/2"}, `-shard: "2/2" is not I/N with 0 <= I < N`, 2},
+		{"shard not a fraction", []string{"-data", data, "-tasks", "lcc", "-out", "o", "-shard", "1"}, `-shard: "1" is not I/N`, 2},
 		{"missing prompts file", []string{"-data", data, "-tasks", "lcc", "-out", "o", "-prompts", "/nonexistent/p.json"}, "/nonexistent/p.json", 1},
 	}
 	for _, tc := range tests {
