@@ -32,7 +32,7 @@ const maskedScore = -1e30
 
 // layerNodes are one decoder layer's weights inside a graph, in the runner's packed layout (packWeights):
 // the q, k and v projections are one [q+2·kv, hidden] matrix and gate and up one [2·intermediate, hidden]
-// matrix, so that a step reads them in one product each (XLA runs fewer, larger kernels: a 7B-shape
+// matrix (transposed, like o and down, on backends that take [in, out]: transposedProjections), so that a step reads them in one product each (XLA runs fewer, larger kernels: a 7B-shape
 // decode step's products went from 4.7 to 4.5 ms, an 80-row step's from 6.6 to 5.7 ms on an H200).
 type layerNodes struct {
 	inNorm, qkv, o, postNorm, gateUp, down *Node
@@ -199,9 +199,14 @@ func rmsNorm(x, weight *Node, eps float64) *Node {
 	return Mul(ConvertDType(y, dtype), ExpandLeftToRank(weight, x.Rank()))
 }
 
-// linear is x·Wᵀ (+ b) with W in Hugging Face's [out, in] layout.
+// linear is x·Wᵀ (+ b) with W in Hugging Face's [out, in] layout, or x·W with W in [in, out] layout on the
+// backends whose weights packWeights transposes (transposedProjections).
 func linear(x, w, b *Node) *Node {
-	y := einsum("ni,oi->no", x, w) // [n, out]
+	eq := "ni,oi->no"
+	if transposedProjections(x.Graph().Backend()) {
+		eq = "ni,io->no"
+	}
+	y := einsum(eq, x, w) // [n, out]
 	if b != nil {
 		y = Add(y, ExpandLeftToRank(b, 2))
 	}

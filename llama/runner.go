@@ -126,8 +126,9 @@ func NewRunner(backend compute.Backend, cfg *Config, w *Weights, opts Options) (
 
 // packWeights turns w (Config.WeightNames order) into the step's packed order (see layerNodes): per
 // layer inNorm, q|k|v, o, postNorm, gate|up, down, then the biases present (q|k|v, o, gate|up, down).
-// The concatenations run on the device, one layer at a time, and each layer's separate matrices are
-// freed as soon as they are packed, so the peak memory grows by one layer's q, k, v, gate and up.
+// On the pure-Go backend the four projection matrices are also transposed to [in, out] (see
+// transposedProjections). The work runs on the device, one layer at a time, and each layer's original
+// matrices are freed as soon as they are packed, so the peak memory grows by one layer's matrices.
 func packWeights(backend compute.Backend, c *Config, w *Weights) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -138,11 +139,19 @@ func packWeights(backend compute.Backend, c *Config, w *Weights) (err error) {
 	if len(w.Tensors) != nGlobal+c.NumHiddenLayers*nLayer {
 		return fmt.Errorf("llama: %d weight tensors, the config needs %d", len(w.Tensors), nGlobal+c.NumHiddenLayers*nLayer)
 	}
-	// Per layer (layerWeightSpecs order): 0 inNorm, 1 q, 2 k, 3 v, 4 o, 5 postNorm, 6 gate, 7 up, 8 down,
-	// then q/k/v biases, o bias, gate/up/down biases as the config has them.
+	transpose := transposedProjections(backend)
+	// Inputs: q, k, v, gate, up, [o, down when transposing], [q/k/v biases], [gate/up biases].
+	// Outputs: q|k|v, gate|up, [o, down transposed], [q|k|v bias], [gate|up bias].
 	exec, err := graph.NewExec(backend, func(in []*graph.Node) []*graph.Node {
 		out := []*graph.Node{graph.Concatenate(in[:3], 0), graph.Concatenate(in[3:5], 0)}
 		in = in[5:]
+		if transpose {
+			out = append(out, in[0], in[1])
+			for i := range 4 {
+				out[i] = graph.Transpose(out[i], 0, 1)
+			}
+			in = in[2:]
+		}
 		if c.AttentionBias {
 			out, in = append(out, graph.Concatenate(in[:3], 0)), in[3:]
 		}
@@ -169,16 +178,25 @@ func packWeights(backend compute.Backend, c *Config, w *Weights) (err error) {
 		if c.MLPBias {
 			guBias, downBias = biases[:2], biases[2:3]
 		}
-		args := []any{lw[1], lw[2], lw[3], lw[6], lw[7]}
-		for _, t := range append(slices.Clone(qkvBias), guBias...) {
-			args = append(args, t)
+		used := []*tensors.Tensor{lw[1], lw[2], lw[3], lw[6], lw[7]}
+		if transpose {
+			used = append(used, lw[4], lw[8])
+		}
+		used = append(append(used, qkvBias...), guBias...)
+		args := make([]any, len(used))
+		for i, t := range used {
+			args[i] = t
 		}
 		out, err := exec.Call(args...)
 		if err != nil {
 			return fmt.Errorf("llama: packing layer %d's weights: %w", l, err)
 		}
-		packed = append(packed, lw[0], out[0], lw[4], lw[5], out[1], lw[8])
+		qkv, gu, o, down := out[0], out[1], lw[4], lw[8]
 		out = out[2:]
+		if transpose {
+			o, down, out = out[0], out[1], out[2:]
+		}
+		packed = append(packed, lw[0], qkv, o, lw[5], gu, down)
 		if c.AttentionBias {
 			packed, out = append(packed, out[0]), out[1:]
 		}
@@ -186,13 +204,19 @@ func packWeights(backend compute.Backend, c *Config, w *Weights) (err error) {
 		if c.MLPBias {
 			packed = append(packed, out[0], downBias[0])
 		}
-		for _, t := range append(append([]*tensors.Tensor{lw[1], lw[2], lw[3], lw[6], lw[7]}, qkvBias...), guBias...) {
+		for _, t := range used {
 			t.FinalizeAll()
 		}
 	}
 	w.Tensors = packed
 	return nil
 }
+
+// transposedProjections reports whether the backend's steps take their projection matrices in [in, out]
+// layout instead of Hugging Face's [out, in] (see linear). XLA on the GPU reads [out, in] twice as fast
+// in single-row products (BENCHMARKS.md, the projection benchmark); the pure-Go backend's matrix
+// kernels are faster with [in, out].
+func transposedProjections(b compute.Backend) bool { return b.String() == "go" }
 
 // Config returns the model's blueprint.
 func (r *Runner) Config() *Config { return r.cfg }

@@ -144,7 +144,8 @@ func TestAppendErrors(t *testing.T) {
 }
 
 // TestPackWeights: the runner's packed layout is q|k|v and gate|up concatenated along the output axis
-// (their biases too), every other tensor unchanged, and unpackWeights names each packed input as such —
+// (their biases too), the projection matrices transposed on backends that take [in, out], every other
+// tensor unchanged, and unpackWeights names each packed input as such —
 // checked on a config with every optional bias and an untied LM head, where each weight element holds a
 // distinct value.
 func TestPackWeights(t *testing.T) {
@@ -201,13 +202,29 @@ func TestPackWeights(t *testing.T) {
 		}
 		return v
 	}
+	// mat is a projection matrix as the backend's steps take it: [out, in], or [in, out] where
+	// transposedProjections says so.
+	mat := func(v []float32, in int) []float32 {
+		if !transposedProjections(b) {
+			return v
+		}
+		out := len(v) / in
+		t := make([]float32, len(v))
+		for i := range out {
+			for j := range in {
+				t[j*out+i] = v[i*in+j]
+			}
+		}
+		return t
+	}
+	h, q := cfg.HiddenSize, cfg.NumAttentionHeads*cfg.HeadDim
 	want := [][]float32{values["model.embed_tokens.weight"], values["model.norm.weight"], values["lm_head.weight"]}
 	for l := range cfg.NumHiddenLayers {
 		p := fmt.Sprintf("model.layers.%d.", l)
 		want = append(want, values[p+"input_layernorm.weight"],
-			cat(p+"self_attn.q_proj.weight", p+"self_attn.k_proj.weight", p+"self_attn.v_proj.weight"),
-			values[p+"self_attn.o_proj.weight"], values[p+"post_attention_layernorm.weight"],
-			cat(p+"mlp.gate_proj.weight", p+"mlp.up_proj.weight"), values[p+"mlp.down_proj.weight"],
+			mat(cat(p+"self_attn.q_proj.weight", p+"self_attn.k_proj.weight", p+"self_attn.v_proj.weight"), h),
+			mat(values[p+"self_attn.o_proj.weight"], q), values[p+"post_attention_layernorm.weight"],
+			mat(cat(p+"mlp.gate_proj.weight", p+"mlp.up_proj.weight"), h), mat(values[p+"mlp.down_proj.weight"], cfg.IntermediateSize),
 			cat(p+"self_attn.q_proj.bias", p+"self_attn.k_proj.bias", p+"self_attn.v_proj.bias"),
 			values[p+"self_attn.o_proj.bias"], cat(p+"mlp.gate_proj.bias", p+"mlp.up_proj.bias"), values[p+"mlp.down_proj.bias"])
 	}
@@ -223,11 +240,16 @@ func TestPackWeights(t *testing.T) {
 			t.Errorf("output %d (%v): got %v..., want %v...", i, o.Shape(), got[:min(4, len(got))], want[i][:min(4, len(want[i]))])
 		}
 	}
-	// The packed q|k|v matrix is [q+2·kv, hidden], gate|up [2·intermediate, hidden].
-	if got := out[3+1].Shape().Dimensions; !slices.Equal(got, []int{16, 8}) {
-		t.Errorf("q|k|v shape %v", got)
+	// The packed q|k|v matrix is [q+2·kv, hidden], gate|up [2·intermediate, hidden] (transposed where the
+	// backend takes [in, out]).
+	qkvDims, guDims := []int{16, 8}, []int{24, 8}
+	if transposedProjections(b) {
+		qkvDims, guDims = []int{8, 16}, []int{8, 24}
 	}
-	if got := out[3+4].Shape().Dimensions; !slices.Equal(got, []int{24, 8}) {
-		t.Errorf("gate|up shape %v", got)
+	if got := out[3+1].Shape().Dimensions; !slices.Equal(got, qkvDims) {
+		t.Errorf("q|k|v shape %v, want %v", got, qkvDims)
+	}
+	if got := out[3+4].Shape().Dimensions; !slices.Equal(got, guDims) {
+		t.Errorf("gate|up shape %v, want %v", got, guDims)
 	}
 }

@@ -211,24 +211,23 @@ func (p *Prefix) Squeeze(ctx context.Context, opts SqueezeOptions) (err error) {
 	if err != nil {
 		return err
 	}
-	args := make([]any, 0, L+1)
-	for _, t := range p.kv.k {
-		args = append(args, t)
-	}
-	args = append(args, int32(idx.clustered))
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	out, err := exec.Call(args...)
-	if err != nil {
-		return fmt.Errorf("llama: clustering: %w", err)
-	}
+	// One layer per call: the k-means of every layer in one executable needed all layers' similarity
+	// matrices at once (15 GB for a 32K context of the LLaMA-2-7B shape, which ran out of memory).
 	for l := range L {
-		idx.centroids = append(idx.centroids, out[5*l])
-		idx.counts = append(idx.counts, out[5*l+1])
-		idx.labels = append(idx.labels, out[5*l+2])
-		idx.starts = append(idx.starts, out[5*l+3])
-		idx.order = append(idx.order, out[5*l+4])
+		if err := ctx.Err(); err != nil {
+			idx.free()
+			return err
+		}
+		out, err := exec.Call(p.kv.k[l], int32(idx.clustered))
+		if err != nil {
+			idx.free()
+			return fmt.Errorf("llama: clustering layer %d: %w", l, err)
+		}
+		idx.centroids = append(idx.centroids, out[0])
+		idx.counts = append(idx.counts, out[1])
+		idx.labels = append(idx.labels, out[2])
+		idx.starts = append(idx.starts, out[3])
+		idx.order = append(idx.order, out[4])
 	}
 	// Wait for the device so the clustering time is real.
 	if _, err := tensors.CopyFlatData[float32](idx.counts[0]); err != nil {
@@ -331,22 +330,17 @@ func (r *Runner) namedExec(key string, build func() (*graph.Exec, error)) (*grap
 	return e, nil
 }
 
-// clusterExec returns the executable that clusters every layer's keys ([numKVHeads, capacity, headDim],
-// the first `clustered` rows) into k clusters. Outputs per layer: centroids, counts, labels, and the
-// cluster order's starts and order (squeeze.ClusterOrder).
+// clusterExec returns the executable that clusters one layer's keys ([numKVHeads, capacity, headDim],
+// the first `clustered` rows) into k clusters. Outputs: centroids, counts, labels, and the cluster
+// order's starts and order (squeeze.ClusterOrder).
 func (r *Runner) clusterExec(k, iters int) (*graph.Exec, error) {
 	key := fmt.Sprintf("cluster/%d/%d", k, iters)
 	return r.namedExec(key, func() (*graph.Exec, error) {
-		e, err := graph.NewExec(r.backend, func(g *Graph, in []*Node) []*Node {
-			keys, clustered := in[:len(in)-1], in[len(in)-1]
-			var out []*Node
-			for _, kl := range keys {
-				c, labels, counts := squeeze.KMeansMasked(kl, clustered, k, iters)
-				c = ConvertDType(ConvertDType(c, dtypes.BFloat16), dtypes.Float32) // the storage precision
-				order, starts := squeeze.ClusterOrder(labels, counts, clustered)
-				out = append(out, c, counts, labels, starts, order)
-			}
-			return out
+		e, err := graph.NewExec(r.backend, func(keys, clustered *Node) []*Node {
+			c, labels, counts := squeeze.KMeansMasked(keys, clustered, k, iters)
+			c = ConvertDType(ConvertDType(c, dtypes.BFloat16), dtypes.Float32) // the storage precision
+			order, starts := squeeze.ClusterOrder(labels, counts, clustered)
+			return []*Node{c, counts, labels, starts, order}
 		})
 		if err != nil {
 			return nil, err

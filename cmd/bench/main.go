@@ -27,6 +27,7 @@ import (
 
 	"github.com/squeezeai/sqllm/backend/xla"
 	"github.com/squeezeai/sqllm/engine"
+	"github.com/squeezeai/sqllm/llama"
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
@@ -49,7 +50,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cacheDir := fs.String("cache-dir", "", "prefix cache directory for -ttft-context (default: a temporary directory)")
 	ttftDisk := fs.Bool("ttft-disk", true, "with -ttft-context, also time disk hits")
 	memCache := fs.Float64("memory-cache-gib", 0, "device memory budget of cached prefixes, GiB (0: the engine's default, 2 GiB)")
+	sqBudget := fs.Float64("squeeze-budget", 0, "also run every -lens length as a fixed context with Squeezed Attention at this fixed budget (fraction of the keys kept, e.g. 0.1) beside the same context dense: user-input time and decode ms/token (0 = skip)")
+	sqInput := fs.Int("squeeze-input", 512, "user-input tokens after the fixed context, for -squeeze-budget")
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if !(*sqBudget >= 0 && *sqBudget < 1) || *sqInput < 1 {
+		fmt.Fprintf(stderr, "bench: -squeeze-budget %v / -squeeze-input %d: want a fraction in [0, 1) and at least one input token\n", *sqBudget, *sqInput)
 		return 2
 	}
 	if !(*memCache >= 0) || math.IsInf(*memCache, 0) {
@@ -115,6 +122,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if *lensFlag == "" {
 			return 0
 		}
+	}
+	if *sqBudget > 0 {
+		if err := squeezed(ctx, stdout, m, name, lens, *sqInput, *decode, *reps, *sqBudget); err != nil {
+			fmt.Fprintf(stderr, "bench: %v\n", err)
+			return 1
+		}
+		return 0
 	}
 	var bw float64 // measured copy bandwidth, bytes/s (read + write)
 	if len(lens) > 0 {
@@ -256,6 +270,53 @@ func ttft(ctx context.Context, w io.Writer, m *engine.Model, name string, n, q, 
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
 	fmt.Fprintf(w, "| %s | %s | %s | %d | %d | %.4f | %.4f | %.4f | %.1f× | %.1f× |\n\n", name, m.Backend.Kind, m.DType(), n, q,
 		tCold, tMem, tDisk, tCold/tMem, tCold/tDisk)
+	return nil
+}
+
+// squeezed measures Squeezed Attention inside the engine: for each fixed-context length, the context is
+// prefilled once, then used dense and with a fixed-budget squeeze index; each answers the same user input
+// (input tokens) and decodes decode tokens greedily. It prints the time of the user input's step (to the
+// first token's logits) and the decode time per token, medians of reps runs after a compiling one.
+func squeezed(ctx context.Context, w io.Writer, m *engine.Model, name string, lens []int, input, decode, reps int, budget float64) error {
+	fmt.Fprintf(w, "\n| model | dtype | fixed context | user input | attention | user-input step ms | decode ms/token | kept fraction | clustering s |\n")
+	fmt.Fprintln(w, "|---|---|---:|---:|---|---:|---:|---:|---:|")
+	for _, n := range lens {
+		fixed := synthetic(n, 0, m.Config.VocabSize)
+		question := synthetic(input, n, m.Config.VocabSize)
+		var denseIn, denseDec float64
+		for _, sq := range []*llama.SqueezeOptions{nil, {Budget: budget}} {
+			c, err := m.NewContextSqueezed(ctx, fixed, sq)
+			if err != nil {
+				return err
+			}
+			info, isSq := c.Squeeze()
+			var tin, tdec []float64
+			for rep := 0; rep <= reps; rep++ { // rep 0 compiles
+				res, err := c.Generate(ctx, engine.Request{PromptTokens: question, MaxTokens: decode + 1, IgnoreEOS: true})
+				if err != nil {
+					c.Close()
+					return err
+				}
+				if rep > 0 && res.DecodeTokens > 0 {
+					tin = append(tin, res.PrefillDuration.Seconds())
+					tdec = append(tdec, res.DecodeDuration.Seconds()/float64(res.DecodeTokens))
+				}
+			}
+			c.Close()
+			tIn, tDec := median(tin), median(tdec)
+			mode, kept, clus, vs := "dense", "1", "", ""
+			if isSq {
+				mode = fmt.Sprintf("squeezed, budget %g", budget)
+				kept = fmt.Sprintf("%.3f", info.KeptFraction)
+				clus = fmt.Sprintf("%.2f", info.ClusterTime.Seconds())
+				vs = fmt.Sprintf(" (%.2f× / %.2f×)", denseIn/tIn, denseDec/tDec)
+			} else {
+				denseIn, denseDec = tIn, tDec
+			}
+			fmt.Fprintf(w, "| %s | %s | %d | %d | %s%s | %.2f | %.2f | %s | %s |\n", name, m.DType(), n, input, mode, vs,
+				tIn*1e3, tDec*1e3, kept, clus)
+		}
+	}
 	return nil
 }
 
