@@ -47,7 +47,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	label := fs.String("label", "", "label for the table's first column (default: the model directory's name)")
 	ttftCtx := fs.Int("ttft-context", 0, "also measure time to first token with a cached fixed context of this many tokens (0 = skip)")
 	ttftQ := fs.Int("ttft-question", 64, "user-input tokens after the fixed context, for -ttft-context")
-	cacheDir := fs.String("cache-dir", "", "prefix cache directory for -ttft-context (default: a temporary directory)")
+	cacheDir := fs.String("cache-dir", "", "prefix cache directory for -ttft-context and -squeeze-budget (default: a temporary directory)")
 	ttftDisk := fs.Bool("ttft-disk", true, "with -ttft-context, also time disk hits")
 	memCache := fs.Float64("memory-cache-gib", 0, "device memory budget of cached prefixes, GiB (0: the engine's default, 2 GiB)")
 	sqBudget := fs.Float64("squeeze-budget", 0, "also run every -lens length as a fixed context with Squeezed Attention at this fixed budget (fraction of the keys kept, e.g. 0.1) beside the same context dense: user-input time and decode ms/token (0 = skip)")
@@ -88,7 +88,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 	}
-	if *ttftCtx > 0 && *cacheDir == "" {
+	if (*ttftCtx > 0 || *sqBudget > 0) && *cacheDir == "" { // fresh: a stored prefix or index would skip the work timed
 		tmp, err := os.MkdirTemp("", "sqllm-bench-cache")
 		if err != nil {
 			fmt.Fprintf(stderr, "bench: %v\n", err)
@@ -309,6 +309,9 @@ func squeezed(ctx context.Context, w io.Writer, m *engine.Model, name string, le
 				mode = fmt.Sprintf("squeezed, budget %g", budget)
 				kept = fmt.Sprintf("%.3f", info.KeptFraction)
 				clus = fmt.Sprintf("%.2f", info.ClusterTime.Seconds())
+				if info.Loaded {
+					clus = "loaded"
+				}
 				vs = fmt.Sprintf(" (%.2f× / %.2f×)", denseIn/tIn, denseDec/tDec)
 			} else {
 				denseIn, denseDec = tIn, tDec
