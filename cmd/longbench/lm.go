@@ -36,15 +36,18 @@ func runnable(c evals.Config) error {
 	return nil
 }
 
-// squeezeOptions maps a config to the engine's Squeezed Attention options (nil: dense).
-func squeezeOptions(c evals.Config) *llama.SqueezeOptions {
-	switch {
-	case !c.Squeezed():
+// squeezeOptions maps a config to the engine's Squeezed Attention options (nil: dense), with the index
+// knobs of the -squeeze-* flags (0: the engine's defaults).
+func squeezeOptions(c evals.Config, o *options) *llama.SqueezeOptions {
+	if !c.Squeezed() {
 		return nil
-	case c.FixedBudget:
-		return &llama.SqueezeOptions{Budget: 1 - c.Sparsity}
 	}
-	return &llama.SqueezeOptions{Sparsity: c.Sparsity}
+	sq := &llama.SqueezeOptions{Sparsity: c.Sparsity}
+	if c.FixedBudget {
+		sq = &llama.SqueezeOptions{Budget: 1 - c.Sparsity}
+	}
+	sq.Centroids, sq.Window, sq.Iterations = o.sqCentroids, o.sqWindow, o.sqIters
+	return sq
 }
 
 // openEngine opens the model with the engine.
@@ -60,7 +63,7 @@ func openEngine(o *options) (*loaded, error) {
 		desc += " (" + m.Backend.Note + ")"
 	}
 	return &loaded{lm: engineLM{m: m}, maxContext: m.Runner.MaxLen(), describe: desc, close: func() { m.Close() },
-		forConfig: func(c evals.Config) evals.LM { return engineLM{m: m, sq: squeezeOptions(c)} }}, nil
+		forConfig: func(c evals.Config) evals.LM { return engineLM{m: m, sq: squeezeOptions(c, o)} }}, nil
 }
 
 // engineLM is evals.LM over an engine.Model: the fixed context is prefilled (or found in the prefix cache)

@@ -25,6 +25,7 @@ import (
 	"github.com/squeezeai/sqllm/backend/xla"
 	"github.com/squeezeai/sqllm/engine"
 	"github.com/squeezeai/sqllm/evals"
+	"github.com/squeezeai/sqllm/llama"
 	"github.com/squeezeai/sqllm/tokenizer"
 )
 
@@ -40,6 +41,8 @@ type options struct {
 	prompts, maxLen                     string
 	maxLength, limit                    int
 	maxChunk, ctxGranule                int
+	sqCentroids                         float64
+	sqWindow, sqIters                   int
 	backend, dtype, cacheDir            string
 	quiet, timings                      bool
 	shard                               string
@@ -66,6 +69,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.timings, "timings", false, "print each item's phase times (context prefill/clustering/calibration, generation) to stderr")
 	fs.StringVar(&o.backend, "backend", "auto", "auto | go | xla")
 	fs.StringVar(&o.dtype, "dtype", "", "compute dtype: f32 | bf16 (default: f32 on the go backend, bf16 on xla)")
+	fs.Float64Var(&o.sqCentroids, "squeeze-centroids", 0, "sqNN/sqNNb configs: centroids per KV head as a fraction of the context (0: the engine's 0.05)")
+	fs.IntVar(&o.sqWindow, "squeeze-window", 0, "sqNN/sqNNb configs: observation window in tokens (0: the engine's 100)")
+	fs.IntVar(&o.sqIters, "squeeze-iters", 0, "sqNN/sqNNb configs: k-means iterations (0: the engine's 10)")
 	fs.IntVar(&o.maxChunk, "max-chunk", 0, "prefill chunk in tokens (0: the engine's default); a larger chunk means fewer step shapes to compile")
 	fs.IntVar(&o.ctxGranule, "ctx-granule", 0, "fixed-context capacities are multiples of this many tokens (0: the engine's default); a larger granule means fewer executables to compile over contexts of many lengths")
 	fs.StringVar(&o.cacheDir, "cache-dir", "-", "on-disk prefix cache directory ('-': none, the default, since every item has its own context; '': the per-user default)")
@@ -102,6 +108,10 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, errors.New("-limit, -max-length, -max-chunk and -ctx-granule must not be negative")
 	case o.maxLength == 1:
 		return nil, errors.New("-max-length 1 keeps no token (half of it is 0)")
+	}
+	// The squeeze knobs are checked like the engine checks them (any mode will do for that).
+	if _, err := (llama.SqueezeOptions{Budget: 0.5, Centroids: o.sqCentroids, Window: o.sqWindow, Iterations: o.sqIters}).Normalized(); err != nil {
+		return nil, fmt.Errorf("-squeeze-centroids/-squeeze-window/-squeeze-iters: %w", err)
 	}
 	if o.shard != "" {
 		var err error

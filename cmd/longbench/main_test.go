@@ -176,6 +176,8 @@ func TestStartupErrors(t *testing.T) {
 		{"bad backend", []string{"-data", data, "-tasks", "lcc", "-out", "o", "-backend", "tpu"}, `unknown backend "tpu"`, 2},
 		{"unknown task", []string{"-data", data, "-tasks", "tinycode_lcc,nosuch", "-out", "o"}, "task nosuch: no prompt template", 1},
 		{"missing data", []string{"-data", data, "-tasks", "lcc", "-out", "o"}, "task lcc: no data", 1},
+		{"bad squeeze centroids", []string{"-data", data, "-tasks", "lcc", "-out", "o", "-squeeze-centroids", "0.9"}, "-squeeze-centroids/-squeeze-window/-squeeze-iters: llama: squeeze centroids fraction 0.9 outside (0, 0.5]", 2},
+		{"bad squeeze window", []string{"-data", data, "-tasks", "lcc", "-out", "o", "-squeeze-window", "-3"}, "observation window -3", 2},
 		{"bad shard", []string{"-data", data, "-tasks", "lcc", "-out", "o", "-shard", "2/2"}, `-shard: "2/2" is not I/N with 0 <= I < N`, 2},
 		{"shard not a fraction", []string{"-data", data, "-tasks", "lcc", "-out", "o", "-shard", "1"}, `-shard: "1" is not I/N`, 2},
 		{"missing prompts file", []string{"-data", data, "-tasks", "lcc", "-out", "o", "-prompts", "/nonexistent/p.json"}, "/nonexistent/p.json", 1},
@@ -253,14 +255,22 @@ func TestSqueezeConfigs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o := squeezeOptions(cs[0]); o != nil {
+	flags := &options{}
+	if o := squeezeOptions(cs[0], flags); o != nil {
 		t.Errorf("dense: %+v", o)
 	}
-	if o := squeezeOptions(cs[1]); o == nil || o.Sparsity != 0.7 || o.Budget != 0 {
-		t.Errorf("sq70: %+v, want the calibrated mode with sparsity 0.7", o)
+	if o := squeezeOptions(cs[1], flags); o == nil || o.Sparsity != 0.7 || o.Budget != 0 || o.Centroids != 0 {
+		t.Errorf("sq70: %+v, want the calibrated mode with sparsity 0.7 and default index knobs", o)
 	}
-	if o := squeezeOptions(cs[2]); o == nil || o.Sparsity != 0 || math.Abs(o.Budget-0.1) > 1e-12 {
+	if o := squeezeOptions(cs[2], flags); o == nil || o.Sparsity != 0 || math.Abs(o.Budget-0.1) > 1e-12 {
 		t.Errorf("sq90b: %+v, want the fixed budget 0.1", o)
+	}
+	// The -squeeze-* flags reach both modes.
+	flags = &options{sqCentroids: 0.1, sqWindow: 200, sqIters: 20}
+	for _, c := range cs[1:] {
+		if o := squeezeOptions(c, flags); o.Centroids != 0.1 || o.Window != 200 || o.Iterations != 20 {
+			t.Errorf("%s with -squeeze-centroids 0.1 -squeeze-window 200 -squeeze-iters 20: %+v", c.Name, o)
+		}
 	}
 	for _, c := range cs {
 		if err := runnable(c); err != nil {
