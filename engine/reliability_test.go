@@ -759,6 +759,8 @@ func TestOpenLimits(t *testing.T) {
 		"MaxContext beyond the model": {MaxContext: 16385},
 		"negative MaxContext":         {MaxContext: -1},
 		"negative MemoryCacheBytes":   {MemoryCacheBytes: -1},
+		"negative CtxGranule":         {CtxGranule: -1},
+		"CtxGranule over the limit":   {CtxGranule: MaxChunkLimit + 1},
 		"MaxChunk over the limit":     {MaxChunk: MaxChunkLimit + 1},
 		"MaxChunk MaxInt":             {MaxChunk: math.MaxInt}, // would never finish rounding to a power of two
 	} {

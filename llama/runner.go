@@ -535,22 +535,23 @@ func (s *Sequence) append(ctx context.Context, tokens []int, allLogits bool) (lo
 		}()
 	}
 	// An empty sequence that owns its context prefills straight into the fixed-context segment; anything
-	// after that goes to the dynamic segment.
-	// Prefilling into the context, the first chunk takes the remainder (len mod MaxChunk) and the rest are
-	// whole chunks: the first chunk's step has no context input, so its shape depends on its length alone,
-	// and every later step's on the context capacity alone (a remainder last would compile one executable
-	// per pair of remainder bucket and context capacity).
+	// after that goes to the dynamic segment. Prefilling into the context, the first chunk takes the
+	// remainder (len mod MaxChunk) and the rest are whole chunks: the first chunk's step has no context
+	// input, so its shape depends on its length alone, and every later step's on the context capacity
+	// alone (a remainder last would compile one executable per pair of remainder bucket and capacity).
 	intoCtx := s.Len() == 0 && !s.shared
-	first := true
+	remainder := 0
+	if intoCtx {
+		remainder = len(tokens) % s.r.opts.MaxChunk
+	}
 	for len(tokens) > 0 {
 		if err := ctx.Err(); err != nil {
 			return logits, fmt.Errorf("llama: %w", err)
 		}
 		n := min(len(tokens), s.r.opts.MaxChunk)
-		if intoCtx && first && len(tokens)%s.r.opts.MaxChunk != 0 {
-			n = len(tokens) % s.r.opts.MaxChunk
+		if remainder > 0 {
+			n, remainder = remainder, 0
 		}
-		first = false
 		var out [][]float32
 		if intoCtx {
 			out, err = s.prefillChunk(tokens[:n], allLogits)

@@ -35,21 +35,7 @@ func TestSqueezedPrefix(t *testing.T) {
 		}
 		info, _ := p.SqueezeInfo()
 		// Teacher-forced decode: every step selects keys with its own token's queries.
-		s := p.NewSequence()
-		var got [][]float32
-		for _, tok := range ids[ctxLen:] {
-			l, err := s.Append(context.Background(), []int{tok})
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, x := range l {
-				if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
-					t.Fatalf("budget %.1f: non-finite logit", budget)
-				}
-			}
-			got = append(got, l)
-		}
-		s.Close()
+		got := decodeLogits(t, p, ids[ctxLen:])
 		p.Free()
 		worst, agree := 0.0, 0
 		for i, row := range got {

@@ -229,12 +229,10 @@ var DefaultFlags = []string{"--xla_gpu_enable_command_buffer="}
 func WithDefaultFlags(flags string) string {
 	for _, f := range DefaultFlags {
 		name, _, _ := strings.Cut(f, "=")
-		set := false
-		for _, g := range strings.Fields(flags) {
-			if n, _, _ := strings.Cut(g, "="); n == name {
-				set = true
-			}
-		}
+		set := slices.ContainsFunc(strings.Fields(flags), func(g string) bool {
+			n, _, _ := strings.Cut(g, "=")
+			return n == name
+		})
 		if !set {
 			flags = strings.TrimSpace(flags + " " + f)
 		}

@@ -50,7 +50,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cacheDir := fs.String("cache-dir", "", "prefix cache directory for -ttft-context and -squeeze-budget (default: a temporary directory)")
 	ttftDisk := fs.Bool("ttft-disk", true, "with -ttft-context, also time disk hits")
 	memCache := fs.Float64("memory-cache-gib", 0, "device memory budget of cached prefixes, GiB (0: the engine's default, 2 GiB)")
-	sqBudget := fs.Float64("squeeze-budget", 0, "also run every -lens length as a fixed context with Squeezed Attention at this fixed budget (fraction of the keys kept, e.g. 0.1) beside the same context dense: user-input time and decode ms/token (0 = skip)")
+	sqBudget := fs.Float64("squeeze-budget", 0, "instead of the speed table: every -lens length as a fixed context, answered dense and with Squeezed Attention at this fixed budget (fraction of the keys kept, e.g. 0.1): user-input step and decode ms/token (0 = off)")
 	sqInput := fs.Int("squeeze-input", 512, "user-input tokens after the fixed context, for -squeeze-budget")
 	if err := fs.Parse(args); err != nil {
 		return 2

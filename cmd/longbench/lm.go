@@ -62,8 +62,8 @@ func openEngine(o *options) (*loaded, error) {
 	if m.Backend.Note != "" {
 		desc += " (" + m.Backend.Note + ")"
 	}
-	return &loaded{lm: engineLM{m: m}, maxContext: m.Runner.MaxLen(), describe: desc, close: func() { m.Close() },
-		forConfig: func(c evals.Config) evals.LM { return engineLM{m: m, sq: squeezeOptions(c, o)} }}, nil
+	return &loaded{lm: engineLM{m: m, timings: o.timingsTo}, maxContext: m.Runner.MaxLen(), describe: desc, close: func() { m.Close() },
+		forConfig: func(c evals.Config) evals.LM { return engineLM{m: m, sq: squeezeOptions(c, o), timings: o.timingsTo} }}, nil
 }
 
 // engineLM is evals.LM over an engine.Model: the fixed context is prefilled (or found in the prefix cache)

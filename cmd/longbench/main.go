@@ -45,6 +45,7 @@ type options struct {
 	sqWindow, sqIters                   int
 	backend, dtype, cacheDir            string
 	quiet, timings                      bool
+	timingsTo                           io.Writer // -timings: where the engine LM writes them (stderr)
 	shard                               string
 	shardIndex, shardCount              int
 	genSynthetic, lengths               string
@@ -184,6 +185,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, open open
 			return fail(1, err)
 		}
 	}
+	if o.timings {
+		o.timingsTo = stderr
+	}
 	m, err := open(o)
 	if err != nil {
 		return fail(1, err)
@@ -202,14 +206,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, open open
 		lms[c.Name] = m.lm
 		if m.forConfig != nil {
 			lms[c.Name] = m.forConfig(c)
-		}
-	}
-	if o.timings {
-		for name, lm := range lms {
-			if e, ok := lm.(engineLM); ok {
-				e.timings = stderr
-				lms[name] = e
-			}
 		}
 	}
 	remaining := plan.Remaining()
