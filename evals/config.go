@@ -14,7 +14,8 @@ import (
 //	sqNN     Squeezed Attention with a threshold calibrated to skip NN% of the fixed context's keys (the
 //	         paper's Sq-NN%; sq70: keep about 30%)
 //	sqNNb    Squeezed Attention in the fixed-budget mode: every step keeps exactly 1-NN% of the keys
-//	sqNNh    calibrated, with hierarchical clustering
+//	sqNNh    calibrated as sqNN, over the hierarchical two-level index (coarse centroids of the
+//	         centroids; each step scores only the centroids under the best coarse ones)
 //
 // The name is the key of the prediction directory (OUT/preds/NAME/) and of the result rows. Mapping a
 // Config to engine options is the caller's job (cmd/longbench).
@@ -22,7 +23,7 @@ type Config struct {
 	Name string
 	// Sparsity is the fraction of keys Squeezed Attention skips (sq70: 0.70); 0 for dense.
 	Sparsity float64
-	// Hierarchical selects hierarchical centroid lookup (the h suffix).
+	// Hierarchical selects the hierarchical two-level index and its centroid lookup (the h suffix).
 	Hierarchical bool
 	// FixedBudget selects the fixed-budget mode (the b suffix): keep 1-Sparsity of the keys at every step
 	// instead of a calibrated threshold.
@@ -31,19 +32,6 @@ type Config struct {
 
 // Squeezed reports whether the config uses Squeezed Attention.
 func (c Config) Squeezed() bool { return c.Name != "dense" }
-
-// ErrNotImplemented is wrapped by the error for a config the engine cannot run yet.
-var ErrNotImplemented = errors.New("not implemented yet")
-
-// NotImplemented is the start-up error for a config the engine cannot run: "config sq70h: hierarchical
-// Squeezed Attention is not implemented yet".
-func (c Config) NotImplemented() error {
-	what := "Squeezed Attention"
-	if c.Hierarchical {
-		what = "hierarchical Squeezed Attention"
-	}
-	return fmt.Errorf("config %s: %s is %w", c.Name, what, ErrNotImplemented)
-}
 
 var sqName = regexp.MustCompile(`^sq([0-9]{1,2})([hb]?)$`)
 

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"compress/gzip"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -212,9 +211,13 @@ func TestParseConfigs(t *testing.T) {
 	if cs[0].Squeezed() || !cs[1].Squeezed() {
 		t.Error("Squeezed")
 	}
-	if got := cs[2].NotImplemented().Error(); got != "config sq90h: hierarchical Squeezed Attention is not implemented yet" ||
-		!errors.Is(cs[2].NotImplemented(), ErrNotImplemented) {
-		t.Errorf("NotImplemented: %q", got)
+	if !cs[2].Squeezed() || cs[2].FixedBudget || !cs[3].FixedBudget || cs[3].Hierarchical {
+		t.Errorf("sq90h and sq80b: %+v %+v", cs[2], cs[3])
+	}
+	for _, name := range []string{"sq1h", "sq99h", "sq5h"} {
+		if c, err := ParseConfig(name); err != nil || !c.Hierarchical || c.FixedBudget || c.Sparsity <= 0 {
+			t.Errorf("ParseConfig(%q) = %+v, %v", name, c, err)
+		}
 	}
 	for _, bad := range []string{"", "sparse", "sq0", "sq100", "sq70x", "dense,dense"} {
 		if _, err := ParseConfigs(bad); err == nil {

@@ -892,7 +892,7 @@ func clusterBench(t testing.TB, b compute.Backend, p abParams, d *abData, log fu
 	var compile, run time.Duration
 	err := abTry(func() error {
 		t0 := time.Now()
-		e, err := r.clusterExec(k, abIters)
+		e, err := r.clusterExec(k, 0, k, abIters)
 		if err != nil {
 			return err
 		}

@@ -19,7 +19,9 @@ import (
 // rows [0, clustered) and causally to themselves: exactly the queries of a normal forward. Every cluster
 // is scored by its estimated probability averaged over the window queries (per KV head over its query
 // heads, as online), and one global threshold over all layers and heads is the quantile of the keys' scores
-// (clusters weighted by their sizes) that drops the target sparsity.
+// (clusters weighted by their sizes) that drops the target sparsity. A hierarchical index scores the
+// clusters with its own lookup (squeeze.HierarchicalClusterScores: the window's queries prune the coarse
+// level as one online step's would), and the fine clusters it does not score count as dropped.
 
 // calibrate sets idx.threshold and idx.calibratedKept for idx.opts.Sparsity from the window's queries.
 func (p *Prefix) calibrate(idx *squeezeIndex) error {
@@ -56,12 +58,12 @@ func (p *Prefix) calibrationScores(idx *squeezeIndex, withLogits bool) (scores, 
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	args := make([]any, 0, len(r.weights.Tensors)+2+4*L)
+	args := make([]any, 0, len(r.weights.Tensors)+2+5*L)
 	for _, t := range r.weights.Tensors {
 		args = append(args, t)
 	}
 	args = append(args, invFreq, packed)
-	for _, ts := range [][]*tensors.Tensor{p.kv.k, p.kv.v, idx.centroids, idx.counts} {
+	for _, ts := range [][]*tensors.Tensor{p.kv.k, p.kv.v, idx.centroids, idx.counts, idx.starts} {
 		for _, t := range ts {
 			args = append(args, t)
 		}
@@ -80,7 +82,7 @@ func (p *Prefix) calibrationScores(idx *squeezeIndex, withLogits bool) (scores, 
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		n, err := tensors.CopyFlatData[float32](idx.counts[l])
+		n, err := idx.fineCounts(l)
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -96,9 +98,10 @@ func (p *Prefix) calibrationScores(idx *squeezeIndex, withLogits bool) (scores, 
 
 // calibrateExec returns the executable of the calibration forward. Inputs: the weights, the RoPE
 // inverse frequencies, one int32 vector [window tokens..., clustered], then per layer the context's keys
-// and values [numKVHeads, ctxCap, headDim] and the index's centroids [numKVHeads, K, headDim] and counts
-// [numKVHeads, K]. Outputs: per layer the clusters' scores [numKVHeads, K] float32 (and the window's
-// logits [window, vocab] with withLogits).
+// and values [numKVHeads, ctxCap, headDim] and the index's centroids, counts and starts (packed for a
+// hierarchical index: see unpackIndex). Outputs: per layer the fine clusters' scores [numKVHeads, K]
+// float32 (-Inf: not scored by a hierarchical index) (and the window's logits [window, vocab] with
+// withLogits).
 func (r *Runner) calibrateExec(withLogits bool) (*graph.Exec, error) {
 	key := fmt.Sprintf("calibrate/%v", withLogits)
 	return r.namedExec(key, func() (*graph.Exec, error) {
@@ -109,7 +112,7 @@ func (r *Runner) calibrateExec(withLogits bool) (*graph.Exec, error) {
 			w := unpackWeights(c, in[:nw])
 			invFreq, packed := in[nw], in[nw+1]
 			rest := in[nw+2:]
-			ctxK, ctxV, centroids, counts := rest[:L], rest[L:2*L], rest[2*L:3*L], rest[3*L:4*L]
+			ctxK, ctxV, centroids, counts, starts := rest[:L], rest[L:2*L], rest[2*L:3*L], rest[3*L:4*L], rest[4*L:5*L]
 			n := packed.Shape().Dimensions[0] - 1
 			tokens := Slice(packed, AxisRange(0, n))               // [window]
 			clustered := Reshape(Slice(packed, AxisRange(n, n+1))) // scalar: position of tokens[0]
@@ -117,7 +120,12 @@ func (r *Runner) calibrateExec(withLogits bool) (*graph.Exec, error) {
 			scale := 1 / math.Sqrt(float64(c.HeadDim))
 			var out []*Node
 			for l, q := range queries {
-				out = append(out, squeeze.ClusterScores(groupQueries(c, q), centroids[l], counts[l], scale)) // [numKVHeads, K]
+				ix := unpackIndex(squeeze.LayerIndex{Centroids: centroids[l], Counts: counts[l], Starts: starts[l]})
+				if ix.CoarseCentroids != nil {
+					out = append(out, squeeze.HierarchicalClusterScores(groupQueries(c, q), ix, scale)) // [numKVHeads, K]
+				} else {
+					out = append(out, squeeze.ClusterScores(groupQueries(c, q), ix.Centroids, ix.Counts, scale)) // [numKVHeads, K]
+				}
 			}
 			if withLogits {
 				x = rmsNorm(x, w.norm, c.RMSNormEps)
@@ -130,6 +138,21 @@ func (r *Runner) calibrateExec(withLogits bool) (*graph.Exec, error) {
 		}
 		return e.WithName(key).SetMaxCache(maxCompiled), nil
 	})
+}
+
+// fineCounts returns layer l's fine cluster counts [numKVHeads × K] (the first K of each head's packed
+// counts for a hierarchical index).
+func (sq *squeezeIndex) fineCounts(l int) ([]float32, error) {
+	n, err := tensors.CopyFlatData[float32](sq.counts[l])
+	if err != nil || sq.k1 == 0 {
+		return n, err
+	}
+	width := sq.k + 2*sq.k1
+	out := make([]float32, 0, len(n)/width*sq.k)
+	for h := 0; h < len(n); h += width {
+		out = append(out, n[h:h+sq.k]...)
+	}
+	return out, nil
 }
 
 // groupQueries folds the query heads sharing a KV head into rows of it, as squeezedAttention does:

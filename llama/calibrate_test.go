@@ -150,6 +150,11 @@ func TestSqueezeOptions(t *testing.T) {
 		{SqueezeOptions{Sparsity: math.NaN()}, "NaN"},
 		{SqueezeOptions{Sparsity: 0.5, Centroids: 0.9}, "centroids"},
 		{SqueezeOptions{Sparsity: 0.5, Window: -1}, "window"},
+		{SqueezeOptions{Sparsity: 0.5, CoarseKeep: 0.5}, "hierarchical index only"},
+		{SqueezeOptions{Sparsity: 0.5, Hierarchical: true, CoarseCentroids: 0.05}, "coarse centroids fraction 0.05"},
+		{SqueezeOptions{Sparsity: 0.5, Hierarchical: true, Centroids: 0.01}, "coarse centroids fraction 0.01"},
+		{SqueezeOptions{Budget: 0.5, Hierarchical: true, CoarseKeep: 1.5}, "coarse keep fraction 1.5"},
+		{SqueezeOptions{Budget: 0.5, Hierarchical: true, CoarseKeep: math.NaN()}, "coarse keep fraction NaN"},
 	} {
 		if _, err := tc.opts.Normalized(); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v: error %v, want one mentioning %q", tc.opts, err, tc.want)
@@ -158,6 +163,19 @@ func TestSqueezeOptions(t *testing.T) {
 	o, err := SqueezeOptions{Sparsity: 0.7}.Normalized()
 	if err != nil || o.String() != "budget=0 sparsity=0.7 centroids=0.05 window=100 iterations=10" {
 		t.Errorf("%v %v", o, err)
+	}
+	// Hierarchical defaults: 1% coarse centroids; twice the kept fraction of the fine ones scored, in [0.5, 1].
+	for _, tc := range []struct {
+		opts SqueezeOptions
+		want string
+	}{
+		{SqueezeOptions{Sparsity: 0.7, Hierarchical: true}, "budget=0 sparsity=0.7 centroids=0.05 window=100 iterations=10 hierarchical coarse=0.01 coarse_keep=0.6"},
+		{SqueezeOptions{Sparsity: 0.9, Hierarchical: true}, "budget=0 sparsity=0.9 centroids=0.05 window=100 iterations=10 hierarchical coarse=0.01 coarse_keep=0.5"},
+		{SqueezeOptions{Budget: 1, Hierarchical: true, CoarseCentroids: 0.02}, "budget=1 sparsity=0 centroids=0.05 window=100 iterations=10 hierarchical coarse=0.02 coarse_keep=1"},
+	} {
+		if o, err := tc.opts.Normalized(); err != nil || o.String() != tc.want {
+			t.Errorf("%+v: %q %v, want %q", tc.opts, o, err, tc.want)
+		}
 	}
 }
 

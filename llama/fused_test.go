@@ -66,6 +66,18 @@ func TestStepKindsAgree(t *testing.T) {
 			t.Errorf("bfloat16, append %d: fused vs plain attention logits differ by %.2g (relative), top-1 same: %v", i, d, same)
 		}
 	}
+	// The fused path with the fixed context cut into pieces (ctxPieces; 512-row contexts cut in 4 here;
+	// another DynBlock only to get a runner of its own, compiled with the small pieces).
+	ctxPieceRows = 128
+	split := appendPlan(t, testRunner(t, dtypes.BFloat16, Options{MaxChunk: 128, DynBlock: 64}))
+	ctxPieceRows = 2048
+	for i := range plain {
+		d, same := maxRelDiff(plain[i], split[i])
+		t.Logf("bfloat16, append %d: fused attention over a cut context vs plain: max relative logit difference %.2g, top-1 same: %v", i, d, same)
+		if d > 0.03 || !same {
+			t.Errorf("bfloat16, append %d: fused attention over a cut context vs plain differ by %.2g (relative), top-1 same: %v", i, d, same)
+		}
+	}
 }
 
 // TestRandomWeightsOn checks the on-device random weights: the right shapes, a deterministic seed, the

@@ -112,7 +112,8 @@ func NewRunner(backend compute.Backend, cfg *Config, w *Weights, opts Options) (
 	}
 	r.steps = map[stepKind]*graph.Exec{}
 	for _, all := range []bool{false, true} {
-		for _, kind := range []stepKind{{hasCtx: true}, {prefill: true}, {prefill: true, hasCtx: true}} {
+		for _, kind := range []stepKind{{hasCtx: true}, {hasCtx: true, deviceToken: true}, {prefill: true},
+			{prefill: true, hasCtx: true}} {
 			kind.allLogits = all
 			e, err := r.newExec(kind, nil)
 			if err != nil {
@@ -262,6 +263,9 @@ type stepKind struct {
 	allLogits bool // logits at every position, else only the last valid one
 	prefill   bool // no dyn input: the chunk's keys/values are the dyn output
 	hasCtx    bool // a fixed-context input (always, except for a sequence's first prefill chunk)
+	// deviceToken: the step's one token is its last input, a scalar int32 on the device (the previous
+	// step's argmax), instead of the packed host vector's first entry (DecodeGreedy's pipelined steps).
+	deviceToken bool
 }
 
 // newExec builds a step executable; with a squeeze index, its inputs end with every layer's centroids,
@@ -278,8 +282,12 @@ func (r *Runner) newExec(kind stepKind, sq *squeezeIndex) (*graph.Exec, error) {
 		packed := rest[1]
 		n := packed.Shape().Dimensions[0] - numScalars
 		scalar := func(i int) *graph.Node { return graph.Reshape(graph.Slice(packed, graph.AxisRange(n+i, n+i+1))) }
+		tokens := graph.Slice(packed, graph.AxisRange(0, n))
+		if kind.deviceToken {
+			tokens = graph.Reshape(in[len(in)-1], 1)
+		}
 		s := stepInputs{
-			invFreq: rest[0], tokens: graph.Slice(packed, graph.AxisRange(0, n)),
+			invFreq: rest[0], tokens: tokens,
 			ctxLen: scalar(0), dynLen: scalar(1), nValid: scalar(2),
 			allLogits: allLogits,
 			fused:     !r.opts.NoFusedAttention && n >= fusedMinTokens,
@@ -319,6 +327,9 @@ func (r *Runner) newExec(kind stepKind, sq *squeezeIndex) (*graph.Exec, error) {
 	}
 	if allLogits {
 		name += "_all_logits"
+	}
+	if kind.deviceToken {
+		name += "_device_token"
 	}
 	e, err := graph.NewExec(r.backend, fn)
 	if err != nil {
@@ -428,6 +439,11 @@ type Sequence struct {
 	closed  bool
 	greedy  bool // AppendGreedy in progress: steps read only the argmax, into next
 	next    int
+	// DecodeGreedy's pipelining (decode.go): with keepNext, a greedy step leaves its argmax on the device
+	// in nextDev instead of reading it into next; a non-nil tokIn is the next step's token, on the device.
+	keepNext bool
+	nextDev  *tensors.Tensor
+	tokIn    *tensors.Tensor
 }
 
 var _ model.Sequence = (*Sequence)(nil)
@@ -669,9 +685,13 @@ func (s *Sequence) step(tokens []int, nb int, ctxKV *kvTensors, ctxLen int, dynK
 			args = append(args, t)
 		}
 	}
-	exec := r.steps[stepKind{allLogits: allLogits, prefill: dynKV == nil, hasCtx: ctxKV != nil}]
+	deviceToken := s.tokIn != nil
+	if deviceToken && (len(tokens) != 1 || dynKV == nil || ctxKV == nil) {
+		return nil, nil, errors.New("llama: a device token feeds only a one-token decode step")
+	}
+	exec := r.steps[stepKind{allLogits: allLogits, prefill: dynKV == nil, hasCtx: ctxKV != nil, deviceToken: deviceToken}]
 	if s.sq != nil && ctxKV == s.ctx {
-		if exec, err = r.stepExecSqueezed(s.sq, allLogits); err != nil {
+		if exec, err = r.stepExecSqueezed(s.sq, allLogits, deviceToken); err != nil {
 			return nil, nil, err
 		}
 		for l := range c.NumHiddenLayers {
@@ -680,6 +700,9 @@ func (s *Sequence) step(tokens []int, nb int, ctxKV *kvTensors, ctxLen int, dynK
 		if s.sq.calibrated() {
 			args = append(args, s.sq.threshold)
 		}
+	}
+	if deviceToken {
+		args = append(args, s.tokIn)
 	}
 	t0 := time.Now()
 	out, err := exec.Call(args...)
@@ -695,6 +718,10 @@ func (s *Sequence) step(tokens []int, nb int, ctxKV *kvTensors, ctxLen int, dynK
 	L := c.NumHiddenLayers
 	newDyn := &kvTensors{k: out[2 : 2+L], v: out[2+L : 2+2*L]}
 	defer out[0].FinalizeAll()
+	if s.greedy && !allLogits && s.keepNext {
+		s.nextDev = out[1] // the caller reads it (or feeds it to the next step) later
+		return [][]float32{nil}, newDyn, nil
+	}
 	defer out[1].FinalizeAll()
 	if s.greedy && !allLogits {
 		next, err := tensors.CopyFlatData[int32](out[1])

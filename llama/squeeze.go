@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/gomlx/compute/dtypes"
+	"github.com/gomlx/compute/shapes"
 	"github.com/gomlx/gomlx/core/graph"
 	. "github.com/gomlx/gomlx/core/graph" //nolint:revive // graph code reads best with the ops unqualified.
 	"github.com/gomlx/gomlx/core/tensors"
@@ -32,8 +33,24 @@ type SqueezeOptions struct {
 	// Window is the observation window: the context's last tokens, never clustered and always attended
 	// (default 100, at most a tenth of the context).
 	Window int
-	// Iterations of k-means (default 10).
+	// Iterations of k-means (default 10; the coarse k-means of a hierarchical index runs as many).
 	Iterations int
+	// Hierarchical adds a coarse level to the index (the paper's hierarchical lookup, with its cost
+	// realised): the fine centroids are clustered into coarse ones, and every step scores the coarse
+	// centroids, then only the fine centroids under the best coarse clusters (squeeze.HierarchicalScores).
+	// The fine clusters it does not score keep none of their keys. Works in both modes.
+	Hierarchical bool
+	// CoarseCentroids is the number of coarse centroids per KV head as a fraction of the context (of its
+	// capacity bucket, as Centroids), below Centroids: hierarchical index only (default 0.01, the paper's
+	// level 1).
+	CoarseCentroids float64
+	// CoarseKeep is the fraction of the fine centroids scored per step, in (0, 1]: the children of the
+	// best coarse clusters, best first, fill ⌈CoarseKeep·K⌉ static slots (hierarchical index only).
+	// Default: twice the fraction of keys a step keeps (the budget, or 1 - sparsity), at least 0.5 and at
+	// most 1 — the paper's level-1 pass prunes about half, and the scored clusters then hold about twice
+	// the keys a step keeps, so the threshold or budget chooses among them rather than being cut short by
+	// the pruning (sq70: 0.6, sq90: 0.5, budget 1: 1). 1 scores every fine centroid (the flat selection).
+	CoarseKeep float64
 }
 
 // Normalized returns the options with their defaults filled in, or an error naming the bad option.
@@ -68,6 +85,28 @@ func (o SqueezeOptions) Normalized() (SqueezeOptions, error) {
 	if o.Iterations < 0 || o.Iterations > 1000 {
 		return o, fmt.Errorf("llama: %d k-means iterations outside [1, 1000]", o.Iterations)
 	}
+	if !o.Hierarchical {
+		if o.CoarseCentroids != 0 || o.CoarseKeep != 0 {
+			return o, fmt.Errorf("llama: squeeze coarse centroids %g and coarse keep %g apply to a hierarchical index only", o.CoarseCentroids, o.CoarseKeep)
+		}
+		return o, nil
+	}
+	if o.CoarseCentroids == 0 {
+		o.CoarseCentroids = 0.01
+	}
+	if !(o.CoarseCentroids > 0 && o.CoarseCentroids < o.Centroids) {
+		return o, fmt.Errorf("llama: squeeze coarse centroids fraction %g outside (0, %g) (below the centroids fraction)", o.CoarseCentroids, o.Centroids)
+	}
+	if o.CoarseKeep == 0 {
+		kept := o.Budget
+		if o.Calibrated() {
+			kept = 1 - o.Sparsity
+		}
+		o.CoarseKeep = math.Round(min(1, max(0.5, 2*kept))*1e6) / 1e6
+	}
+	if !(o.CoarseKeep > 0 && o.CoarseKeep <= 1) {
+		return o, fmt.Errorf("llama: squeeze coarse keep fraction %g outside (0, 1]", o.CoarseKeep)
+	}
 	return o, nil
 }
 
@@ -76,8 +115,12 @@ func (o SqueezeOptions) Calibrated() bool { return o.Sparsity > 0 }
 
 // String is a canonical description of the options (defaults as given), used in cache keys.
 func (o SqueezeOptions) String() string {
-	return fmt.Sprintf("budget=%g sparsity=%g centroids=%g window=%d iterations=%d",
+	s := fmt.Sprintf("budget=%g sparsity=%g centroids=%g window=%d iterations=%d",
 		o.Budget, o.Sparsity, o.Centroids, o.Window, o.Iterations)
+	if o.Hierarchical {
+		s += fmt.Sprintf(" hierarchical coarse=%g coarse_keep=%g", o.CoarseCentroids, o.CoarseKeep)
+	}
+	return s
 }
 
 // thresholdMargin sizes the calibrated mode's static kept-key list: it holds thresholdMargin × the
@@ -96,18 +139,22 @@ type squeezeIndex struct {
 	window    int
 	// budget is the number of clustered keys kept per head and step: in fixed-budget mode exactly that
 	// many, in calibrated mode at most that many (those above the threshold, the best ones if more).
-	budget   int
-	maxKept  int // static size of the kept-key lists (budget + window, bucketed by capacity)
-	k        int
-	capacity int // the prefix's KV capacity (the static shapes follow it)
+	budget  int
+	maxKept int // static size of the kept-key lists (budget + window, bucketed by capacity)
+	k       int
+	// k1 is a hierarchical index's number of coarse centroids (0: flat) and slots the number of fine
+	// centroids each step scores (⌈CoarseKeep·K⌉; K for a flat index).
+	k1, slots int
+	capacity  int // the prefix's KV capacity (the static shapes follow it)
 	// centroids are rounded to bfloat16 (their storage dtype) right after clustering, so that an index
-	// loaded from disk is bit for bit the one computed.
-	centroids []*tensors.Tensor // per layer [numKVHeads, K, headDim] float32
-	counts    []*tensors.Tensor // per layer [numKVHeads, K] float32
+	// loaded from disk is bit for bit the one computed. A hierarchical index packs its coarse level into
+	// centroids, counts and starts (see unpackIndex).
+	centroids []*tensors.Tensor // per layer [numKVHeads, K(+K1), headDim] float32
+	counts    []*tensors.Tensor // per layer [numKVHeads, K(+2·K1)] float32
 	labels    []*tensors.Tensor // per layer [numKVHeads, capacity] int32 (rows ≥ clustered: 0 or unused)
 	// starts and order are the keys sorted by cluster (squeeze.ClusterOrder of labels and counts), for the
 	// step's cluster-level selection: computed on the device after clustering or loading, never stored.
-	starts []*tensors.Tensor // per layer [numKVHeads, K] int32: first slot of each cluster in order
+	starts []*tensors.Tensor // per layer [numKVHeads, K(+F)] int32: first slot of each cluster in order
 	order  []*tensors.Tensor // per layer [numKVHeads, capacity] int32: the clustered keys by cluster, then the rest
 	// Calibrated mode: the global threshold on a cluster's estimated probability, and the fraction of the
 	// clustered keys the calibration queries kept with it.
@@ -124,7 +171,7 @@ func (sq *squeezeIndex) calibrated() bool { return sq.opts.Sparsity > 0 }
 
 // squeezeLayer are one layer's index nodes inside a step graph.
 type squeezeLayer struct {
-	centroids, counts         *Node // [numKVHeads, K, headDim] float32, [numKVHeads, K] float32
+	centroids, counts         *Node // [numKVHeads, K, headDim] float32, [numKVHeads, K] float32 (or packed: unpackIndex)
 	starts, order             *Node // [numKVHeads, K], [numKVHeads, ctxCap] int32 (squeeze.ClusterOrder)
 	clustered, window, budget *Node // scalar int32: they vary per prefix without recompiling
 	maxKept                   int
@@ -139,12 +186,18 @@ type squeezeInputs struct {
 // SqueezeInfo describes a prefix's Squeezed Attention index.
 type SqueezeInfo struct {
 	Options SqueezeOptions // normalized
-	// Budget is the number of clustered keys kept per KV head and step: exactly (fixed-budget mode) or at
-	// most (calibrated mode: the static size of the kept list, see thresholdMargin).
+	// Budget is the number of clustered keys kept per KV head and step: exactly (fixed-budget mode; at
+	// most with a hierarchical index, whose unscored clusters keep nothing) or at most (calibrated mode:
+	// the static size of the kept list, see thresholdMargin).
 	Clustered, Window, Budget, Centroids int
-	// KeptFraction is the fraction of the fixed context's keys read per step, centroids counted as keys:
-	// (kept clustered keys + window + centroids) / context keys. Fixed-budget mode: exact. Calibrated mode:
-	// with the kept keys of the calibration queries (CalibratedKept); other queries keep more or fewer.
+	// CoarseCentroids is a hierarchical index's number of coarse centroids per KV head (0: flat), and
+	// ScoredCentroids the number of fine centroids a step scores: Centroids for a flat index, the static
+	// slots of the best coarse clusters' children (⌈CoarseKeep·Centroids⌉) for a hierarchical one.
+	CoarseCentroids, ScoredCentroids int
+	// KeptFraction is the fraction of the fixed context's keys read per step, the centroids a step scores
+	// counted as keys: (kept clustered keys + window + CoarseCentroids + ScoredCentroids) / context keys.
+	// Fixed-budget mode: exact (flat). Calibrated mode: with the kept keys of the calibration queries
+	// (CalibratedKept); other queries keep more or fewer.
 	KeptFraction float64
 	// Calibrated mode: the threshold and the fraction of the clustered keys that the calibration queries
 	// (the window's own) keep with it.
@@ -169,7 +222,15 @@ func newSqueezeIndex(opts SqueezeOptions, rows, capacity int) (*squeezeIndex, er
 	// Static shapes follow the context capacity (a bucket), so prefixes of different lengths share
 	// executables: K and the kept-list size are fractions of the capacity, the actual counts are inputs.
 	k := max(2, int(math.Round(opts.Centroids*float64(capacity))))
-	idx := &squeezeIndex{opts: opts, clustered: clustered, window: window, k: k, capacity: capacity}
+	idx := &squeezeIndex{opts: opts, clustered: clustered, window: window, k: k, slots: k, capacity: capacity}
+	if opts.Hierarchical {
+		idx.k1 = max(2, int(math.Round(opts.CoarseCentroids*float64(capacity))))
+		if idx.k1 >= k {
+			return nil, fmt.Errorf("llama: a fixed context of %d tokens is too short for a hierarchical index (%d coarse centroids for %d centroids)",
+				rows+1, idx.k1, k)
+		}
+		idx.slots = min(k, int(math.Ceil(opts.CoarseKeep*float64(k))))
+	}
 	if opts.Calibrated() {
 		keep := min(1, thresholdMargin*(1-opts.Sparsity))
 		slots := bucket64(int(math.Ceil(keep * float64(capacity))))
@@ -207,7 +268,7 @@ func (p *Prefix) Squeeze(ctx context.Context, opts SqueezeOptions) (err error) {
 	}
 	start := time.Now()
 	L := p.r.cfg.NumHiddenLayers
-	exec, err := p.r.clusterExec(idx.k, opts.Iterations)
+	exec, err := p.r.clusterExec(idx.k, idx.k1, idx.slots, opts.Iterations)
 	if err != nil {
 		return err
 	}
@@ -263,8 +324,8 @@ func (p *Prefix) SqueezeInfo() (info SqueezeInfo, ok bool) {
 		kept = sq.calibratedKept * float64(sq.clustered)
 	}
 	return SqueezeInfo{Options: sq.opts, Clustered: sq.clustered, Window: sq.window, Budget: sq.budget,
-		Centroids:    sq.k,
-		KeptFraction: (kept + float64(sq.window+sq.k)) / float64(sq.clustered+sq.window),
+		Centroids: sq.k, CoarseCentroids: sq.k1, ScoredCentroids: sq.slots,
+		KeptFraction: (kept + float64(sq.window+sq.k1+sq.slots)) / float64(sq.clustered+sq.window),
 		Threshold:    sq.threshold, CalibratedKept: sq.calibratedKept,
 		ClusterTime: sq.clusterTime, CalibrateTime: sq.calibrateTime, LoadTime: sq.loadTime, Loaded: sq.loaded}, true
 }
@@ -302,11 +363,40 @@ func squeezedAttention(c *Config, q, ctxK, ctxV, dynK, dynV, dynMask *Node, sq *
 	// Selection at the cluster level (squeeze.SelectKeys / SelectKeysThreshold): in fixed-budget mode the
 	// budget's best keys; in calibrated mode the clusters above the threshold, at most budget keys (the
 	// list's free slots: the best of them when more pass); then the observation window.
-	ix := squeeze.LayerIndex{Centroids: sq.centroids, Counts: sq.counts, Starts: sq.starts, Order: sq.order,
-		Clustered: sq.clustered, Window: sq.window, Budget: sq.budget, Threshold: sq.threshold, MaxKept: sq.maxKept}
+	ix := unpackIndex(squeeze.LayerIndex{Centroids: sq.centroids, Counts: sq.counts, Starts: sq.starts, Order: sq.order,
+		Clustered: sq.clustered, Window: sq.window, Budget: sq.budget, Threshold: sq.threshold, MaxKept: sq.maxKept})
 	out := squeeze.Attend(qg, ctxK, ctxV, squeeze.DenseAttention(qg, dynK, dynV, dm, scale), ix, scale, squeeze.KernelAuto).Out // [numKVHeads, n*group, headDim] float32
 	out = TransposeAllAxes(Reshape(ConvertDType(out, q.DType()), kvh, n, group, hd), 1, 0, 2, 3)
 	return Reshape(out, n, c.NumAttentionHeads*hd)
+}
+
+// The packed hierarchical index. The runner hands each layer's index to the step graph as four tensors
+// (centroids, counts, starts, order) and knows nothing of its levels; a hierarchical index packs its
+// coarse level into the first three, and the static sizes K, K1 and F (the fine centroids scored per
+// step) follow from their shapes, so the same inputs serve both kinds and the calibration too:
+//
+//	centroids [H, K+K1, D]  the fine centroids (grouped by coarse cluster), then the coarse centroids
+//	counts    [H, K+2·K1]   keys per fine cluster, keys per coarse cluster, fine clusters per coarse cluster
+//	starts    [H, K+F]      first slot of each fine cluster in order, then F unused zeros: their number is F
+//
+// A flat index is [H, K, D], [H, K], [H, K] (K1 = 0).
+
+// unpackIndex splits a packed hierarchical index into LayerIndex's fields; a flat one is returned as it is.
+func unpackIndex(ix squeeze.LayerIndex) squeeze.LayerIndex {
+	a := ix.Centroids.Shape().Dimensions[1] // K + K1
+	k1 := ix.Counts.Shape().Dimensions[1] - a
+	if k1 == 0 {
+		return ix
+	}
+	k := a - k1
+	cols := func(x *Node, from, to int) *Node { return Slice(x, AxisRange(), AxisRange(from, to)) }
+	ix.CoarseCentroids, ix.Centroids = cols(ix.Centroids, k, a), cols(ix.Centroids, 0, k)
+	ix.CoarseCounts = cols(ix.Counts, k, a)
+	ix.CoarseChildren = ConvertDType(cols(ix.Counts, a, a+k1), dtypes.Int32)
+	ix.Counts = cols(ix.Counts, 0, k)
+	ix.FineSlots = ix.Starts.Shape().Dimensions[1] - k
+	ix.Starts = cols(ix.Starts, 0, k)
+	return ix
 }
 
 // bucket64 rounds up to a multiple of 64.
@@ -331,16 +421,25 @@ func (r *Runner) namedExec(key string, build func() (*graph.Exec, error)) (*grap
 }
 
 // clusterExec returns the executable that clusters one layer's keys ([numKVHeads, capacity, headDim],
-// the first `clustered` rows) into k clusters. Outputs: centroids, counts, labels, and the cluster
-// order's starts and order (squeeze.ClusterOrder).
-func (r *Runner) clusterExec(k, iters int) (*graph.Exec, error) {
-	key := fmt.Sprintf("cluster/%d/%d", k, iters)
+// the first `clustered` rows) into k clusters, and with k1 > 0 their centroids into k1 coarse clusters
+// (a hierarchical index scoring `slots` fine centroids per step). Outputs: centroids, counts, labels, and
+// the cluster order's starts and order (squeeze.ClusterOrder), packed as unpackIndex reads them.
+func (r *Runner) clusterExec(k, k1, slots, iters int) (*graph.Exec, error) {
+	key := fmt.Sprintf("cluster/%d/%d/%d/%d", k, k1, slots, iters)
 	return r.namedExec(key, func() (*graph.Exec, error) {
 		e, err := graph.NewExec(r.backend, func(keys, clustered *Node) []*Node {
-			c, labels, counts := squeeze.KMeansMasked(keys, clustered, k, iters)
-			c = ConvertDType(ConvertDType(c, dtypes.BFloat16), dtypes.Float32) // the storage precision
-			order, starts := squeeze.ClusterOrder(labels, counts, clustered)
-			return []*Node{c, counts, labels, starts, order}
+			if k1 == 0 {
+				c, labels, counts := squeeze.KMeansMasked(keys, clustered, k, iters)
+				order, starts := squeeze.ClusterOrder(labels, counts, clustered)
+				return []*Node{roundBF16(c), counts, labels, starts, order}
+			}
+			hi := squeeze.KMeansHierarchical(keys, clustered, k, k1, iters)
+			order, starts := squeeze.ClusterOrder(hi.Labels, hi.Counts, clustered)
+			h := keys.Shape().Dimensions[0]
+			c := Concatenate([]*Node{roundBF16(hi.Centroids), roundBF16(hi.CoarseCentroids)}, 1)
+			counts := Concatenate([]*Node{hi.Counts, hi.CoarseCounts, ConvertDType(hi.Children, dtypes.Float32)}, 1)
+			starts = Concatenate([]*Node{starts, Zeros(keys.Graph(), shapes.Make(dtypes.Int32, h, slots))}, 1)
+			return []*Node{c, counts, hi.Labels, starts, order}
 		})
 		if err != nil {
 			return nil, err
@@ -349,18 +448,35 @@ func (r *Runner) clusterExec(k, iters int) (*graph.Exec, error) {
 	})
 }
 
+// roundBF16 rounds float32 values to the nearest bfloat16 (ties to even; the centroids' storage precision),
+// kept as float32. It works on the bits: XLA may fold a float32→bfloat16→float32 conversion pair away
+// (excess precision allowed), and then the centroids were not the stored ones.
+func roundBF16(x *Node) *Node {
+	u32 := dtypes.Uint32
+	b := Bitcast(ConvertDType(x, dtypes.Float32), u32)
+	lsb := ModScalar(DivScalar(b, 1<<16), 2) // the lowest bit kept
+	r := Add(b, AddScalar(lsb, 0x7fff))
+	return Bitcast(MulScalar(DivScalar(r, 1<<16), 1<<16), dtypes.Float32)
+}
+
 // clusterOrderExec returns the executable that sorts every layer's keys by cluster (squeeze.ClusterOrder)
 // for an index loaded from storage. Inputs: per layer labels [numKVHeads, capacity] int32, then per layer
-// counts [numKVHeads, K] float32, then the number of clustered keys (int32). Outputs: per layer starts
-// and order.
-func (r *Runner) clusterOrderExec() (*graph.Exec, error) {
-	return r.namedExec("cluster_order", func() (*graph.Exec, error) {
+// counts [numKVHeads, K(+2·K1)] float32 (packed: the first k are the fine clusters'), then the number of
+// clustered keys (int32). Outputs: per layer starts (followed by `slots` zeros for a hierarchical index,
+// see unpackIndex) and order.
+func (r *Runner) clusterOrderExec(k, slots int) (*graph.Exec, error) {
+	key := fmt.Sprintf("cluster_order/%d/%d", k, slots)
+	return r.namedExec(key, func() (*graph.Exec, error) {
 		L := r.cfg.NumHiddenLayers
 		e, err := graph.NewExec(r.backend, func(g *Graph, in []*Node) []*Node {
 			labels, counts, clustered := in[:L], in[L:2*L], in[2*L]
 			var out []*Node
 			for l := range L {
-				order, starts := squeeze.ClusterOrder(labels[l], counts[l], clustered)
+				order, starts := squeeze.ClusterOrder(labels[l], Slice(counts[l], AxisRange(), AxisRange(0, k)), clustered)
+				if slots > 0 {
+					h := starts.Shape().Dimensions[0]
+					starts = Concatenate([]*Node{starts, Zeros(g, shapes.Make(dtypes.Int32, h, slots))}, 1)
+				}
 				out = append(out, starts, order)
 			}
 			return out
@@ -368,13 +484,17 @@ func (r *Runner) clusterOrderExec() (*graph.Exec, error) {
 		if err != nil {
 			return nil, err
 		}
-		return e.WithName("cluster_order").SetMaxCache(maxCompiled), nil
+		return e.WithName(key).SetMaxCache(maxCompiled), nil
 	})
 }
 
 // setClusterOrder computes the index's starts and order from its labels and counts on the device.
 func (r *Runner) setClusterOrder(idx *squeezeIndex) error {
-	exec, err := r.clusterOrderExec()
+	slots := 0 // a flat index's starts are not followed by slots
+	if idx.k1 > 0 {
+		slots = idx.slots
+	}
+	exec, err := r.clusterOrderExec(idx.k, slots)
 	if err != nil {
 		return err
 	}
@@ -397,9 +517,11 @@ func (r *Runner) setClusterOrder(idx *squeezeIndex) error {
 	return nil
 }
 
-// stepExecSqueezed returns the compiled step for sequences over a squeezed prefix.
-func (r *Runner) stepExecSqueezed(sq *squeezeIndex, allLogits bool) (*graph.Exec, error) {
-	return r.namedExec(fmt.Sprintf("step/%d/%v/calibrated=%v", sq.maxKept, allLogits, sq.calibrated()), func() (*graph.Exec, error) {
-		return r.newExec(stepKind{allLogits: allLogits, hasCtx: true}, sq)
+// stepExecSqueezed returns the compiled step for sequences over a squeezed prefix. A flat and a
+// hierarchical index share it: their index inputs differ in shape (unpackIndex), so each compiles its own.
+func (r *Runner) stepExecSqueezed(sq *squeezeIndex, allLogits, deviceToken bool) (*graph.Exec, error) {
+	key := fmt.Sprintf("step/%d/%v/calibrated=%v/device_token=%v", sq.maxKept, allLogits, sq.calibrated(), deviceToken)
+	return r.namedExec(key, func() (*graph.Exec, error) {
+		return r.newExec(stepKind{allLogits: allLogits, hasCtx: true, deviceToken: deviceToken}, sq)
 	})
 }

@@ -17,10 +17,17 @@ import (
 //	counts    [numKVHeads, K]            i32
 //	labels    [numKVHeads, clustered]    i16 when K ≤ 32767, else i32
 //
-// then one params blob [4] f64: the calibrated threshold, the fraction of the clustered keys the
+// and for a hierarchical index (the fine level grouped by coarse cluster: the non-empty fine clusters
+// first, each coarse cluster's children contiguous, see squeeze.KMeansHierarchical) two more:
+//
+//	coarse centroids [numKVHeads, K1, headDim]  bf16 (rounded when clustered, as the fine ones)
+//	children         [numKVHeads, K1]           i32: fine clusters per coarse cluster
+//
+// (the coarse clusters' counts are their children's keys, recomputed on load), then one params blob [4] f64: the calibrated threshold, the fraction of the clustered keys the
 // calibration queries kept (both 0 in fixed-budget mode), and the options' sparsity and budget (checked on
 // load). Everything else (clustered keys, window, K, budget, the static kept-list size) follows from the
-// options, the number of tokens and the KV capacity.
+// options, the number of tokens and the KV capacity. A flat index's blobs never load as a hierarchical one
+// or the reverse: their numbers of blobs differ, and so do the options in the geometry.
 
 // squeezeFormat names the layout above; it is part of SqueezeLayout's geometry, so a change of layout
 // makes older entries mismatch (and be recomputed) instead of being misread.
@@ -44,8 +51,20 @@ func (r *Runner) SqueezeLayout(nTokens int, opts SqueezeOptions) (shapes [][]int
 }
 
 func (idx *squeezeIndex) geometry() string {
-	return fmt.Sprintf("%s %s capacity=%d k=%d clustered=%d window_rows=%d budget=%d max_kept=%d",
+	g := fmt.Sprintf("%s %s capacity=%d k=%d clustered=%d window_rows=%d budget=%d max_kept=%d",
 		squeezeFormat, idx.opts, idx.capacity, idx.k, idx.clustered, idx.window, idx.budget, idx.maxKept)
+	if idx.k1 > 0 {
+		g += fmt.Sprintf(" k1=%d slots=%d", idx.k1, idx.slots)
+	}
+	return g
+}
+
+// blobsPerLayer is the number of blobs of each layer in the stored layout.
+func (idx *squeezeIndex) blobsPerLayer() int {
+	if idx.k1 > 0 {
+		return 5
+	}
+	return 3
 }
 
 // labelDType is the storage dtype of the labels of an index of k centroids.
@@ -62,6 +81,10 @@ func (r *Runner) squeezeLayout(idx *squeezeIndex) (shapes [][]int, blobDTypes []
 		shapes = append(shapes, []int{c.NumKeyValueHeads, idx.k, c.HeadDim}, []int{c.NumKeyValueHeads, idx.k},
 			[]int{c.NumKeyValueHeads, idx.clustered})
 		blobDTypes = append(blobDTypes, "bf16", "i32", labelDType(idx.k))
+		if idx.k1 > 0 {
+			shapes = append(shapes, []int{c.NumKeyValueHeads, idx.k1, c.HeadDim}, []int{c.NumKeyValueHeads, idx.k1})
+			blobDTypes = append(blobDTypes, "bf16", "i32")
+		}
 	}
 	return append(shapes, []int{4}), append(blobDTypes, "f64")
 }
@@ -73,28 +96,53 @@ func (p *Prefix) SqueezeBlobs() ([][]byte, error) {
 		return nil, errors.New("llama: the prefix has no squeeze index")
 	}
 	c := p.r.cfg
+	kvh, hd, k, k1 := c.NumKeyValueHeads, c.HeadDim, sq.k, sq.k1
+	// cols cuts columns [from, to) of each head's rows of width w out of a packed [numKVHeads, w, ...] array.
+	cols := func(x []float32, w, from, to, inner int) []float32 {
+		out := make([]float32, 0, kvh*(to-from)*inner)
+		for h := range kvh {
+			out = append(out, x[(h*w+from)*inner:(h*w+to)*inner]...)
+		}
+		return out
+	}
+	bf16 := func(l int, x []float32) ([]byte, error) {
+		b := make([]byte, 0, 2*len(x))
+		for i, v := range x {
+			bits := math.Float32bits(v)
+			if bits&0xffff != 0 {
+				return nil, fmt.Errorf("llama: internal error: layer %d centroid value %d (%g) is not a bfloat16", l, i, v)
+			}
+			b = binary.LittleEndian.AppendUint16(b, uint16(bits>>16))
+		}
+		return b, nil
+	}
+	i32 := func(x []float32) []byte {
+		b := make([]byte, 0, 4*len(x))
+		for _, n := range x {
+			b = binary.LittleEndian.AppendUint32(b, uint32(int32(n)))
+		}
+		return b
+	}
 	var blobs [][]byte
 	for l := range c.NumHiddenLayers {
 		cent, err := tensors.CopyFlatData[float32](sq.centroids[l])
 		if err != nil {
 			return nil, fmt.Errorf("llama: reading the squeeze index: %w", err)
 		}
-		b := make([]byte, 0, 2*len(cent))
-		for i, x := range cent {
-			bits := math.Float32bits(x)
-			if bits&0xffff != 0 {
-				return nil, fmt.Errorf("llama: internal error: layer %d centroid value %d (%g) is not a bfloat16", l, i, x)
-			}
-			b = binary.LittleEndian.AppendUint16(b, uint16(bits>>16))
-		}
 		counts, err := tensors.CopyFlatData[float32](sq.counts[l])
 		if err != nil {
 			return nil, fmt.Errorf("llama: reading the squeeze index: %w", err)
 		}
-		cb := make([]byte, 0, 4*len(counts))
-		for _, n := range counts {
-			cb = binary.LittleEndian.AppendUint32(cb, uint32(int32(n)))
+		var coarse, children []float32
+		if k1 > 0 { // packed: see unpackIndex
+			coarse, cent = cols(cent, k+k1, k, k+k1, hd), cols(cent, k+k1, 0, k, hd)
+			children, counts = cols(counts, k+2*k1, k+k1, k+2*k1, 1), cols(counts, k+2*k1, 0, k, 1)
 		}
+		b, err := bf16(l, cent)
+		if err != nil {
+			return nil, err
+		}
+		cb := i32(counts)
 		labels, err := tensors.CopyFlatData[int32](sq.labels[l])
 		if err != nil {
 			return nil, fmt.Errorf("llama: reading the squeeze index: %w", err)
@@ -112,6 +160,13 @@ func (p *Prefix) SqueezeBlobs() ([][]byte, error) {
 			}
 		}
 		blobs = append(blobs, b, cb, lb)
+		if k1 > 0 {
+			b, err := bf16(l, coarse)
+			if err != nil {
+				return nil, err
+			}
+			blobs = append(blobs, b, i32(children))
+		}
 	}
 	var params []byte
 	for _, x := range []float64{float64(sq.threshold), sq.calibratedKept, sq.opts.Sparsity, sq.opts.Budget} {
@@ -158,7 +213,8 @@ func (p *Prefix) LoadSqueeze(opts SqueezeOptions, blobs [][]byte) (err error) {
 			idx.free()
 		}
 	}()
-	kvh, hd, k, capacity := c.NumKeyValueHeads, c.HeadDim, idx.k, idx.capacity
+	kvh, hd, k, k1, capacity := c.NumKeyValueHeads, c.HeadDim, idx.k, idx.k1, idx.capacity
+	per := idx.blobsPerLayer()
 	toDevice := func(t *tensors.Tensor) (*tensors.Tensor, error) {
 		if err := t.MaterializeOnDevice(r.backend, false, 0); err != nil {
 			t.FinalizeAll()
@@ -168,13 +224,20 @@ func (p *Prefix) LoadSqueeze(opts SqueezeOptions, blobs [][]byte) (err error) {
 		return t, nil
 	}
 	for l := range c.NumHiddenLayers {
-		cb, nb, lb := blobs[3*l], blobs[3*l+1], blobs[3*l+2]
-		cent := make([]float32, kvh*k*hd)
-		for i := range cent {
-			cent[i] = math.Float32frombits(uint32(binary.LittleEndian.Uint16(cb[2*i:])) << 16)
-			if math.IsNaN(float64(cent[i])) || math.IsInf(float64(cent[i]), 0) {
-				return fmt.Errorf("llama: squeeze index layer %d: centroid value %d is %g", l, i, cent[i])
+		cb, nb, lb := blobs[per*l], blobs[per*l+1], blobs[per*l+2]
+		readBF16 := func(b []byte, what string) ([]float32, error) {
+			x := make([]float32, len(b)/2)
+			for i := range x {
+				x[i] = math.Float32frombits(uint32(binary.LittleEndian.Uint16(b[2*i:])) << 16)
+				if math.IsNaN(float64(x[i])) || math.IsInf(float64(x[i]), 0) {
+					return nil, fmt.Errorf("llama: squeeze index layer %d: %s value %d is %g", l, what, i, x[i])
+				}
 			}
+			return x, nil
+		}
+		cent, err := readBF16(cb, "centroid")
+		if err != nil {
+			return err
 		}
 		counts := make([]float32, kvh*k)
 		for i := range counts {
@@ -208,12 +271,17 @@ func (p *Prefix) LoadSqueeze(opts SqueezeOptions, blobs [][]byte) (err error) {
 				}
 			}
 		}
-		ct, err := toDevice(tensors.FromFlatDataAndDimensions(cent, kvh, k, hd))
+		if k1 > 0 {
+			if cent, counts, err = loadCoarse(l, kvh, k, k1, hd, cent, counts, blobs[per*l+3], blobs[per*l+4], readBF16); err != nil {
+				return err
+			}
+		}
+		ct, err := toDevice(tensors.FromFlatDataAndDimensions(cent, kvh, k+k1, hd))
 		if err != nil {
 			return err
 		}
 		idx.centroids = append(idx.centroids, ct)
-		nt, err := toDevice(tensors.FromFlatDataAndDimensions(counts, kvh, k))
+		nt, err := toDevice(tensors.FromFlatDataAndDimensions(counts, kvh, k+2*k1))
 		if err != nil {
 			return err
 		}
@@ -227,7 +295,7 @@ func (p *Prefix) LoadSqueeze(opts SqueezeOptions, blobs [][]byte) (err error) {
 	if err := r.setClusterOrder(idx); err != nil {
 		return err
 	}
-	pb := blobs[3*c.NumHiddenLayers]
+	pb := blobs[per*c.NumHiddenLayers]
 	param := func(i int) float64 { return math.Float64frombits(binary.LittleEndian.Uint64(pb[8*i:])) }
 	threshold, kept := param(0), param(1)
 	if sparsity, budget := param(2), param(3); sparsity != opts.Sparsity || budget != opts.Budget {
@@ -251,4 +319,51 @@ func (p *Prefix) LoadSqueeze(opts SqueezeOptions, blobs [][]byte) (err error) {
 	p.dropSqueeze()
 	p.sq = idx
 	return nil
+}
+
+// loadCoarse checks a stored hierarchical index's coarse level (coarse centroids finite; children ≥ 0,
+// covering exactly the non-empty fine clusters, which come first) and packs the layer's fine centroids
+// [numKVHeads, K, headDim] and counts [numKVHeads, K] with it as unpackIndex reads them; the coarse
+// counts are the sums of their children's.
+func loadCoarse(l, kvh, k, k1, hd int, cent, counts []float32, cb, nb []byte,
+	readBF16 func([]byte, string) ([]float32, error)) (packedCent, packedCounts []float32, err error) {
+	coarse, err := readBF16(cb, "coarse centroid")
+	if err != nil {
+		return nil, nil, err
+	}
+	packedCent = make([]float32, 0, kvh*(k+k1)*hd)
+	packedCounts = make([]float32, 0, kvh*(k+2*k1))
+	for h := range kvh {
+		fine := counts[h*k : (h+1)*k]
+		nonEmpty := 0
+		for _, n := range fine {
+			if n > 0 {
+				nonEmpty++
+			}
+		}
+		coarseCounts, children := make([]float32, k1), make([]float32, k1)
+		first := 0
+		for c := range k1 {
+			n := int32(binary.LittleEndian.Uint32(nb[4*(h*k1+c):]))
+			if n < 0 || first+int(n) > nonEmpty {
+				return nil, nil, fmt.Errorf("llama: squeeze index layer %d head %d: coarse cluster %d has %d children (%d non-empty fine clusters, %d taken)",
+					l, h, c, n, nonEmpty, first)
+			}
+			for j := first; j < first+int(n); j++ {
+				if fine[j] == 0 {
+					return nil, nil, fmt.Errorf("llama: squeeze index layer %d head %d: coarse cluster %d has the empty child %d", l, h, c, j)
+				}
+				coarseCounts[c] += fine[j]
+			}
+			children[c] = float32(n)
+			first += int(n)
+		}
+		if first != nonEmpty {
+			return nil, nil, fmt.Errorf("llama: squeeze index layer %d head %d: the coarse clusters have %d children, want the %d non-empty fine clusters",
+				l, h, first, nonEmpty)
+		}
+		packedCent = append(append(packedCent, cent[h*k*hd:(h+1)*k*hd]...), coarse[h*k1*hd:(h+1)*k1*hd]...)
+		packedCounts = append(append(append(packedCounts, fine...), coarseCounts...), children...)
+	}
+	return packedCent, packedCounts, nil
 }

@@ -156,3 +156,46 @@ func (g *greedySeq) AppendGreedy(ctx context.Context, tokens []int) (int, error)
 	}
 	return best, nil
 }
+
+// decoderSeq is a greedySeq that also runs greedy decoding itself (model.GreedyDecoder) the way a
+// pipelining sequence does: the step for each chosen token is appended before yield sees the token, and
+// undone when yield refuses it.
+type decoderSeq struct {
+	*greedySeq
+	decodeCalls int
+}
+
+func (d *decoderSeq) DecodeGreedy(ctx context.Context, tokens []int, maxTokens int, yield func(int) (bool, error)) error {
+	d.decodeCalls++
+	if maxTokens <= 0 {
+		return fmt.Errorf("decoderSeq: maxTokens %d", maxTokens)
+	}
+	tok, err := d.AppendGreedy(ctx, tokens)
+	if err != nil {
+		return err
+	}
+	for chosen := 1; ; chosen++ {
+		ahead, next := false, 0
+		if chosen < maxTokens && d.Len() < d.MaxLen() {
+			if next, err = d.AppendGreedy(ctx, []int{tok}); err != nil {
+				return err
+			}
+			ahead = true
+		}
+		more, err := yield(tok)
+		if err != nil || !more || chosen >= maxTokens {
+			if ahead { // undo the step enqueued for the refused token
+				d.tokens = d.tokens[:len(d.tokens)-1]
+				d.appends--
+				d.greedyCalls--
+			}
+			return err
+		}
+		if !ahead {
+			if next, err = d.AppendGreedy(ctx, []int{tok}); err != nil {
+				return err
+			}
+		}
+		tok = next
+	}
+}

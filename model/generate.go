@@ -137,50 +137,90 @@ func Generate(ctx context.Context, seq Sequence, prompt []int, dec TextDecoder, 
 		return sampler.Sample(logits, history), nil
 	}
 
-	start := time.Now()
-	tok, err := next(prompt)
-	res.PrefillDuration = time.Since(start)
-	if err != nil {
-		return res, fmt.Errorf("model: generate: prefill: %w", err)
-	}
-
-	start = time.Now()
 	text := newTextStream(dec, opts.StopStrings, opts.OnText)
+	var decodeStart time.Time
 	defer func() {
 		res.Text = text.out.String()
-		res.DecodeDuration = time.Since(start)
+		if !decodeStart.IsZero() {
+			res.DecodeDuration = time.Since(decodeStart)
+		}
 	}()
 	res.Tokens = make([]int, 0, budget)
-	for {
+	// accept takes the next sampled token; it reports whether generation goes on.
+	accept := func(tok int) (bool, error) {
 		if len(res.Tokens) >= budget {
 			res.StopReason = full
-			break
+			return false, nil
 		}
-		if err = ctx.Err(); err != nil {
-			return res, fmt.Errorf("model: generate: %w", err)
+		if err := ctx.Err(); err != nil {
+			return false, fmt.Errorf("model: generate: %w", err)
 		}
 		if slices.Contains(opts.StopTokens, tok) {
 			res.StopReason = StopEOS
-			break
+			return false, nil
 		}
 		res.Tokens = append(res.Tokens, tok)
 		history = append(history, tok)
 		stopped, err := text.push(tok)
 		if err != nil {
-			return res, err
+			return false, err
 		}
 		if stopped {
 			res.StopReason = StopString
-			break
+			return false, nil
 		}
 		if len(res.Tokens) >= budget {
 			res.StopReason = full
-			break // the last token is not appended: its logits are not needed
+			return false, nil // the last token is not appended: its logits are not needed
 		}
-		tok, err = next([]int{tok})
-		res.DecodeTokens++
+		return true, nil
+	}
+
+	start := time.Now()
+	if dev, ok := seq.(GreedyDecoder); ok && onDevice && budget > 0 {
+		// Plain greedy decoding on a sequence that pipelines it: the sequence drives the loop.
+		var acceptErr error
+		first := true
+		err = dev.DecodeGreedy(ctx, prompt, budget, func(tok int) (bool, error) {
+			if first {
+				res.PrefillDuration = time.Since(start)
+				decodeStart, first = time.Now(), false
+			} else {
+				res.DecodeTokens++
+			}
+			more, err := accept(tok)
+			acceptErr = err
+			return more, err
+		})
+		switch {
+		case acceptErr != nil:
+			return res, acceptErr
+		case err != nil && first:
+			res.PrefillDuration = time.Since(start)
+			return res, fmt.Errorf("model: generate: prefill: %w", err)
+		case err != nil:
+			return res, fmt.Errorf("model: generate: decode step %d: %w", res.DecodeTokens+1, err)
+		}
+	} else {
+		tok, err := next(prompt)
+		res.PrefillDuration = time.Since(start)
 		if err != nil {
-			return res, fmt.Errorf("model: generate: decode step %d: %w", res.DecodeTokens, err)
+			return res, fmt.Errorf("model: generate: prefill: %w", err)
+		}
+		decodeStart = time.Now()
+		for {
+			more, err := accept(tok)
+			if err != nil {
+				return res, err
+			}
+			if !more {
+				break
+			}
+			tok, err = next([]int{tok})
+			res.DecodeTokens++
+			if err != nil {
+				return res, fmt.Errorf("model: generate: decode step %d: %w", res.DecodeTokens, err)
+			}
 		}
 	}
 	stopped, err := text.finish(res.StopReason == StopString)

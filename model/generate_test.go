@@ -141,6 +141,25 @@ func TestGenerate(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Generate: %v", err)
 			}
+			// A sequence that runs greedy decoding itself (pipelined, model.GreedyDecoder) gives the same
+			// result and leaves the same sequence.
+			dseq := &decoderSeq{greedySeq: &greedySeq{fakeSeq: scriptSeq(testVocab, tt.maxLen, tt.script)}}
+			var drec chunkRecorder
+			dopts := tt.opts
+			dopts.OnText = drec.onText
+			dres, err := Generate(context.Background(), dseq, tt.prompt, newTestDecoder(), dopts)
+			if err != nil {
+				t.Fatalf("Generate (GreedyDecoder): %v", err)
+			}
+			if !slices.Equal(dres.Tokens, res.Tokens) || dres.Text != res.Text || dres.StopReason != res.StopReason ||
+				dres.DecodeTokens != res.DecodeTokens || dseq.Len() != seq.Len() || drec.joined() != rec.joined() {
+				t.Errorf("GreedyDecoder: %v %q %s %d decode tokens, len %d; Append path: %v %q %s %d, len %d",
+					dres.Tokens, dres.Text, dres.StopReason, dres.DecodeTokens, dseq.Len(),
+					res.Tokens, res.Text, res.StopReason, res.DecodeTokens, seq.Len())
+			}
+			if wantCalls := min(1, tt.maxLen-len(tt.prompt)); dseq.decodeCalls != wantCalls {
+				t.Errorf("DecodeGreedy called %d times, want %d", dseq.decodeCalls, wantCalls)
+			}
 			if !slices.Equal(res.Tokens, tt.wantTokens) {
 				t.Errorf("Tokens = %v, want %v", res.Tokens, tt.wantTokens)
 			}

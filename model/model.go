@@ -31,6 +31,16 @@ type GreedySequence interface {
 	AppendGreedy(ctx context.Context, tokens []int) (int, error)
 }
 
+// GreedyDecoder is a sequence that runs greedy decoding itself, so that it can pipeline the steps (enqueue
+// step i+1 on its device, fed by step i's token there, before step i's token reaches the host). Generate
+// uses it for plain greedy decoding.
+type GreedyDecoder interface {
+	// DecodeGreedy appends tokens, then calls yield with each chosen token (the first is the one after
+	// tokens; ties to the lowest id) until yield returns false or an error, or maxTokens were chosen. The
+	// sequence ends holding tokens and every chosen token but the last.
+	DecodeGreedy(ctx context.Context, tokens []int, maxTokens int, yield func(token int) (more bool, err error)) error
+}
+
 // TextDecoder streams text for generated tokens (implemented by
 // tokenizer.StreamDecoder): Push never returns half a UTF-8 character; Flush
 // returns whatever is still buffered at the end of the stream.

@@ -20,19 +20,39 @@ type LayerIndex struct {
 	// the clusters above it are kept, at most Budget keys (the best). nil: fixed-budget mode.
 	Threshold *Node
 	MaxKept   int // static size of the kept-key lists (≥ Budget + Window)
+
+	// The coarse level of a hierarchical index (hier.go); CoarseCentroids nil: a flat index. The fine
+	// arrays above are then grouped by coarse cluster (KMeansHierarchical): coarse cluster c's children
+	// are the fine clusters first[c] .. first[c]+CoarseChildren[c]-1, first the exclusive cumulative sum
+	// of CoarseChildren, and the empty fine clusters come last.
+	CoarseCentroids *Node // [H, K1, D]: each the mean of its children's keys
+	CoarseCounts    *Node // [H, K1] float32: keys per coarse cluster (0: empty)
+	CoarseChildren  *Node // [H, K1] int32: fine clusters per coarse cluster
+	// FineSlots is the static number of fine clusters scored per step (≤ K): the children of the best
+	// coarse clusters. FineSlots ≥ the non-empty fine clusters scores them all (the flat selection).
+	FineSlots int
 }
 
 // Select is one step's centroid lookup: the estimated probability of every cluster for the queries qg
 // [H, M, D] (a KV head's query heads × the step's tokens, one selection for them all), then the kept
 // keys' index lists (SelectKeys / SelectKeysThreshold): idx [H, MaxKept] int32, valid [H, MaxKept]
 // bool (a prefix of kept [H] int32 slots).
+//
+// With a hierarchical index (ix.CoarseCentroids set) the lookup is HierarchicalScores': only the
+// ix.FineSlots fine clusters under the best coarse clusters are scored, and the selection runs on them
+// (the other fine clusters have probability 0 and none of their keys is kept).
 func Select(qg *Node, ix LayerIndex, scale float64) (idx, valid, kept *Node) {
-	scores := ClusterScores(qg, ix.Centroids, ix.Counts, scale) // [H, K]
+	var scores, counts, starts *Node
+	if ix.CoarseCentroids != nil {
+		_, scores, counts, starts = HierarchicalScores(qg, ix, scale) // [H, FineSlots]
+	} else {
+		scores, counts, starts = ClusterScores(qg, ix.Centroids, ix.Counts, scale), ix.Counts, ix.Starts // [H, K]
+	}
 	if ix.Threshold != nil {
-		return SelectKeysThreshold(scores, ix.Counts, ix.Starts, ix.Order, ix.Threshold, ix.Budget, ix.Clustered,
+		return SelectKeysThreshold(scores, counts, starts, ix.Order, ix.Threshold, ix.Budget, ix.Clustered,
 			ix.Window, ix.MaxKept)
 	}
-	return SelectKeys(scores, ix.Counts, ix.Starts, ix.Order, ix.Budget, ix.Clustered, ix.Window, ix.MaxKept)
+	return SelectKeys(scores, counts, starts, ix.Order, ix.Budget, ix.Clustered, ix.Window, ix.MaxKept)
 }
 
 // Kernel chooses how the kept keys are attended.

@@ -45,7 +45,8 @@ func CalibrateThreshold(scores []float32, sparsity float64) (threshold float32, 
 // ignored), taken together over all layers and heads. The threshold is chosen so that the fraction of
 // keys dropped (score ≤ τ) is as close to sparsity as whole clusters allow (ties: the one dropping
 // fewer keys), so it is a fraction of keys, not of clusters. kept is the fraction of keys kept
-// (score > τ); τ = -Inf keeps every key.
+// (score > τ); τ = -Inf keeps every key but those of clusters scoring -Inf: clusters a hierarchical
+// index did not score (HierarchicalClusterScores), always dropped, as online.
 func CalibrateClusters(scores, counts []float32, sparsity float64) (threshold float32, kept float64, err error) {
 	if sparsity < 0 || sparsity >= 1 || math.IsNaN(sparsity) {
 		return 0, 0, fmt.Errorf("squeeze: sparsity %g outside [0, 1)", sparsity)
@@ -76,10 +77,15 @@ func CalibrateClusters(scores, counts []float32, sparsity float64) (threshold fl
 		return 0, 0, errors.New("squeeze: no keys to calibrate on")
 	}
 	slices.SortFunc(cs, func(a, b cluster) int { return cmp.Compare(a.score, b.score) }) // no NaN: checked above
-	// Candidate thresholds: -Inf (drop nothing), then every distinct score (drop it and all below).
-	threshold, bestErr, dropped := float32(math.Inf(-1)), sparsity, 0.0
-	bestDropped := 0.0
-	for i := 0; i < len(cs); {
+	// Candidate thresholds: -Inf (drop nothing but the unscored clusters), then every distinct score
+	// (drop it and all below).
+	dropped, i := 0.0, 0
+	for ; i < len(cs) && math.IsInf(float64(cs[i].score), -1); i++ {
+		dropped += cs[i].n
+	}
+	threshold, bestDropped := float32(math.Inf(-1)), dropped
+	bestErr := math.Abs(dropped/total - sparsity)
+	for i < len(cs) {
 		j := i
 		for j < len(cs) && cs[j].score == cs[i].score {
 			dropped += cs[j].n

@@ -41,6 +41,17 @@ func TestCalibrateClusters(t *testing.T) {
 	if thr, kept, _ := CalibrateClusters([]float32{1, 1, 2}, []float32{3, 3, 4}, 0.5); thr != 1 || kept != 0.4 {
 		t.Errorf("ties: threshold %g kept %g, want 1 0.4", thr, kept)
 	}
+	// Unscored clusters (-Inf: pruned by a hierarchical index) are dropped even at τ = -Inf.
+	inf := float32(math.Inf(-1))
+	for _, tc := range []struct {
+		sparsity float64
+		thr      float32
+		kept     float64
+	}{{0.1, inf, 0.5}, {0.5, inf, 0.5}, {0.8, 1, 0.2}} {
+		if thr, kept, _ := CalibrateClusters([]float32{inf, 1, 2}, []float32{5, 3, 2}, tc.sparsity); thr != tc.thr || math.Abs(kept-tc.kept) > 1e-12 {
+			t.Errorf("unscored clusters, sparsity %.1f: threshold %g kept %g, want %g %g", tc.sparsity, thr, kept, tc.thr, tc.kept)
+		}
+	}
 	for name, bad := range map[string]func() error{
 		"NaN score": func() error {
 			_, _, err := CalibrateClusters([]float32{float32(math.NaN())}, []float32{1}, 0.5)

@@ -86,14 +86,7 @@ func ClusterOrder(labels, counts, clustered *Node) (order, starts *Node) {
 	pos := Iota(g, shapes.Make(dtypes.Int32, h, s), 1)
 	inClusters := LessThan(pos, BroadcastToDims(ConvertDType(clustered, dtypes.Int32), h, s))
 	key := Where(inClusters, ConvertDType(labels, dtypes.Int32), Scalar(g, dtypes.Int32, k)) // others last
-	byKey := NewClosure(g, func(g *Graph) []*Node {
-		lhs := Parameter(g, "lhs_key", shapes.Make(dtypes.Int32))
-		rhs := Parameter(g, "rhs_key", shapes.Make(dtypes.Int32))
-		_ = Parameter(g, "lhs_pos", shapes.Make(dtypes.Int32))
-		_ = Parameter(g, "rhs_pos", shapes.Make(dtypes.Int32))
-		return []*Node{LessThan(lhs, rhs)}
-	})
-	order = SortFunc(byKey, 1, true, key, pos)[1]
+	order = sortByKey(key, pos)
 	n := ConvertDType(counts, dtypes.Int32)
 	starts = Sub(CumSum(n, 1), n)
 	return order, starts
@@ -143,18 +136,10 @@ func SelectKeysThreshold(scores, counts, starts, order, threshold, budget, clust
 // to limit keys in all (a scalar int32); slots [total, total+window) hold the window rows.
 func expandClusters(strict, ties, starts, order, limit, clustered, window *Node, b int) (idx, valid, kept *Node) {
 	g := strict.Graph()
-	h, k := strict.Shape().Dimensions[0], strict.Shape().Dimensions[1]
-	// Runs of slots: the strict clusters in id order, then the tied ones. [H, 2K]
-	w := Concatenate([]*Node{strict, ties}, 1)
-	cum := CumSum(w, 1) // inclusive: slots [cum-w, cum) belong to run v
-	limit = ConvertDType(limit, dtypes.Int32)
-	total := Min(Slice(cum, AxisRange(), AxisElem(2*k-1)), BroadcastToDims(limit, h, 1)) // [H, 1]
-	slot := Iota(g, shapes.Make(dtypes.Int32, h, b), 1)                                  // [H, B]
-	v := searchRight(cum, slot)                                                          // run of each slot
-	v = MinScalar(v, 2*k-1)
-	first := Sub(takeAlong(cum, v), takeAlong(w, v)) // first slot of the run
-	c := ModScalar(v, k)                             // its cluster
-	row := Add(takeAlong(starts, c), Sub(slot, first))
+	h := strict.Shape().Dimensions[0]
+	c, offset, total, _ := expandRuns(strict, ties, limit, b)
+	slot := Iota(g, shapes.Make(dtypes.Int32, h, b), 1) // [H, B]
+	row := Add(takeAlong(starts, c), offset)
 	s := -1
 	if order != nil {
 		s = order.Shape().Dimensions[1]
@@ -172,6 +157,27 @@ func expandClusters(strict, ties, starts, order, limit, clustered, window *Node,
 	}
 	kept = MinScalar(Reshape(Add(total, Reshape(win, 1, 1)), h), b)
 	return idx, valid, kept
+}
+
+// expandRuns lays runs of slots out in a static list of b slots: one run per cluster of `strict`'s
+// width (taken counts [H, K] int32) in cluster order, then one per cluster of `ties`' width, up to limit
+// slots in all (a scalar int32). It returns, for every slot [H, B], the cluster c of its run and its
+// offset within the run, total [H, 1], the number of slots used: slots ≥ total are free (their c and
+// offset are meaningless), and begin [H, 2K], the first slot of every run (strict ones, then tied ones).
+func expandRuns(strict, ties, limit *Node, b int) (c, offset, total, begin *Node) {
+	g := strict.Graph()
+	h, k := strict.Shape().Dimensions[0], strict.Shape().Dimensions[1]
+	// Runs of slots: the strict clusters in id order, then the tied ones. [H, 2K]
+	w := Concatenate([]*Node{strict, ties}, 1)
+	cum := CumSum(w, 1) // inclusive: slots [cum-w, cum) belong to run v
+	limit = ConvertDType(limit, dtypes.Int32)
+	total = Min(Slice(cum, AxisRange(), AxisElem(2*k-1)), BroadcastToDims(limit, h, 1)) // [H, 1]
+	slot := Iota(g, shapes.Make(dtypes.Int32, h, b), 1)                                 // [H, B]
+	v := searchRight(cum, slot)                                                         // run of each slot
+	v = MinScalar(v, 2*k-1)
+	begin = Sub(cum, w)
+	first := takeAlong(begin, v) // first slot of the run
+	return ModScalar(v, k), Sub(slot, first), total, begin
 }
 
 // searchRight returns, for every query x [H, B], the number of entries of the non-decreasing rows of

@@ -12,6 +12,11 @@
 // a sparse kernel (gathered einsum, fusable multiply-reduce, or the backend's fused flash attention) and
 // the merge. BudgetMaskN/KeyScores/Compact are the per-key selection it replaces, kept as its oracle.
 //
+// The hierarchical index (hier.go: KMeansHierarchical, HierarchicalScores) adds a coarse level of
+// centroids of the centroids: a step scores the coarse centroids, then only the fine centroids under the
+// best coarse clusters (a static number of slots), and selects among those; the reference code only
+// simulated this by scoring every fine centroid.
+//
 // Shapes use: numKVHeads H, fixed-context keys S, head dim D, centroids K, queries M (for one KV head,
 // its group's query heads × query tokens, flattened), kept-key budget B.
 //
@@ -107,11 +112,8 @@ var testHalfKMeans bool
 // the product is float32.
 func LogClusterProb(q, centroids, counts *Node, scale float64) *Node {
 	logits := MulScalar(product("hmd,hkd->hmk", q, centroids), scale) // [H, M, K] float32
-	nonEmpty := ExpandAxes(GreaterThan(counts, ZerosLike(counts)), 1) // [H, 1, K]
-	nonEmpty = BroadcastToDims(nonEmpty, logits.Shape().Dimensions...)
-	logN := Log(MaxScalar(counts, 1)) // [H, K]
-	weighted := Where(nonEmpty, Add(logits, ExpandAxes(logN, 1)), Scalar(q.Graph(), dtypes.Float32, negInf))
-	logZ := logSumExp(weighted, -1) // [H, M, 1]
+	weighted, nonEmpty := weightedLogits(logits, counts)              // [H, M, K]: log N_c + logit
+	logZ := logSumExp(weighted, -1)                                   // [H, M, 1]
 	return Where(nonEmpty, Sub(logits, logZ), Scalar(q.Graph(), dtypes.Float32, negInf))
 }
 

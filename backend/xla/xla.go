@@ -16,6 +16,7 @@ import (
 	"github.com/gomlx/compute"
 	"github.com/gomlx/compute/gobackend"
 	goxla "github.com/gomlx/go-xla/compute/xla"
+	"github.com/gomlx/go-xla/pjrt"
 )
 
 // Kind is which backend to use.
@@ -127,6 +128,9 @@ func newXLA(plugin string) (b *Backend, err error) {
 	if os.Getenv("GOPJRT_CUDA_CHECKS") == "" {
 		_ = os.Setenv("GOPJRT_CUDA_CHECKS", "0")
 	}
+	// Executions return once enqueued (go-xla patched, third_party/go-xla/PATCHES.md), so the next step can
+	// be enqueued while one runs (llama.Sequence.DecodeGreedy). SQLLM_SYNC_EXECUTE=1 waits for each.
+	pjrt.SetAsyncExecution(os.Getenv("SQLLM_SYNC_EXECUTE") == "")
 	// TF32 off: a user who asks for float32 gets float32 products (bf16 is the fast path).
 	xb, err := goxla.New(plugin + ",tf32=false,preallocate=false")
 	if err != nil {

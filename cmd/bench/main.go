@@ -132,12 +132,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	var bw float64 // measured copy bandwidth, bytes/s (read + write)
 	if len(lens) > 0 {
-		if bw, err = copyBandwidth(m); err != nil {
+		var overhead time.Duration
+		if bw, overhead, err = copyBandwidth(m); err != nil {
 			fmt.Fprintf(stderr, "bench: measuring copy bandwidth: %v\n", err)
 			return 1
 		}
-		fmt.Fprintf(stdout, "<!-- measured copy bandwidth (read+write bytes / time of x+1 over a %d MiB buffer): %.0f GB/s; weights %.2f GB -->\n",
-			copyBytes(m)>>20, bw/1e9, float64(m.Runner.WeightBytes())/1e9)
+		fmt.Fprintf(stdout, "<!-- measured copy bandwidth (read+write bytes of x+1, slope between %d and %d MiB buffers): %.0f GB/s, call overhead %.0f us; weights %.2f GB -->\n",
+			copyBytes(m)>>22, copyBytes(m)>>20, bw/1e9, float64(overhead.Microseconds()), float64(m.Runner.WeightBytes())/1e9)
 		fmt.Fprintln(stdout, "| model | backend | dtype | prompt tokens | prefill tokens/s | prefill s | prefill TFLOP/s | decode ms/token | decode tokens/s | roofline ms/token | × roofline | peak GPU memory GiB | first run s |")
 		fmt.Fprintln(stdout, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	}
@@ -156,21 +157,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 		var first float64 // rep 0: the compilations of the length's steps, then the same work as the others
 		mem.reset()
 		for rep := 0; rep <= *reps; rep++ { // rep 0 compiles
-			// Greedy decoding as the engine runs it: the argmax is taken on the device.
+			// Greedy decoding as the engine runs it (llama.Sequence.DecodeGreedy): the argmax is taken on
+			// the device and the steps are pipelined. The prefill ends when the first token reaches the
+			// host; each decode step then adds one token.
 			seq := m.Runner.NewSequence()
 			t0 := time.Now()
-			tok, err := seq.AppendGreedy(ctx, prompt)
+			var p float64
+			var t1 time.Time
+			err := seq.DecodeGreedy(ctx, prompt, *decode+1, func(int) (bool, error) {
+				if t1.IsZero() {
+					p, t1 = time.Since(t0).Seconds(), time.Now()
+				}
+				return true, nil
+			})
 			if err != nil {
 				fmt.Fprintf(stderr, "bench: %v\n", err)
 				return 1
-			}
-			p := time.Since(t0).Seconds()
-			t1 := time.Now()
-			for range *decode {
-				if tok, err = seq.AppendGreedy(ctx, []int{tok}); err != nil {
-					fmt.Fprintf(stderr, "bench: %v\n", err)
-					return 1
-				}
 			}
 			d := time.Since(t1).Seconds() / float64(max(*decode, 1))
 			seq.Close()
@@ -323,18 +325,43 @@ func squeezed(ctx context.Context, w io.Writer, m *engine.Model, name string, le
 	return nil
 }
 
-// copyBytes is the buffer size of the bandwidth probe: 1 GiB on a GPU, 128 MiB on the CPU.
+// copyBytes is the larger buffer size of the bandwidth probe: 2 GiB on a GPU, 128 MiB on the CPU (the
+// smaller one is a quarter of it).
 func copyBytes(m *engine.Model) int64 {
 	if m.Backend.Kind == xla.XLA {
-		return 1 << 30
+		return 2 << 30
 	}
 	return 128 << 20
 }
 
-// copyBandwidth measures the device's memory bandwidth as the engine sees it: one executable that reads a
-// float32 buffer and writes x+1 to a new one; bytes read + written over the median time of 10 calls.
-func copyBandwidth(m *engine.Model) (float64, error) {
-	n := int(copyBytes(m) / 4)
+// copyBandwidth measures the device's memory bandwidth as the engine sees it: an executable that reads a
+// float32 buffer and writes x+1 to a new one, timed (fastest of 10 calls) over a buffer of copyBytes and
+// one of a quarter of that. The bandwidth is the slope, extra bytes read + written over extra time, so the
+// fixed cost of an executable call (about 0.1 ms on a GPU, which made the single-size probe of session 3
+// read 1.9-2.1 TB/s on an H100 that copies at about 3 TB/s) cancels; overhead is that fixed cost.
+func copyBandwidth(m *engine.Model) (bw float64, overhead time.Duration, err error) {
+	big := int(copyBytes(m) / 4)
+	small := big / 4
+	tBig, err := copyTime(m, big)
+	if err != nil {
+		return 0, 0, err
+	}
+	tSmall, err := copyTime(m, small)
+	if err != nil {
+		return 0, 0, err
+	}
+	if tBig <= tSmall {
+		return 0, 0, fmt.Errorf("copying %d floats took no longer than %d (%.3g s, %.3g s)", big, small, tBig, tSmall)
+	}
+	bw = float64(8*(big-small)) / (tBig - tSmall)
+	overhead = time.Duration((tSmall - float64(8*small)/bw) * 1e9)
+	return bw, overhead, nil
+}
+
+// copyTime is the fastest of 10 timed runs of y = x+1 over n float32 (then y's first element read back,
+// to wait for the device without copying y to the host): the bandwidth the card reaches, where medians
+// moved by up to 10% between runs of the same card.
+func copyTime(m *engine.Model, n int) (float64, error) {
 	b := m.Backend.Backend
 	mk, err := graph.NewExec(b, func(g *graph.Graph) *graph.Node {
 		return graph.Iota(g, shapes.Make(dtypes.Float32, n), 0)
@@ -342,7 +369,7 @@ func copyBandwidth(m *engine.Model) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	// y = x+1, and y's first element, read back to wait for the device without copying y to the host.
+	defer mk.Finalize()
 	add, err := graph.NewExec(b, func(x *graph.Node) (*graph.Node, *graph.Node) {
 		y := graph.AddScalar(x, 1)
 		return y, graph.Slice(y, graph.AxisRange(0, 1))
@@ -350,6 +377,7 @@ func copyBandwidth(m *engine.Model) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
+	defer add.Finalize()
 	out, err := mk.Call()
 	if err != nil {
 		return 0, err
@@ -372,7 +400,7 @@ func copyBandwidth(m *engine.Model) (float64, error) {
 		out[0].FinalizeAll()
 		out[1].FinalizeAll()
 	}
-	return float64(8*n) / median(ts), nil
+	return slices.Min(ts), nil
 }
 
 // memSampler polls nvidia-smi for the GPU memory in use (the XLA client runs without preallocation, so

@@ -55,6 +55,7 @@ type config struct {
 	noCache, interactive              bool
 	sqBudget, sqCentroids, sqSparsity float64
 	sqHierarchical                    bool
+	sqCoarse, sqCoarseKeep            float64
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -86,7 +87,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.Float64Var(&c.sqBudget, "squeeze-budget", 0, "Squeezed Attention over the -context-file: keep this fraction of its clustered keys per step (fixed budget; 0 = dense)")
 	fs.Float64Var(&c.sqCentroids, "squeeze-centroids", 0.05, "number of k-means centroids as a fraction of the fixed context")
 	fs.Float64Var(&c.sqSparsity, "squeeze-sparsity", 0, "Squeezed Attention over the -context-file with a threshold calibrated to drop this fraction of its clustered keys (the paper's Sq-NN%; 0 = dense)")
-	fs.BoolVar(&c.sqHierarchical, "squeeze-hierarchical", false, "two-level clustering (not implemented yet)")
+	fs.BoolVar(&c.sqHierarchical, "squeeze-hierarchical", false, "with -squeeze-sparsity or -squeeze-budget: a two-level index; the centroids are clustered into coarse centroids, and each step scores the coarse centroids, then only the centroids under the best ones")
+	fs.Float64Var(&c.sqCoarse, "squeeze-coarse", 0, "with -squeeze-hierarchical: coarse centroids as a fraction of the fixed context, below -squeeze-centroids (0: 0.01)")
+	fs.Float64Var(&c.sqCoarseKeep, "squeeze-coarse-keep", 0, "with -squeeze-hierarchical: fraction of the centroids each step scores, those under the best coarse centroids, in (0, 1] (0: twice the kept fraction, within [0.5, 1])")
 	fs.BoolVar(&c.interactive, "interactive", false, "with -context-file: read user inputs from stdin, one per line, and answer each against the same fixed context")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -120,9 +123,6 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if c.interactive && c.promptFile == "-" {
 		return nil, errors.New("-interactive reads its inputs from stdin: -prompt-file - cannot be used with it")
 	}
-	if c.sqHierarchical {
-		return nil, errors.New("-squeeze-hierarchical: the two-level index is not implemented yet")
-	}
 	if c.sqBudget < 0 || c.sqBudget > 1 || math.IsNaN(c.sqBudget) {
 		return nil, fmt.Errorf("-squeeze-budget %g: want a fraction in (0, 1]", c.sqBudget)
 	}
@@ -141,6 +141,17 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if c.sqCentroids <= 0 || c.sqCentroids > 0.5 {
 		return nil, fmt.Errorf("-squeeze-centroids %g: want a fraction in (0, 0.5]", c.sqCentroids)
 	}
+	if (c.sqCoarse != 0 || c.sqCoarseKeep != 0) && !c.sqHierarchical {
+		return nil, errors.New("-squeeze-coarse and -squeeze-coarse-keep apply to -squeeze-hierarchical")
+	}
+	if c.sqHierarchical {
+		if c.sqBudget == 0 && c.sqSparsity == 0 {
+			return nil, errors.New("-squeeze-hierarchical needs -squeeze-sparsity or -squeeze-budget")
+		}
+		if _, err := c.squeeze().Normalized(); err != nil {
+			return nil, fmt.Errorf("-squeeze-hierarchical: %w", err)
+		}
+	}
 	if c.maxChunk < 0 || c.maxContext < 0 {
 		return nil, errors.New("-chunk and -max-context must not be negative")
 	}
@@ -152,7 +163,8 @@ func (c *config) squeeze() *llama.SqueezeOptions {
 	if c.sqBudget == 0 && c.sqSparsity == 0 {
 		return nil
 	}
-	return &llama.SqueezeOptions{Budget: c.sqBudget, Sparsity: c.sqSparsity, Centroids: c.sqCentroids}
+	return &llama.SqueezeOptions{Budget: c.sqBudget, Sparsity: c.sqSparsity, Centroids: c.sqCentroids,
+		Hierarchical: c.sqHierarchical, CoarseCentroids: c.sqCoarse, CoarseKeep: c.sqCoarseKeep}
 }
 
 func (c *config) sampler() model.SamplerConfig {
@@ -329,12 +341,18 @@ func report(w io.Writer, m *engine.Model, res engine.Response) {
 }
 
 // squeezeReport is the report line of a squeezed fixed context: how the index was made (clustered and
-// calibrated, with the times, or loaded from the disk cache) and the mean kept fraction, centroids counted.
+// calibrated, with the times, or loaded from the disk cache; a hierarchical one with its coarse centroids
+// and the centroids a step scores) and the mean kept fraction, centroids counted.
 func squeezeReport(info llama.SqueezeInfo) string {
-	made := fmt.Sprintf("%d keys clustered into %d centroids in %.3fs", info.Clustered, info.Centroids, info.ClusterTime.Seconds())
+	centroids := fmt.Sprintf("%d centroids", info.Centroids)
+	if info.CoarseCentroids > 0 {
+		centroids = fmt.Sprintf("%d centroids and %d coarse centroids (hierarchical: each step scores the coarse ones and %d centroids under the best)",
+			info.Centroids, info.CoarseCentroids, info.ScoredCentroids)
+	}
+	made := fmt.Sprintf("%d keys clustered into %s in %.3fs", info.Clustered, centroids, info.ClusterTime.Seconds())
 	if info.Loaded {
-		made = fmt.Sprintf("index of %d keys in %d centroids loaded from the disk cache in %.3fs", info.Clustered,
-			info.Centroids, info.LoadTime.Seconds())
+		made = fmt.Sprintf("index of %d keys in %s loaded from the disk cache in %.3fs", info.Clustered,
+			centroids, info.LoadTime.Seconds())
 	}
 	if info.Options.Calibrated() {
 		calibrated := ""

@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -49,6 +51,41 @@ func TestGenerateSqueezeSparsity(t *testing.T) {
 	}
 }
 
+// TestGenerateSqueezeHierarchical: -squeeze-hierarchical runs with -squeeze-sparsity (calibrated, then
+// found in the disk cache by a second run, same text) and with -squeeze-budget, and the report says
+// hierarchical with its numbers of centroids.
+func TestGenerateSqueezeHierarchical(t *testing.T) {
+	ctxFile, cache := codeContext(t), t.TempDir()
+	base := []string{"-model", modelDir, "-backend", "go", "-context-file", ctxFile, "-prompt", "def scale_40(x, y):\n", "-max-tokens", "6",
+		"-squeeze-hierarchical"}
+	args := append(slices.Clone(base), "-cache-dir", cache, "-squeeze-sparsity", "0.7")
+	code, out, errs := runCLI(t, "", args...)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	t.Logf("stdout %q\n%s", out, errs)
+	line := regexp.MustCompile(`squeezed attention: \d+ keys clustered into (\d+) centroids and (\d+) coarse centroids \(hierarchical: each step scores ` +
+		`the coarse ones and (\d+) centroids under the best\) in [0-9.]+s, calibrated in [0-9.]+s, window \d+; sparsity 0\.70: threshold \S+ ` +
+		`keeps 0\.(2[89]|3[01])\d of the clustered keys .*mean kept fraction 0\.\d+ \(centroids counted\)`)
+	m := line.FindStringSubmatch(errs)
+	if m == nil {
+		t.Fatalf("report lacks the hierarchical squeeze line:\n%s", errs)
+	}
+	if fine, _ := strconv.Atoi(m[1]); m[2] == "0" || m[3] == m[1] || fine == 0 {
+		t.Errorf("centroids %s, coarse %s, scored %s: want coarse centroids and fewer scored than all", m[1], m[2], m[3])
+	}
+	code, out2, errs := runCLI(t, "", args...)
+	if code != 0 || out2 != out || !strings.Contains(errs, "coarse centroids (hierarchical") || !strings.Contains(errs, "loaded from the disk cache") {
+		t.Fatalf("second run: exit %d, stdout %q (first %q), not loaded from the disk cache: %s", code, out2, out, errs)
+	}
+	code, _, errs = runCLI(t, "", append(base, "-no-cache", "-squeeze-budget", "0.3", "-squeeze-coarse-keep", "0.5")...)
+	budget := regexp.MustCompile(`squeezed attention: \d+ keys clustered into 77 centroids and 15 coarse centroids \(hierarchical: each step scores ` +
+		`the coarse ones and 39 centroids under the best\) in [0-9.]+s, window \d+, budget \d+ keys; mean kept fraction 0\.\d+`)
+	if code != 0 || !budget.MatchString(errs) {
+		t.Errorf("budget mode: exit %d, report:\n%s", code, errs)
+	}
+}
+
 func TestGenerateSqueezeFlags(t *testing.T) {
 	ctxFile := codeContext(t)
 	tests := []struct {
@@ -60,7 +97,11 @@ func TestGenerateSqueezeFlags(t *testing.T) {
 		{"sparsity without context", []string{"-squeeze-sparsity", "0.7"}, "-context-file"},
 		{"sparsity 1", []string{"-context-file", ctxFile, "-squeeze-sparsity", "1"}, "-squeeze-sparsity 1"},
 		{"negative sparsity", []string{"-context-file", ctxFile, "-squeeze-sparsity", "-0.5"}, "-squeeze-sparsity -0.5"},
-		{"hierarchical", []string{"-context-file", ctxFile, "-squeeze-hierarchical"}, "not implemented yet"},
+		{"hierarchical without a mode", []string{"-context-file", ctxFile, "-squeeze-hierarchical"}, "-squeeze-hierarchical needs -squeeze-sparsity or -squeeze-budget"},
+		{"coarse keep without hierarchical", []string{"-context-file", ctxFile, "-squeeze-sparsity", "0.7", "-squeeze-coarse-keep", "0.5"}, "apply to -squeeze-hierarchical"},
+		{"coarse above centroids", []string{"-context-file", ctxFile, "-squeeze-sparsity", "0.7", "-squeeze-hierarchical", "-squeeze-coarse", "0.1"},
+			"-squeeze-hierarchical: llama: squeeze coarse centroids fraction 0.1 outside (0, 0.05)"},
+		{"coarse keep above 1", []string{"-context-file", ctxFile, "-squeeze-budget", "0.3", "-squeeze-hierarchical", "-squeeze-coarse-keep", "2"}, "coarse keep fraction 2"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

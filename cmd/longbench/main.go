@@ -61,7 +61,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.tasks, "tasks", "", "comma-separated task names, e.g. lcc,repobench-p or tinycode_lcc")
 	fs.StringVar(&o.modelDir, "model", "", "model directory; default: the bundled "+engine.DefaultModel)
 	fs.StringVar(&o.out, "out", "", "output directory (preds/, results.csv, results.md, budget.png)")
-	fs.StringVar(&o.configs, "configs", "dense", "comma-separated configs: dense, sqNN (Squeezed Attention, threshold calibrated to skip NN% of the keys), sqNNb (fixed budget: keep 1-NN% of the keys), sqNNh (hierarchical, not implemented yet)")
+	fs.StringVar(&o.configs, "configs", "dense", "comma-separated configs: dense, sqNN (Squeezed Attention, threshold calibrated to skip NN% of the keys), sqNNb (fixed budget: keep 1-NN% of the keys), sqNNh (sqNN over the hierarchical two-level index: 1% coarse centroids, each step scores the fine centroids of the best ones)")
 	fs.StringVar(&o.prompts, "prompts", "", "LongBench's config/dataset2prompt.json (templates; overrides the built-ins)")
 	fs.StringVar(&o.maxLen, "maxlen", "", "LongBench's config/dataset2maxlen.json (max new tokens; overrides the built-ins)")
 	fs.IntVar(&o.maxLength, "max-length", 0, "middle-truncate prompts longer than this many tokens (0: the model's context minus 512, at most 31500)")
@@ -70,9 +70,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.timings, "timings", false, "print each item's phase times (context prefill/clustering/calibration, generation) to stderr")
 	fs.StringVar(&o.backend, "backend", "auto", "auto | go | xla")
 	fs.StringVar(&o.dtype, "dtype", "", "compute dtype: f32 | bf16 (default: f32 on the go backend, bf16 on xla)")
-	fs.Float64Var(&o.sqCentroids, "squeeze-centroids", 0, "sqNN/sqNNb configs: centroids per KV head as a fraction of the context (0: the engine's 0.05)")
-	fs.IntVar(&o.sqWindow, "squeeze-window", 0, "sqNN/sqNNb configs: observation window in tokens (0: the engine's 100)")
-	fs.IntVar(&o.sqIters, "squeeze-iters", 0, "sqNN/sqNNb configs: k-means iterations (0: the engine's 10)")
+	fs.Float64Var(&o.sqCentroids, "squeeze-centroids", 0, "sqNN/sqNNb/sqNNh configs: centroids per KV head as a fraction of the context (0: the engine's 0.05)")
+	fs.IntVar(&o.sqWindow, "squeeze-window", 0, "sqNN/sqNNb/sqNNh configs: observation window in tokens (0: the engine's 100)")
+	fs.IntVar(&o.sqIters, "squeeze-iters", 0, "sqNN/sqNNb/sqNNh configs: k-means iterations, both levels (0: the engine's 10)")
 	fs.IntVar(&o.maxChunk, "max-chunk", 0, "prefill chunk in tokens (0: the engine's default); a larger chunk means fewer step shapes to compile")
 	fs.IntVar(&o.ctxGranule, "ctx-granule", 0, "fixed-context capacities are multiples of this many tokens (0: the engine's default); a larger granule means fewer executables to compile over contexts of many lengths")
 	fs.StringVar(&o.cacheDir, "cache-dir", "-", "on-disk prefix cache directory ('-': none, the default, since every item has its own context; '': the per-user default)")
@@ -152,7 +152,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, open open
 		return fail(2, err)
 	}
 	for _, c := range configs {
-		if err := runnable(c); err != nil {
+		if err := runnable(c, o); err != nil {
 			return fail(2, err)
 		}
 	}

@@ -165,10 +165,9 @@ func TestStartupErrors(t *testing.T) {
 		want string
 		code int
 	}{
-		{"hierarchical squeezed config", []string{"-data", "/nonexistent", "-tasks", "lcc", "-out", "o", "-configs", "dense,sq70h"},
-			"longbench: config sq70h: hierarchical Squeezed Attention is not implemented yet\n", 2},
-		{"hierarchical config", []string{"-data", "/nonexistent", "-tasks", "lcc", "-out", "o", "-configs", "sq90h"},
-			"config sq90h: hierarchical Squeezed Attention is not implemented yet", 2},
+		{"hierarchical config without room for coarse centroids", []string{"-data", "/nonexistent", "-tasks", "lcc", "-out", "o",
+			"-configs", "dense,sq70h", "-squeeze-centroids", "0.01"},
+			"longbench: config sq70h: llama: squeeze coarse centroids fraction 0.01 outside (0, 0.01) (below the centroids fraction)\n", 2},
 		{"unknown config", []string{"-data", data, "-tasks", "lcc", "-out", "o", "-configs", "sparse"}, `unknown config "sparse"`, 2},
 		{"no data flag", []string{"-tasks", "lcc", "-out", "o"}, "-data DIR is required", 2},
 		{"no tasks", []string{"-data", data, "-out", "o"}, "-tasks is required", 2},
@@ -251,7 +250,7 @@ func TestRealModel(t *testing.T) {
 }
 
 func TestSqueezeConfigs(t *testing.T) {
-	cs, err := evals.ParseConfigs("dense,sq70,sq90b")
+	cs, err := evals.ParseConfigs("dense,sq70,sq90b,sq80h")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,6 +264,9 @@ func TestSqueezeConfigs(t *testing.T) {
 	if o := squeezeOptions(cs[2], flags); o == nil || o.Sparsity != 0 || math.Abs(o.Budget-0.1) > 1e-12 {
 		t.Errorf("sq90b: %+v, want the fixed budget 0.1", o)
 	}
+	if o := squeezeOptions(cs[3], flags); o == nil || o.Sparsity != 0.8 || o.Budget != 0 || !o.Hierarchical {
+		t.Errorf("sq80h: %+v, want the calibrated mode with sparsity 0.8 over a hierarchical index", o)
+	}
 	// The -squeeze-* flags reach both modes.
 	flags = &options{sqCentroids: 0.1, sqWindow: 200, sqIters: 20}
 	for _, c := range cs[1:] {
@@ -273,14 +275,15 @@ func TestSqueezeConfigs(t *testing.T) {
 		}
 	}
 	for _, c := range cs {
-		if err := runnable(c); err != nil {
+		if err := runnable(c, flags); err != nil {
 			t.Errorf("%s: %v", c.Name, err)
 		}
 	}
 }
 
-// TestRealModelSqueezed runs sq70 (calibrated) and sq70b (fixed budget) on one item of about 400 tokens
-// with the bundled model: both keep a fraction of the keys and say how much.
+// TestRealModelSqueezed runs sq70 (calibrated), sq70b (fixed budget) and sq70h (calibrated, hierarchical
+// index) on one item of about 400 tokens with the bundled model: all keep a fraction of the keys and say
+// how much.
 func TestRealModelSqueezed(t *testing.T) {
 	if testing.Short() {
 		t.Skip("loads the bundled model")
@@ -294,13 +297,13 @@ func TestRealModelSqueezed(t *testing.T) {
 	row, _ := json.Marshal(map[string]any{"_id": "scale", "context": b.String(), "input": "", "answers": []string{"    \"\"\"Scale x by 16 and add y.\"\"\""}})
 	os.WriteFile(filepath.Join(data, "tinycode_lcc.jsonl"), append(row, '\n'), 0o644)
 	code, stdout, stderr := runCLI(t, openEngine, "-data", data, "-tasks", "tinycode_lcc", "-out", out,
-		"-model", modelDir, "-backend", "go", "-configs", "sq70,sq70b", "-quiet")
+		"-model", modelDir, "-backend", "go", "-configs", "sq70,sq70b,sq70h", "-quiet")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
 	t.Logf("\n%s", stdout)
 	budgets := map[string]float64{}
-	for _, cfg := range []string{"sq70", "sq70b"} {
+	for _, cfg := range []string{"sq70", "sq70b", "sq70h"} {
 		done, _, err := evals.ReadPredictions(filepath.Join(out, "preds", cfg, "tinycode_lcc.jsonl"))
 		if err != nil || len(done) != 1 {
 			t.Fatalf("%s: predictions %v, %v", cfg, done, err)
@@ -310,7 +313,7 @@ func TestRealModelSqueezed(t *testing.T) {
 			t.Errorf("%s: kv_budget %.3f, want about 0.3 of the clustered keys plus the window and centroids", cfg, kb)
 		}
 	}
-	if budgets["sq70"] == budgets["sq70b"] {
-		t.Errorf("sq70 and sq70b report the same kv_budget %.4f", budgets["sq70"])
+	if budgets["sq70"] == budgets["sq70b"] || budgets["sq70"] == budgets["sq70h"] {
+		t.Errorf("sq70, sq70b and sq70h report kv_budgets %v: sq70's should differ from the others'", budgets)
 	}
 }
