@@ -300,21 +300,7 @@ func TestSqueezeStore(t *testing.T) {
 	if !info.Loaded || info.Threshold != want.Threshold || info.KeptFraction != want.KeptFraction || info.ClusterTime != 0 {
 		t.Errorf("loaded info %+v, computed %+v", info, want)
 	}
-	again, err := q.SqueezeBlobs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range blobs {
-		if !bytes.Equal(again[i], blobs[i]) {
-			t.Errorf("blob %d differs after a round trip", i)
-		}
-	}
-	a, b := decodeLogits(t, p, ids[ctxLen:]), decodeLogits(t, q, ids[ctxLen:])
-	for i := range a {
-		if d := maxDiff(a[i], b[i]); d != 0 {
-			t.Errorf("step %d: logits of the loaded index differ by %g", i, d)
-		}
-	}
+	checkLoadedIndex(t, p, q, blobs, ids[ctxLen:])
 
 	// Damaged contents: each is refused with a message naming it, and q keeps its index.
 	k := p.sq.k
@@ -434,4 +420,25 @@ func onlineKept(t *testing.T, p *Prefix, tokens []int) (mean float64, overBudget
 		}
 	}
 	return total / float64(L*kvh*n), overBudget, cut / max(passed, 1)
+}
+
+// checkLoadedIndex checks that q's index, loaded from blobs (p's), stores back to the same blobs and
+// decodes tokens to exactly p's logits.
+func checkLoadedIndex(t *testing.T, p, q *Prefix, blobs [][]byte, tokens []int) {
+	t.Helper()
+	again, err := q.SqueezeBlobs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range blobs {
+		if !bytes.Equal(again[i], blobs[i]) {
+			t.Errorf("blob %d differs after a round trip", i)
+		}
+	}
+	a, b := decodeLogits(t, p, tokens), decodeLogits(t, q, tokens)
+	for i := range a {
+		if d := maxDiff(a[i], b[i]); d != 0 {
+			t.Errorf("step %d: logits of the loaded index differ by %g", i, d)
+		}
+	}
 }

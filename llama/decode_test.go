@@ -35,14 +35,7 @@ func greedyLoop(t *testing.T, seq *Sequence, in []int, n int) []int {
 func TestDecodeGreedy(t *testing.T) {
 	r := testRunner(t, dtypes.Float32, Options{MaxChunk: 128, DynBlock: 16})
 	ctx := context.Background()
-	prompt := make([]int, 150)
-	for i := range prompt {
-		prompt[i] = 100 + (i*7919)%8000
-	}
-	p, err := r.Prefill(ctx, prompt)
-	if err != nil {
-		t.Fatal(err)
-	}
+	prompt, p := syntheticPrefix(t, r, 150)
 	defer p.Free()
 	const n = 40
 	for name, mk := range map[string]func() *Sequence{"own": r.NewSequence, "prefix": p.NewSequence} {
@@ -166,4 +159,18 @@ func TestWeightValuesSplit(t *testing.T) {
 	if d := maxDiff(split, plain); d > 1e-3 || len(split) != kvh*rows*hd {
 		t.Errorf("split form differs from the product by %.2e (%d values)", d, len(split))
 	}
+}
+
+// syntheticPrefix prefills a prefix of n synthetic token ids and returns the ids and the prefix.
+func syntheticPrefix(t *testing.T, r *Runner, n int) ([]int, *Prefix) {
+	t.Helper()
+	prompt := make([]int, n)
+	for i := range prompt {
+		prompt[i] = 100 + (i*7919)%8000
+	}
+	p, err := r.Prefill(context.Background(), prompt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return prompt, p
 }

@@ -169,14 +169,7 @@ func tinyRandomConfig(t *testing.T) *Config {
 func TestAppendGreedy(t *testing.T) {
 	r := testRunner(t, dtypes.Float32, Options{MaxChunk: 128})
 	ctx := context.Background()
-	prompt := make([]int, 200)
-	for i := range prompt {
-		prompt[i] = 100 + (i*7919)%8000
-	}
-	p, err := r.Prefill(ctx, prompt)
-	if err != nil {
-		t.Fatal(err)
-	}
+	prompt, p := syntheticPrefix(t, r, 200)
 	defer p.Free()
 	for name, mk := range map[string]func() *Sequence{"own": r.NewSequence, "prefix": p.NewSequence} {
 		a, b := mk(), mk()

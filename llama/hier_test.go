@@ -263,21 +263,7 @@ func TestHierarchicalSqueezeStore(t *testing.T) {
 	if !info.Loaded || info.Threshold != want.Threshold || info.KeptFraction != want.KeptFraction || info.CoarseCentroids != want.CoarseCentroids {
 		t.Errorf("loaded info %+v, computed %+v", info, want)
 	}
-	again, err := q.SqueezeBlobs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range blobs {
-		if !bytes.Equal(again[i], blobs[i]) {
-			t.Errorf("blob %d differs after a round trip", i)
-		}
-	}
-	a, b := decodeLogits(t, p, ids[ctxLen:]), decodeLogits(t, q, ids[ctxLen:])
-	for i := range a {
-		if d := maxDiff(a[i], b[i]); d != 0 {
-			t.Errorf("step %d: logits of the loaded index differ by %g", i, d)
-		}
-	}
+	checkLoadedIndex(t, p, q, blobs, ids[ctxLen:])
 
 	k1 := p.sq.k1
 	children := func(bl [][]byte, l, i int) uint32 { return binary.LittleEndian.Uint32(bl[5*l+4][4*i:]) }
