@@ -719,6 +719,9 @@ func (s *Sequence) step(tokens []int, nb int, ctxKV *kvTensors, ctxLen int, dynK
 	newDyn := &kvTensors{k: out[2 : 2+L], v: out[2+L : 2+2*L]}
 	defer out[0].FinalizeAll()
 	if s.greedy && !allLogits && s.keepNext {
+		if s.nextDev != nil { // an earlier chunk's of the same append: only the last one's is wanted
+			s.nextDev.FinalizeAll()
+		}
 		s.nextDev = out[1] // the caller reads it (or feeds it to the next step) later
 		return [][]float32{nil}, newDyn, nil
 	}
