@@ -52,6 +52,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	memCache := fs.Float64("memory-cache-gib", 0, "device memory budget of cached prefixes, GiB (0: the engine's default, 2 GiB)")
 	sqBudget := fs.Float64("squeeze-budget", 0, "instead of the speed table: every -lens length as a fixed context, answered dense and with Squeezed Attention at this fixed budget (fraction of the keys kept, e.g. 0.1): user-input step and decode ms/token (0 = off)")
 	sqInput := fs.Int("squeeze-input", 512, "user-input tokens after the fixed context, for -squeeze-budget")
+	sqHier := fs.Bool("squeeze-hierarchical", false, "with -squeeze-budget, also a row with the hierarchical (two-level) index")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -124,7 +125,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	if *sqBudget > 0 {
-		if err := squeezed(ctx, stdout, m, name, lens, *sqInput, *decode, *reps, *sqBudget); err != nil {
+		if err := squeezed(ctx, stdout, m, name, lens, *sqInput, *decode, *reps, *sqBudget, *sqHier); err != nil {
 			fmt.Fprintf(stderr, "bench: %v\n", err)
 			return 1
 		}
@@ -279,14 +280,19 @@ func ttft(ctx context.Context, w io.Writer, m *engine.Model, name string, n, q, 
 // prefilled once, then used dense and with a fixed-budget squeeze index; each answers the same user input
 // (input tokens) and decodes decode tokens greedily. It prints the time of the user input's step (to the
 // first token's logits) and the decode time per token, medians of reps runs after a compiling one.
-func squeezed(ctx context.Context, w io.Writer, m *engine.Model, name string, lens []int, input, decode, reps int, budget float64) error {
+func squeezed(ctx context.Context, w io.Writer, m *engine.Model, name string, lens []int, input, decode, reps int, budget float64,
+	hierarchical bool) error {
 	fmt.Fprintf(w, "\n| model | dtype | fixed context | user input | attention | user-input step ms | decode ms/token | kept fraction | clustering s |\n")
 	fmt.Fprintln(w, "|---|---|---:|---:|---|---:|---:|---:|---:|")
 	for _, n := range lens {
 		fixed := synthetic(n, 0, m.Config.VocabSize)
 		question := synthetic(input, n, m.Config.VocabSize)
 		var denseIn, denseDec float64
-		for _, sq := range []*llama.SqueezeOptions{nil, {Budget: budget}} {
+		configs := []*llama.SqueezeOptions{nil, {Budget: budget}}
+		if hierarchical {
+			configs = append(configs, &llama.SqueezeOptions{Budget: budget, Hierarchical: true})
+		}
+		for _, sq := range configs {
 			c, err := m.NewContextSqueezed(ctx, fixed, sq)
 			if err != nil {
 				return err
@@ -309,6 +315,9 @@ func squeezed(ctx context.Context, w io.Writer, m *engine.Model, name string, le
 			mode, kept, clus, vs := "dense", "1", "", ""
 			if isSq {
 				mode = fmt.Sprintf("squeezed, budget %g", budget)
+				if info.Options.Hierarchical {
+					mode += ", hierarchical"
+				}
 				kept = fmt.Sprintf("%.3f", info.KeptFraction)
 				clus = fmt.Sprintf("%.2f", info.ClusterTime.Seconds())
 				if info.Loaded {

@@ -38,7 +38,7 @@ func TestSqueezeBudget(t *testing.T) {
 	}
 	var out, errb bytes.Buffer
 	code := run([]string{"-backend", "go", "-model", modelDir, "-lens", "1024", "-squeeze-budget", "0.2",
-		"-squeeze-input", "16", "-decode", "2", "-reps", "1"}, &out, &errb)
+		"-squeeze-input", "16", "-decode", "2", "-reps", "1", "-squeeze-hierarchical"}, &out, &errb)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errb.String())
 	}
@@ -48,8 +48,9 @@ func TestSqueezeBudget(t *testing.T) {
 			rows = append(rows, strings.Split(strings.Trim(line, "| "), " | "))
 		}
 	}
-	if len(rows) != 2 || rows[0][4] != "dense" || !strings.HasPrefix(rows[1][4], "squeezed, budget 0.2") {
-		t.Fatalf("want a dense and a squeezed row:\n%s", out.String())
+	if len(rows) != 3 || rows[0][4] != "dense" || !strings.HasPrefix(rows[1][4], "squeezed, budget 0.2 (") ||
+		!strings.HasPrefix(rows[2][4], "squeezed, budget 0.2, hierarchical (") {
+		t.Fatalf("want a dense, a squeezed and a hierarchical row:\n%s", out.String())
 	}
 	for _, r := range rows {
 		for _, col := range []int{5, 6} { // user-input step ms, decode ms/token
@@ -58,11 +59,13 @@ func TestSqueezeBudget(t *testing.T) {
 			}
 		}
 	}
-	kept, err := strconv.ParseFloat(rows[1][7], 64)
-	if err != nil || !(kept > 0.2 && kept < 1) {
-		t.Errorf("kept fraction %q: want the budget plus window and centroids, below 1", rows[1][7])
-	}
-	if clus, err := strconv.ParseFloat(rows[1][8], 64); err != nil || !(clus > 0) {
-		t.Errorf("clustering time %q", rows[1][8])
+	for _, r := range rows[1:] {
+		kept, err := strconv.ParseFloat(r[7], 64)
+		if err != nil || !(kept > 0.2 && kept < 1) {
+			t.Errorf("%s: kept fraction %q: want the budget plus window and centroids, below 1", r[4], r[7])
+		}
+		if clus, err := strconv.ParseFloat(r[8], 64); err != nil || !(clus > 0) {
+			t.Errorf("%s: clustering time %q", r[4], r[8])
+		}
 	}
 }
