@@ -265,36 +265,15 @@ func TestSqueezeStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	size := map[string]int{"bf16": 2, "i16": 2, "i32": 4, "f64": 8}
-	total := 0
-	for i, b := range blobs {
-		n := size[blobDTypes[i]]
-		for _, d := range shapes[i] {
-			n *= d
-		}
-		if len(b) != n {
-			t.Fatalf("blob %d: %d bytes for %v %s", i, len(b), shapes[i], blobDTypes[i])
-		}
-		total += n
-	}
+	total := blobBytes(t, blobs, shapes, blobDTypes)
 	t.Logf("index of %d cached rows: %d bytes (%.1f bytes a token); geometry %q", ctxLen-1, total,
 		float64(total)/float64(ctxLen-1), geometry)
 	if blobDTypes[0] != "bf16" || blobDTypes[1] != "i32" || blobDTypes[2] != "i16" || !strings.Contains(geometry, "sparsity=0.7") {
 		t.Errorf("layout %v, geometry %q", blobDTypes, geometry)
 	}
 
-	kvBlobs, err := p.Blobs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, err := r.PrefixFromBlobs(ids[:ctxLen], kvBlobs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	q := reloadedPrefix(t, r, p, ids[:ctxLen], opts, blobs)
 	defer q.Free()
-	if err := q.LoadSqueeze(opts, blobs); err != nil {
-		t.Fatal(err)
-	}
 	info, _ := q.SqueezeInfo()
 	want, _ := p.SqueezeInfo()
 	if !info.Loaded || info.Threshold != want.Threshold || info.KeptFraction != want.KeptFraction || info.ClusterTime != 0 {
@@ -441,4 +420,42 @@ func checkLoadedIndex(t *testing.T, p, q *Prefix, blobs [][]byte, tokens []int) 
 			t.Errorf("step %d: logits of the loaded index differ by %g", i, d)
 		}
 	}
+}
+
+// blobBytes checks that every squeeze blob has the size its layout (SqueezeLayout) says, and returns
+// their total.
+func blobBytes(t *testing.T, blobs [][]byte, shapes [][]int, blobDTypes []string) int {
+	t.Helper()
+	size := map[string]int{"bf16": 2, "i16": 2, "i32": 4, "f64": 8}
+	total := 0
+	for i, b := range blobs {
+		n := size[blobDTypes[i]]
+		for _, d := range shapes[i] {
+			n *= d
+		}
+		if len(b) != n {
+			t.Fatalf("blob %d: %d bytes for %v %s", i, len(b), shapes[i], blobDTypes[i])
+		}
+		total += n
+	}
+	return total
+}
+
+// reloadedPrefix is p rebuilt from its stored KV blobs (tokens are its context), with the squeeze index
+// loaded from blobs; the caller frees it.
+func reloadedPrefix(t *testing.T, r *Runner, p *Prefix, tokens []int, opts SqueezeOptions, blobs [][]byte) *Prefix {
+	t.Helper()
+	kvBlobs, err := p.Blobs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := r.PrefixFromBlobs(tokens, kvBlobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.LoadSqueeze(opts, blobs); err != nil {
+		q.Free()
+		t.Fatal(err)
+	}
+	return q
 }

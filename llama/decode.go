@@ -34,6 +34,9 @@ func (s *Sequence) DecodeGreedy(ctx context.Context, tokens []int, maxTokens int
 	if maxTokens <= 0 {
 		return fmt.Errorf("llama: decode: maxTokens must be > 0, got %d", maxTokens)
 	}
+	if yield == nil {
+		return errors.New("llama: decode: nil yield function")
+	}
 	s.greedy, s.keepNext = true, true
 	defer func() {
 		s.greedy, s.keepNext, s.tokIn = false, false, nil

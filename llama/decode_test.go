@@ -101,6 +101,9 @@ func TestDecodeGreedyErrors(t *testing.T) {
 	if err := seq.DecodeGreedy(ctx, []int{1, 2, 3}, 0, nil); err == nil {
 		t.Error("maxTokens 0: no error")
 	}
+	if err := seq.DecodeGreedy(ctx, []int{1, 2, 3}, 5, nil); err == nil || seq.Len() != 0 {
+		t.Errorf("nil yield: error %v, sequence length %d", err, seq.Len())
+	}
 	boom := errors.New("boom")
 	calls := 0
 	err := seq.DecodeGreedy(ctx, []int{1, 2, 3}, 10, func(int) (bool, error) {

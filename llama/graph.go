@@ -343,7 +343,8 @@ const splitKRows = 256
 // testSplitK makes weightValues use its split form on the pure-Go backend too (tests).
 var testSplitK bool
 
-// noSplitK turns weightValues' split form off (SQLLM_NO_SPLITK=1), for measuring what it gains.
+// noSplitK turns weightValues' split form and fusedAttention's cut context (ctxPieces) off
+// (SQLLM_NO_SPLITK=1), for measuring what they gain.
 var noSplitK = os.Getenv("SQLLM_NO_SPLITK") != ""
 
 // weightValues is probs [numKVHeads, rows, capacity] · values [numKVHeads, capacity, headDim] (in the

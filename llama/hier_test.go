@@ -232,32 +232,11 @@ func TestHierarchicalSqueezeStore(t *testing.T) {
 		!strings.Contains(geometry, " k1=10 slots=31") || geometry == flatGeometry {
 		t.Fatalf("%d blobs, layout %v %v, geometry %q (flat %q)", len(blobs), shapes[:5], blobDTypes[:5], geometry, flatGeometry)
 	}
-	size := map[string]int{"bf16": 2, "i16": 2, "i32": 4, "f64": 8}
-	total := 0
-	for i, b := range blobs {
-		n := size[blobDTypes[i]]
-		for _, d := range shapes[i] {
-			n *= d
-		}
-		if len(b) != n {
-			t.Fatalf("blob %d: %d bytes for %v %s", i, len(b), shapes[i], blobDTypes[i])
-		}
-		total += n
-	}
+	total := blobBytes(t, blobs, shapes, blobDTypes)
 	t.Logf("hierarchical index of %d cached rows: %d bytes (%.1f bytes a token); geometry %q", ctxLen-1, total, float64(total)/float64(ctxLen-1), geometry)
 
-	kvBlobs, err := p.Blobs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, err := r.PrefixFromBlobs(ids[:ctxLen], kvBlobs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	q := reloadedPrefix(t, r, p, ids[:ctxLen], opts, blobs)
 	defer q.Free()
-	if err := q.LoadSqueeze(opts, blobs); err != nil {
-		t.Fatal(err)
-	}
 	info, _ := q.SqueezeInfo()
 	want, _ := p.SqueezeInfo()
 	if !info.Loaded || info.Threshold != want.Threshold || info.KeptFraction != want.KeptFraction || info.CoarseCentroids != want.CoarseCentroids {

@@ -114,6 +114,9 @@ func NewRunner(backend compute.Backend, cfg *Config, w *Weights, opts Options) (
 	for _, all := range []bool{false, true} {
 		for _, kind := range []stepKind{{hasCtx: true}, {hasCtx: true, deviceToken: true}, {prefill: true},
 			{prefill: true, hasCtx: true}} {
+			if kind.deviceToken && all { // device-token steps are greedy: they never return all logits
+				continue
+			}
 			kind.allLogits = all
 			e, err := r.newExec(kind, nil)
 			if err != nil {
@@ -686,7 +689,7 @@ func (s *Sequence) step(tokens []int, nb int, ctxKV *kvTensors, ctxLen int, dynK
 		}
 	}
 	deviceToken := s.tokIn != nil
-	if deviceToken && (len(tokens) != 1 || dynKV == nil || ctxKV == nil) {
+	if deviceToken && (len(tokens) != 1 || dynKV == nil || ctxKV == nil || allLogits) {
 		return nil, nil, errors.New("llama: a device token feeds only a one-token decode step")
 	}
 	exec := r.steps[stepKind{allLogits: allLogits, prefill: dynKV == nil, hasCtx: ctxKV != nil, deviceToken: deviceToken}]

@@ -60,6 +60,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "bench: -squeeze-budget %v / -squeeze-input %d: want a fraction in [0, 1) and at least one input token\n", *sqBudget, *sqInput)
 		return 2
 	}
+	if *sqHier && *sqBudget == 0 {
+		fmt.Fprintln(stderr, "bench: -squeeze-hierarchical needs -squeeze-budget (it adds a row to that table)")
+		return 2
+	}
 	if !(*memCache >= 0) || math.IsInf(*memCache, 0) {
 		fmt.Fprintf(stderr, "bench: -memory-cache-gib %v: want a finite number of GiB >= 0\n", *memCache)
 		return 2

@@ -22,6 +22,7 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"-squeeze-budget", "1"}, "-squeeze-budget 1"},
 		{[]string{"-squeeze-budget", "0.1", "-squeeze-input", "0"}, "-squeeze-input 0"},
 		{[]string{"-backend", "tpu"}, "-backend"},
+		{[]string{"-squeeze-hierarchical"}, "-squeeze-hierarchical needs -squeeze-budget"},
 	} {
 		var out, errb bytes.Buffer
 		if code := run(append([]string{"-model", "/nonexistent"}, tc.args...), &out, &errb); code != 2 || !strings.Contains(errb.String(), tc.want) {

@@ -10,11 +10,7 @@ STEPS=${STEPS:-greedy golden ttft cmdbuf}
 has() { case " $STEPS " in *" $1 "*) return 0;; esac; return 1; }
 if has greedy; then
   echo "== greedy tokens, bundled model, f32, XLA vs CPU"
-  for f in gpu-run/expected/*.txt; do
-    name=$(basename "$f" .txt); args=""; [ "$name" != default ] && args="-prompt-file gpu-run/prompts/$name.prompt"
-    timeout 120 ./bin/generate -backend xla -dtype f32 -max-tokens 48 $args >"$OUT/${name}_xla.txt" 2>>"$OUT/greedy.err"
-    if cmp -s "$f" "$OUT/${name}_xla.txt"; then echo "greedy $name: identical to CPU"; else echo "greedy $name: DIFFERS from CPU"; fi
-  done
+  OUT=$OUT bash scripts/gpu/greedy_check.sh
 fi
 if has golden; then
   ( . scripts/gpu/xla-env.sh >/dev/null 2>&1; cd llama && SQLLM_TEST_BACKEND=xla timeout 240 ../bin/llama.test \

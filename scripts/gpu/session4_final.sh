@@ -15,11 +15,7 @@ LENS=${LENS:-4096,16384,32768}
 if has check; then
   ( . scripts/gpu/xla-env.sh >/dev/null 2>&1; cd llama && SQLLM_TEST_BACKEND=xla timeout 300 ../bin/llama.test \
      -test.run 'TestStepKindsAgree|TestGoldenFloat32' -test.v 2>&1 | tee "$OUT/check.txt" | grep -E "^(---|ok|FAIL|PASS)|cut context" )
-  for f in gpu-run/expected/*.txt; do
-    name=$(basename "$f" .txt); args=""; [ "$name" != default ] && args="-prompt-file gpu-run/prompts/$name.prompt"
-    timeout 120 ./bin/generate -backend xla -dtype f32 -max-tokens 48 $args >"$OUT/${name}_xla.txt" 2>>"$OUT/greedy.err"
-    if cmp -s "$f" "$OUT/${name}_xla.txt"; then echo "greedy $name: identical to CPU"; else echo "greedy $name: DIFFERS from CPU"; fi
-  done
+  OUT=$OUT bash scripts/gpu/greedy_check.sh
 fi
 if has ttft; then
   T="-lens= -ttft-context 8192 -ttft-question 64 -reps 5"
