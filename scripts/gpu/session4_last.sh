@@ -8,7 +8,7 @@ bash scripts/gpu/unpack.sh
 nvidia-smi --query-gpu=name --format=csv,noheader | tee -a "$R"
 LENS=${LENS:-4096,32768}
 timeout 100 ./bin/bench -backend xla -dtype bf16 -model gpu-run/models/llama-2-7b -random-weights -label "LLaMA-2-7B shape" \
-  -lens= -ttft-context 8192 -ttft-question 64 -reps 3 -ttft-disk=false 2>"$OUT/ttft.err" | grep --line-buffered "^|" | tee -a "$R"
+  -lens= -ttft-context 8192 -ttft-question 64 -reps 5 -ttft-disk=false -memory-cache-gib 8 2>"$OUT/ttft.err" | grep --line-buffered "^|" | tee -a "$R"
 B="./bin/bench -backend xla -dtype bf16 -random-weights -decode 48 -reps 2"
 for m in llama-2-7b:LLaMA-2-7B llama-3-8b:LLaMA-3-8B; do
   timeout 120 $B -model gpu-run/models/${m%%:*} -label "${m##*:} shape" -lens $LENS 2>>"$OUT/speed.err" \
