@@ -10,6 +10,8 @@ import (
 	"github.com/gomlx/compute/shapes"
 	. "github.com/gomlx/gomlx/core/graph" //nolint:revive // graph code reads best with the ops unqualified.
 	"github.com/gomlx/gomlx/support/exceptions"
+
+	"github.com/squeezeai/sqllm/squeeze"
 )
 
 // The forward pass as graph functions. A step processes n new tokens (a prefill chunk or one decode
@@ -347,6 +349,14 @@ var testSplitK bool
 // (SQLLM_NO_SPLITK=1), for measuring what they gain.
 var noSplitK = os.Getenv("SQLLM_NO_SPLITK") != ""
 
+// The squeezed path's attention products split the same way (squeeze.SplitKValues), and off with them.
+// SQLLM_SQUEEZE_PASSES=1 makes the squeezed selection search its boundary in passes on accelerators too
+// (squeeze.NoAllPairs).
+func init() {
+	squeeze.NoSplitK = noSplitK
+	squeeze.NoAllPairs = os.Getenv("SQLLM_SQUEEZE_PASSES") != ""
+}
+
 // weightValues is probs [numKVHeads, rows, capacity] · values [numKVHeads, capacity, headDim] (in the
 // probabilities' dtype). For a decode step on XLA (few query rows, a long segment) it is computed in split
 // form: partial sums over chunks of splitKRows keys (float32), then their sum. As one product, XLA reduces
@@ -354,24 +364,12 @@ var noSplitK = os.Getenv("SQLLM_NO_SPLITK") != ""
 // 4K context, that kernel read the values at 1.6 TB/s (21 µs per layer), against 2.5-3.1 TB/s for the
 // step's other large kernels, and the gap grows with the context.
 func weightValues(probs, values *Node) *Node {
-	kvh, rows, capacity := probs.Shape().Dimensions[0], probs.Shape().Dimensions[1], probs.Shape().Dimensions[2]
-	hd := values.Shape().Dimensions[2]
+	rows, capacity := probs.Shape().Dimensions[1], probs.Shape().Dimensions[2]
 	goBackend := probs.Graph().Backend().String() == "go"
 	if noSplitK || rows > 16 || capacity%splitKRows != 0 || capacity < 4*splitKRows || (goBackend && !testSplitK) {
 		return einsum("kqp,kpd->kqd", probs, values)
 	}
-	chunks := capacity / splitKRows
-	p := TransposeAllAxes(Reshape(probs, kvh, rows, chunks, splitKRows), 0, 2, 1, 3) // [kvh, chunks, rows, splitKRows]
-	v := Reshape(values, kvh, chunks, splitKRows, hd)
-	f32 := dtypes.Float32
-	var part *Node // [kvh, chunks, rows, hd] float32
-	if p.DType() == f32 || goBackend {
-		p, v = ConvertDType(p, f32), ConvertDType(v, f32)
-		part = EinsumAxes(p, v, [][2]int{{3, 2}}, [][2]int{{0, 0}, {1, 1}})
-	} else {
-		part = Dot(p, v).WithAccumulatorDType(f32).WithOutputDType(f32).EinsumAxes([][2]int{{3, 2}}, [][2]int{{0, 0}, {1, 1}})
-	}
-	return ConvertDType(ReduceSum(part, 1), probs.DType())
+	return ConvertDType(squeeze.SplitKValues(probs, values, splitKRows), probs.DType())
 }
 
 // ctxPieceRows is the smallest piece of the fixed context in fusedAttention's split form (a package

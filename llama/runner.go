@@ -113,7 +113,8 @@ func NewRunner(backend compute.Backend, cfg *Config, w *Weights, opts Options) (
 	r.steps = map[stepKind]*graph.Exec{}
 	for _, all := range []bool{false, true} {
 		for _, kind := range []stepKind{{hasCtx: true}, {hasCtx: true, deviceToken: true}, {prefill: true},
-			{prefill: true, hasCtx: true}} {
+			{prefill: true, hasCtx: true}, {hasCtx: true, large: true}, {prefill: true, large: true},
+			{prefill: true, hasCtx: true, large: true}} {
 			if kind.deviceToken && all { // device-token steps are greedy: they never return all logits
 				continue
 			}
@@ -269,6 +270,24 @@ type stepKind struct {
 	// deviceToken: the step's one token is its last input, a scalar int32 on the device (the previous
 	// step's argmax), instead of the packed host vector's first entry (DecodeGreedy's pipelined steps).
 	deviceToken bool
+	// large: more than graphRows rows per call. Smaller steps (decode, short user inputs) are compiled for
+	// command buffers (CUDA graphs) on XLA; larger ones without (graphName).
+	large bool
+}
+
+// graphRows is the largest step (token rows, bucketed) compiled for command buffers. Measured on an H100
+// (LLaMA-2-7B shape, 32K fixed context; scripts/gpu/cmdbuf_squeeze.sh): with graphs a squeezed decode step
+// went 17.8 → 9.4 ms and the 8K+64-token memory hit 10.7 → 9.9 ms, but a 512-token user-input step 58 →
+// 68 ms (dense) and 58 → 87 ms (squeezed).
+const graphRows = 128
+
+// graphName marks the name of a step executable of at most graphRows rows for command buffers:
+// backend/xla compiles computations named with "cudagraph" (xla.GraphMarker) with them, the others without.
+func graphName(name string, kind stepKind) string {
+	if kind.large {
+		return name
+	}
+	return name + "_cudagraph"
 }
 
 // newExec builds a step executable; with a squeeze index, its inputs end with every layer's centroids,
@@ -338,7 +357,7 @@ func (r *Runner) newExec(kind stepKind, sq *squeezeIndex) (*graph.Exec, error) {
 	if err != nil {
 		return nil, err
 	}
-	return e.WithName(name).SetMaxCache(maxCompiled), nil
+	return e.WithName(graphName(name, kind)).SetMaxCache(maxCompiled), nil
 }
 
 // writeExec returns the executable that writes rows into a KV buffer, growing it to capacity.
@@ -692,9 +711,10 @@ func (s *Sequence) step(tokens []int, nb int, ctxKV *kvTensors, ctxLen int, dynK
 	if deviceToken && (len(tokens) != 1 || dynKV == nil || ctxKV == nil || allLogits) {
 		return nil, nil, errors.New("llama: a device token feeds only a one-token decode step")
 	}
-	exec := r.steps[stepKind{allLogits: allLogits, prefill: dynKV == nil, hasCtx: ctxKV != nil, deviceToken: deviceToken}]
+	large := nb > graphRows
+	exec := r.steps[stepKind{allLogits: allLogits, prefill: dynKV == nil, hasCtx: ctxKV != nil, deviceToken: deviceToken, large: large}]
 	if s.sq != nil && ctxKV == s.ctx {
-		if exec, err = r.stepExecSqueezed(s.sq, allLogits, deviceToken); err != nil {
+		if exec, err = r.stepExecSqueezed(s.sq, allLogits, deviceToken, large); err != nil {
 			return nil, nil, err
 		}
 		for l := range c.NumHiddenLayers {

@@ -519,9 +519,9 @@ func (r *Runner) setClusterOrder(idx *squeezeIndex) error {
 
 // stepExecSqueezed returns the compiled step for sequences over a squeezed prefix. A flat and a
 // hierarchical index share it: their index inputs differ in shape (unpackIndex), so each compiles its own.
-func (r *Runner) stepExecSqueezed(sq *squeezeIndex, allLogits, deviceToken bool) (*graph.Exec, error) {
-	key := fmt.Sprintf("step/%d/%v/calibrated=%v/device_token=%v", sq.maxKept, allLogits, sq.calibrated(), deviceToken)
+func (r *Runner) stepExecSqueezed(sq *squeezeIndex, allLogits, deviceToken, large bool) (*graph.Exec, error) {
+	key := fmt.Sprintf("step/%d/%v/calibrated=%v/device_token=%v/large=%v", sq.maxKept, allLogits, sq.calibrated(), deviceToken, large)
 	return r.namedExec(key, func() (*graph.Exec, error) {
-		return r.newExec(stepKind{allLogits: allLogits, hasCtx: true, deviceToken: deviceToken}, sq)
+		return r.newExec(stepKind{allLogits: allLogits, hasCtx: true, deviceToken: deviceToken, large: large}, sq)
 	})
 }

@@ -146,3 +146,46 @@ func TestKMeansHalfPrecision(t *testing.T) {
 		t.Errorf("centroids differ by %.3g", diff)
 	}
 }
+
+// TestSplitKValues: attention of a few query rows over a long segment computes its values product in
+// split form (SplitKValues) where splitChunk says so, and equals the one-product form: float32 and
+// bfloat16, masked keys, chunks of 256 and 64.
+func TestSplitKValues(t *testing.T) {
+	TestSplitK = true
+	defer func() { TestSplitK = false }()
+	g := NewGraph(testBackend(), "chunks")
+	for _, c := range []struct{ m, s, want int }{{3, 1024, 256}, {3, 1088, 64}, {16, 2048, 256}, {17, 2048, 0}, {3, 960, 0}, {3, 1050, 0}} {
+		if got := splitChunk(g, c.m, c.s); got != c.want {
+			t.Errorf("splitChunk(%d rows, %d keys) = %d, want %d", c.m, c.s, got, c.want)
+		}
+	}
+	const h, m, d = 2, 3, 16
+	rng := rand.New(rand.NewPCG(41, 42))
+	for _, s := range []int{1024, 1088} {
+		for _, dt := range []dtypes.DType{dtypes.Float32, dtypes.BFloat16} {
+			q, keys, vals := randn(rng, 1, h, m, d), randn(rng, 1, h, s, d), randn(rng, 1, h, s, d)
+			attend := func() []*tensors.Tensor {
+				return MustExecOnceN(testBackend(), func(q, keys, vals *Node) []*Node {
+					g := q.Graph()
+					mask := LessThan(Iota(g, shapes.Make(dtypes.Int32, h, m, s), 2), Const(g, int32(s-37)))
+					p := DenseAttention(q, ConvertDType(keys, dt), ConvertDType(vals, dt), mask, Scale(d))
+					return []*Node{p.Out, p.LSE}
+				}, q, keys, vals)
+			}
+			split := attend()
+			TestSplitK = false
+			one := attend()
+			TestSplitK = true
+			tol := 1e-5
+			if dt != dtypes.Float32 {
+				tol = 1e-2 // the one product rounds its result to bfloat16 on this backend
+			}
+			if diff := maxAbsDiff(flat(split[0]), flat(one[0])); diff > tol {
+				t.Errorf("%d keys, %s: split output differs by %.2e", s, dt, diff)
+			}
+			if diff := maxAbsDiff(flat(split[1]), flat(one[1])); diff > 1e-5 {
+				t.Errorf("%d keys, %s: split log-sum-exp differs by %.2e", s, dt, diff)
+			}
+		}
+	}
+}

@@ -25,7 +25,7 @@ import (
 // reduction); on the pure-Go backend, where only the arithmetic counts, plain bisection (31 passes) is
 // cheapest.
 func searchWays(g *Graph) int {
-	if testWays > 0 {
+	if testWays != 0 {
 		return testWays
 	}
 	if g.Backend().String() == "go" {
@@ -34,8 +34,32 @@ func searchWays(g *Graph) int {
 	return 64
 }
 
-// testWays overrides searchWays in tests (0: off).
+// testWays overrides searchWays in tests (0: off; allPairs: boundaryBits whatever K).
 var testWays int
+
+// allPairs as searchWays' result selects boundaryBits, the all-pairs comparison.
+const allPairs = -1
+
+// allPairsMaxK is the largest number of clusters whose boundary an accelerator finds by comparing all
+// pairs of clusters (boundaryBits: one fused [H, K, K] reduction) instead of budgetBits' passes (6 passes
+// of 3 dependent small kernels each with 64 ways). At K = 2048 that is 4M comparisons per head. Traced on
+// an H100 (LLaMA-2-7B shape, 32K context, K = 1638): budgetBits took 5 passes of 2.7 + 1.3 + 1.2 µs of
+// kernels a layer (scripts/gpu/trace_squeeze.sh).
+const allPairsMaxK = 2048
+
+// NoAllPairs makes accelerators search in passes (budgetBits) whatever K, for measuring what the
+// all-pairs comparison gains; the engine sets it from SQLLM_SQUEEZE_PASSES.
+var NoAllPairs bool
+
+// boundary is budgetBits' lo for SelectKeys: through boundaryBits where searchWays says allPairs, or on an
+// accelerator for K ≤ allPairsMaxK; else budgetBits. Both give the same lo (see boundaryBits).
+func boundary(bits, counts, budget *Node) *Node {
+	ways := searchWays(bits.Graph())
+	if ways == allPairs || (ways > 2 && testWays == 0 && !NoAllPairs && bits.Shape().Dimensions[1] <= allPairsMaxK) {
+		return MaxScalar(boundaryBits(bits, counts, budget), 0)
+	}
+	return budgetBits(bits, counts, budget, ways)
+}
 
 // maxScoreBits bounds the bits of a non-negative float32 score (+Inf is 0x7f800000).
 const maxScoreBits = 0x7f800001
@@ -111,9 +135,19 @@ func PermuteRows(x, order *Node) *Node { return GatherRows(x, order) }
 // budget, clustered and window are scalar int32 nodes; b is the static list size (bucketed, at least
 // budget+window; keys beyond it are dropped, the window's last).
 func SelectKeys(scores, counts, starts, order, budget, clustered, window *Node, b int) (idx, valid, kept *Node) {
+	return selectKeys(scores, counts, starts, order, budget, clustered, window, b, true)
+}
+
+// selectKeys is SelectKeys; allPairsOK false keeps the search in passes (budgetBits) on accelerators too.
+func selectKeys(scores, counts, starts, order, budget, clustered, window *Node, b int, allPairsOK bool) (idx, valid, kept *Node) {
 	bits := ScoreBits(scores)
 	n := ConvertDType(counts, dtypes.Int32)
-	lo := budgetBits(bits, n, budget, searchWays(bits.Graph())) // [H, 1]
+	var lo *Node // [H, 1]
+	if allPairsOK {
+		lo = boundary(bits, n, budget)
+	} else {
+		lo = budgetBits(bits, n, budget, max(2, searchWays(bits.Graph())))
+	}
 	h, k := bits.Shape().Dimensions[0], bits.Shape().Dimensions[1]
 	loB := BroadcastToDims(lo, h, k)
 	strict := Where(GreaterThan(bits, loB), n, ZerosLike(n)) // clusters above the boundary: all their keys
@@ -125,10 +159,14 @@ func SelectKeys(scores, counts, starts, order, budget, clustered, window *Node, 
 // above the threshold (a scalar float32), at most budget of them (the best ones when more pass: the
 // static list has room for budget + window), then the window. The number kept varies per head.
 func SelectKeysThreshold(scores, counts, starts, order, threshold, budget, clustered, window *Node, b int) (idx, valid, kept *Node) {
+	return selectKeysThreshold(scores, counts, starts, order, threshold, budget, clustered, window, b, true)
+}
+
+func selectKeysThreshold(scores, counts, starts, order, threshold, budget, clustered, window *Node, b int, allPairsOK bool) (idx, valid, kept *Node) {
 	s := ConvertDType(scores, dtypes.Float32)
 	above := GreaterThan(s, BroadcastToDims(ConvertDType(threshold, dtypes.Float32), s.Shape().Dimensions...))
 	// A cluster below the threshold weighs nothing: the budget search and the runs skip it.
-	return SelectKeys(scores, Where(above, counts, ZerosLike(counts)), starts, order, budget, clustered, window, b)
+	return selectKeys(scores, Where(above, counts, ZerosLike(counts)), starts, order, budget, clustered, window, b, allPairsOK)
 }
 
 // expandClusters writes the index list: slots [0, total) hold the keys of the clusters, every key of

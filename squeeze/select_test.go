@@ -84,7 +84,8 @@ func TestSelectKeysMatchesBudgetMask(t *testing.T) {
 	rng := rand.New(rand.NewPCG(11, 12))
 	c := newSelectCase(rng, h, s, k, clustered, window, true)
 	for _, tc := range []struct{ budget, ways int }{{1, 0}, {9, 0}, {37, 0}, {90, 0}, {179, 0}, {180, 0}, {250, 0},
-		{1, 64}, {37, 64}, {90, 64}, {180, 64}, {250, 64}} {
+		{1, 64}, {37, 64}, {90, 64}, {180, 64}, {250, 64},
+		{1, allPairs}, {37, allPairs}, {90, allPairs}, {180, allPairs}, {250, allPairs}} {
 		budget := tc.budget
 		t.Run(fmt.Sprintf("budget=%d/ways=%d", budget, tc.ways), func(t *testing.T) {
 			testWays = tc.ways
@@ -136,7 +137,9 @@ func TestSelectKeysTies(t *testing.T) {
 	rng := rand.New(rand.NewPCG(13, 14))
 	c := newSelectCase(rng, h, s, k, clustered, window, false)
 	labels, scores, counts := c.tensors()
-	for _, budget := range []int{5, 33, 70, 139} {
+	for _, tc := range []struct{ budget, ways int }{{5, 0}, {33, 0}, {70, 0}, {139, 0}, {5, allPairs}, {33, allPairs}, {70, allPairs}, {139, allPairs}} {
+		budget := tc.budget
+		testWays = tc.ways
 		out := MustExecOnceN(testBackend(), func(labels, scores, counts *Node) []*Node {
 			g := labels.Graph()
 			bud, cl, win := Const(g, int32(budget)), Const(g, int32(clustered)), Const(g, int32(window))
@@ -144,6 +147,7 @@ func TestSelectKeysTies(t *testing.T) {
 			idx, valid, _ := SelectKeys(scores, counts, starts, order, bud, cl, win, 256)
 			return []*Node{listMask(idx, valid, s)}
 		}, labels, scores, counts)
+		testWays = 0
 		got := tensors.MustCopyFlatData[int32](out[0])
 		for hh := range h {
 			// The budget-th largest key score.
@@ -158,7 +162,7 @@ func TestSelectKeysTies(t *testing.T) {
 			for i := range s {
 				m := got[hh*s+i]
 				if m > 1 {
-					t.Fatalf("budget %d head %d: row %d listed %d times", budget, hh, i, m)
+					t.Fatalf("budget %d ways %d head %d: row %d listed %d times", budget, tc.ways, hh, i, m)
 				}
 				if i >= clustered {
 					if (m == 1) != (i < clustered+window) {
@@ -176,7 +180,7 @@ func TestSelectKeysTies(t *testing.T) {
 				n += int(m)
 			}
 			if n != budget {
-				t.Errorf("budget %d head %d: kept %d clustered keys", budget, hh, n)
+				t.Errorf("budget %d ways %d head %d: kept %d clustered keys", budget, tc.ways, hh, n)
 			}
 		}
 	}

@@ -131,6 +131,7 @@ func newXLA(plugin string) (b *Backend, err error) {
 	// Executions return once enqueued (go-xla patched, third_party/go-xla/PATCHES.md), so the next step can
 	// be enqueued while one runs (llama.Sequence.DecodeGreedy). SQLLM_SYNC_EXECUTE=1 waits for each.
 	pjrt.SetAsyncExecution(os.Getenv("SQLLM_SYNC_EXECUTE") == "")
+	goxla.CompileOptionOverrides = compileOverrides
 	// TF32 off: a user who asks for float32 gets float32 products (bf16 is the fast path).
 	xb, err := goxla.New(plugin + ",tf32=false,preallocate=false")
 	if err != nil {
@@ -222,11 +223,31 @@ func sitePackages(plugin string) string {
 
 // DefaultFlags are the XLA flags this engine runs with unless XLA_FLAGS sets them otherwise.
 //
-// Command buffers (CUDA graphs) off: XLA's default records the step's kernels into a CUDA graph, and
-// since every call of a step gets new output buffers, the graph is updated on every call. On an H100
-// (2026-11-26, bench -lens 4096, LLaMA-2-7B shape, bf16) a decode step took 8.93 ms with them and
-// 7.36 ms without, and prefill and compilation were a little faster too.
-var DefaultFlags = []string{"--xla_gpu_enable_command_buffer="}
+// Command buffers (CUDA graphs) for fusions, cuBLAS, custom calls and cuDNN, from one command up; which
+// executables form them is chosen per computation (compileOverrides): only those named with GraphMarker.
+// A step's kernels are then launched as one graph instead of one by one; its buffers change on every
+// call, so XLA updates the graph each time, which costs less than the launches for small steps and more
+// for large ones. On an H100 (2026-11-26, LLaMA-2-7B shape, bf16, 32K fixed context; scripts/gpu/
+// cmdbuf_squeeze.sh), with graphs for every executable: a squeezed decode step (~1,700 kernels, host-bound)
+// 17.8 → 9.4 ms, the 8K+64 memory-hit TTFT 10.7 → 9.9 ms, a dense decode step unchanged (11.8 / 11.7),
+// but the 512-token user-input step 58 → 68 ms dense and 78 → 84 ms squeezed (87 vs 58 after the split-K
+// change). XLA_FLAGS=--xla_gpu_enable_command_buffer= turns them off for every executable.
+var DefaultFlags = []string{"--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN",
+	"--xla_gpu_graph_min_graph_size=1"}
+
+// GraphMarker in a computation's name asks for command buffers (CUDA graphs); the engine's runner names its
+// steps of at most a few dozen rows with it (decode steps, short user inputs).
+const GraphMarker = "cudagraph"
+
+// compileOverrides are the per-computation XLA options (third_party/go-xla's CompileOptionOverrides): a
+// computation not named with GraphMarker forms no command buffer (a minimum graph size no computation
+// reaches).
+func compileOverrides(name string) map[string]any {
+	if strings.Contains(name, GraphMarker) {
+		return nil
+	}
+	return map[string]any{"xla_gpu_graph_min_graph_size": int64(1 << 30)}
+}
 
 // WithDefaultFlags returns flags (an XLA_FLAGS value) with every DefaultFlags entry whose flag it does not
 // already set appended.

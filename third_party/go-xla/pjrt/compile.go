@@ -209,6 +209,37 @@ func (cc *CompileConfig) WithHLO(serialized []byte) *CompileConfig {
 	return cc
 }
 
+// WithOptionOverride sets one XLA debug option for this compilation only (sqllm patch): the
+// CompileOptionsProto's env_option_overrides, which XLA applies over the process's XLA_FLAGS (jax's
+// jit(compiler_options=...)). value is a bool, an int, an int64, a float64 or a string; XLA refuses an
+// unknown option name or a value of the wrong type when compiling.
+func (cc *CompileConfig) WithOptionOverride(key string, value any) *CompileConfig {
+	if cc.err != nil {
+		return cc
+	}
+	o := &compile_options.OptionOverrideProto{}
+	switch v := value.(type) {
+	case bool:
+		o.Value = &compile_options.OptionOverrideProto_BoolField{BoolField: v}
+	case int:
+		o.Value = &compile_options.OptionOverrideProto_IntField{IntField: int64(v)}
+	case int64:
+		o.Value = &compile_options.OptionOverrideProto_IntField{IntField: v}
+	case float64:
+		o.Value = &compile_options.OptionOverrideProto_DoubleField{DoubleField: v}
+	case string:
+		o.Value = &compile_options.OptionOverrideProto_StringField{StringField: v}
+	default:
+		cc.err = errors.Errorf("compile option %q: unsupported value type %T", key, value)
+		return cc
+	}
+	if cc.options.EnvOptionOverrides == nil {
+		cc.options.EnvOptionOverrides = map[string]*compile_options.OptionOverrideProto{}
+	}
+	cc.options.EnvOptionOverrides[key] = o
+	return cc
+}
+
 // WithStableHLO configures the program with a StableHLO program, encoded as a serialized `mlir.ModuleOp` object.
 // The serialized proto blob can be allocated in Go or in C/C++, and must be kept alive (and unchanged) until the
 // call to Done is returned.

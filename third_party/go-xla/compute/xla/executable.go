@@ -33,6 +33,11 @@ type Executable struct {
 	portable         bool
 }
 
+// CompileOptionOverrides, when set, gives the XLA debug options to override for the compilation of the
+// named computation (sqllm patch; see pjrt.CompileConfig.WithOptionOverride): for example command buffers
+// (CUDA graphs) for some executables only, through xla_gpu_graph_min_graph_size.
+var CompileOptionOverrides func(computation string) map[string]any
+
 func (b *Builder) Compile() (compute.Executable, error) {
 	if err := b.CheckValid(); err != nil {
 		return nil, err
@@ -60,6 +65,12 @@ func (b *Builder) Compile() (compute.Executable, error) {
 	}
 
 	compileConfig := b.backend.client.Compile().WithStableHLO(program)
+	// sqllm patch: per-computation XLA options (CompileOptionOverrides).
+	if f := CompileOptionOverrides; f != nil {
+		for k, v := range f(b.name) {
+			compileConfig = compileConfig.WithOptionOverride(k, v)
+		}
+	}
 	var portable bool
 	switch b.distStrategy {
 	case distributed.SPMD:
