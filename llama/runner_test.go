@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/gomlx/compute/dtypes"
@@ -251,5 +252,26 @@ func TestPackWeights(t *testing.T) {
 	}
 	if got := out[3+4].Shape().Dimensions; !slices.Equal(got, guDims) {
 		t.Errorf("gate|up shape %v, want %v", got, guDims)
+	}
+}
+
+// TestGraphNames: step executables of at most graphRows rows are named for command buffers (backend/xla
+// compiles only computations named with "cudagraph" with them), larger ones are not, squeezed ones too.
+func TestGraphNames(t *testing.T) {
+	r := testRunner(t, dtypes.Float32, Options{})
+	for kind, e := range r.steps {
+		if got := strings.Contains(e.Name(), "cudagraph"); got == kind.large {
+			t.Errorf("%+v: executable %q (large=%v)", kind, e.Name(), kind.large)
+		}
+	}
+	for _, large := range []bool{false, true} {
+		idx := &squeezeIndex{maxKept: 128}
+		e, err := r.stepExecSqueezed(idx, false, false, large)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Contains(e.Name(), "cudagraph"); got == large {
+			t.Errorf("squeezed step, large=%v: executable %q", large, e.Name())
+		}
 	}
 }
