@@ -254,17 +254,7 @@ func TestSqueezeStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Free()
-	if err := p.Squeeze(context.Background(), opts); err != nil {
-		t.Fatal(err)
-	}
-	blobs, err := p.SqueezeBlobs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	shapes, blobDTypes, geometry, err := r.SqueezeLayout(ctxLen, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	blobs, shapes, blobDTypes, geometry := squeezeAndLayout(t, r, p, ctxLen, opts)
 	total := blobBytes(t, blobs, shapes, blobDTypes)
 	t.Logf("index of %d cached rows: %d bytes (%.1f bytes a token); geometry %q", ctxLen-1, total,
 		float64(total)/float64(ctxLen-1), geometry)
@@ -458,4 +448,22 @@ func reloadedPrefix(t *testing.T, r *Runner, p *Prefix, tokens []int, opts Squee
 		t.Fatal(err)
 	}
 	return q
+}
+
+// squeezeAndLayout squeezes p with opts and returns its index blobs with the runner's layout for them
+// (shapes, dtypes, geometry), failing the test on any error.
+func squeezeAndLayout(t *testing.T, r *Runner, p *Prefix, ctxLen int, opts SqueezeOptions) (blobs [][]byte, shapes [][]int, blobDTypes []string, geometry string) {
+	t.Helper()
+	if err := p.Squeeze(context.Background(), opts); err != nil {
+		t.Fatal(err)
+	}
+	blobs, err := p.SqueezeBlobs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	shapes, blobDTypes, geometry, err = r.SqueezeLayout(ctxLen, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return blobs, shapes, blobDTypes, geometry
 }

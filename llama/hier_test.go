@@ -214,17 +214,7 @@ func TestHierarchicalSqueezeStore(t *testing.T) {
 	ctxLen := 690
 	opts := SqueezeOptions{Sparsity: 0.7, Hierarchical: true}
 	flatOpts := SqueezeOptions{Sparsity: 0.7}
-	if err := p.Squeeze(context.Background(), opts); err != nil {
-		t.Fatal(err)
-	}
-	blobs, err := p.SqueezeBlobs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	shapes, blobDTypes, geometry, err := r.SqueezeLayout(ctxLen, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	blobs, shapes, blobDTypes, geometry := squeezeAndLayout(t, r, p, ctxLen, opts)
 	_, _, flatGeometry, _ := r.SqueezeLayout(ctxLen, flatOpts)
 	L := r.cfg.NumHiddenLayers
 	if len(blobs) != 5*L+1 || len(shapes) != len(blobs) || blobDTypes[3] != "bf16" || blobDTypes[4] != "i32" ||
