@@ -16,6 +16,8 @@ import (
 //	sqNNb    Squeezed Attention in the fixed-budget mode: every step keeps exactly 1-NN% of the keys
 //	sqNNh    calibrated as sqNN, over the hierarchical two-level index (coarse centroids of the
 //	         centroids; each step scores only the centroids under the best coarse ones)
+//	sqNNm    calibrated to skip NN% as sqNN, with the attention-mass selection: every head keeps its best
+//	         clusters until their estimated attention mass reaches one calibrated target
 //
 // The name is the key of the prediction directory (OUT/preds/NAME/) and of the result rows. Mapping a
 // Config to engine options is the caller's job (cmd/longbench).
@@ -28,12 +30,14 @@ type Config struct {
 	// FixedBudget selects the fixed-budget mode (the b suffix): keep 1-Sparsity of the keys at every step
 	// instead of a calibrated threshold.
 	FixedBudget bool
+	// Mass selects the attention-mass selection (the m suffix; llama.SqueezeOptions.Mass).
+	Mass bool
 }
 
 // Squeezed reports whether the config uses Squeezed Attention.
 func (c Config) Squeezed() bool { return c.Name != "dense" }
 
-var sqName = regexp.MustCompile(`^sq([0-9]{1,2})([hb]?)$`)
+var sqName = regexp.MustCompile(`^sq([0-9]{1,2})([hbm]?)$`)
 
 // ParseConfig parses one config name.
 func ParseConfig(name string) (Config, error) {
@@ -42,13 +46,13 @@ func ParseConfig(name string) (Config, error) {
 	}
 	m := sqName.FindStringSubmatch(name)
 	if m == nil {
-		return Config{}, fmt.Errorf("unknown config %q (want dense, sqNN, sqNNb or sqNNh with NN the percentage of keys skipped, e.g. sq70)", name)
+		return Config{}, fmt.Errorf("unknown config %q (want dense, sqNN, sqNNb, sqNNh or sqNNm with NN the percentage of keys skipped, e.g. sq70)", name)
 	}
 	pct, _ := strconv.Atoi(m[1])
 	if pct < 1 {
 		return Config{}, fmt.Errorf("config %s: the sparsity must be between 1 and 99 percent", name)
 	}
-	return Config{Name: name, Sparsity: float64(pct) / 100, Hierarchical: m[2] == "h", FixedBudget: m[2] == "b"}, nil
+	return Config{Name: name, Sparsity: float64(pct) / 100, Hierarchical: m[2] == "h", FixedBudget: m[2] == "b", Mass: m[2] == "m"}, nil
 }
 
 // ParseConfigs parses a comma-separated list of config names (duplicates are an error).

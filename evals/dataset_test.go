@@ -202,9 +202,9 @@ func TestLoadTaskErrors(t *testing.T) {
 }
 
 func TestParseConfigs(t *testing.T) {
-	cs, err := ParseConfigs("dense, sq70,sq90h,sq80b")
+	cs, err := ParseConfigs("dense, sq70,sq90h,sq80b,sq90m")
 	want := []Config{{Name: "dense"}, {Name: "sq70", Sparsity: 0.7}, {Name: "sq90h", Sparsity: 0.9, Hierarchical: true},
-		{Name: "sq80b", Sparsity: 0.8, FixedBudget: true}}
+		{Name: "sq80b", Sparsity: 0.8, FixedBudget: true}, {Name: "sq90m", Sparsity: 0.9, Mass: true}}
 	if err != nil || !reflect.DeepEqual(cs, want) {
 		t.Errorf("ParseConfigs = %+v, %v", cs, err)
 	}

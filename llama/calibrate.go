@@ -25,6 +25,9 @@ import (
 
 // calibrate sets idx.threshold and idx.calibratedKept for idx.opts.Sparsity from the window's queries.
 func (p *Prefix) calibrate(idx *squeezeIndex) error {
+	if idx.opts.Mass {
+		return p.calibrateMass(idx)
+	}
 	scores, counts, _, err := p.calibrationScores(idx, false)
 	if err != nil {
 		return err
@@ -48,29 +51,9 @@ func (p *Prefix) calibrationScores(idx *squeezeIndex, withLogits bool) (scores, 
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	rows := p.cachedRows()
-	packed := make([]int32, 0, idx.window+1)
-	for _, t := range p.tokens[idx.clustered:rows] {
-		packed = append(packed, int32(t))
-	}
-	packed = append(packed, int32(idx.clustered))
-	invFreq, err := r.invFreq(rows - 1)
+	out, err := p.calibrationCall(exec, idx)
 	if err != nil {
 		return nil, nil, nil, err
-	}
-	args := make([]any, 0, len(r.weights.Tensors)+2+5*L)
-	for _, t := range r.weights.Tensors {
-		args = append(args, t)
-	}
-	args = append(args, invFreq, packed)
-	for _, ts := range [][]*tensors.Tensor{p.kv.k, p.kv.v, idx.centroids, idx.counts, idx.starts} {
-		for _, t := range ts {
-			args = append(args, t)
-		}
-	}
-	out, err := exec.Call(args...)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("llama: calibration forward: %w", err)
 	}
 	defer func() {
 		for _, t := range out {
@@ -96,6 +79,36 @@ func (p *Prefix) calibrationScores(idx *squeezeIndex, withLogits bool) (scores, 
 	return scores, counts, logits, nil
 }
 
+// calibrationCall runs a calibration executable (calibrateExecMode) over the prefix's window.
+func (p *Prefix) calibrationCall(exec *graph.Exec, idx *squeezeIndex) ([]*tensors.Tensor, error) {
+	r := p.r
+	rows := p.cachedRows()
+	packed := make([]int32, 0, idx.window+1)
+	for _, t := range p.tokens[idx.clustered:rows] {
+		packed = append(packed, int32(t))
+	}
+	packed = append(packed, int32(idx.clustered))
+	invFreq, err := r.invFreq(rows - 1)
+	if err != nil {
+		return nil, err
+	}
+	args := make([]any, 0, len(r.weights.Tensors)+2+5*r.cfg.NumHiddenLayers)
+	for _, t := range r.weights.Tensors {
+		args = append(args, t)
+	}
+	args = append(args, invFreq, packed)
+	for _, ts := range [][]*tensors.Tensor{p.kv.k, p.kv.v, idx.centroids, idx.counts, idx.starts} {
+		for _, t := range ts {
+			args = append(args, t)
+		}
+	}
+	out, err := exec.Call(args...)
+	if err != nil {
+		return nil, fmt.Errorf("llama: calibration forward: %w", err)
+	}
+	return out, nil
+}
+
 // calibrateExec returns the executable of the calibration forward. Inputs: the weights, the RoPE
 // inverse frequencies, one int32 vector [window tokens..., clustered], then per layer the context's keys
 // and values [numKVHeads, ctxCap, headDim] and the index's centroids, counts and starts (packed for a
@@ -103,7 +116,15 @@ func (p *Prefix) calibrationScores(idx *squeezeIndex, withLogits bool) (scores, 
 // float32 (-Inf: not scored by a hierarchical index) (and the window's logits [window, vocab] with
 // withLogits).
 func (r *Runner) calibrateExec(withLogits bool) (*graph.Exec, error) {
-	key := fmt.Sprintf("calibrate/%v", withLogits)
+	return r.calibrateExecMode(withLogits, false)
+}
+
+// calibrateExecMode is calibrateExec; with mass, each layer's output is instead the attention-mass
+// mode's curve [2, len(massTargets)] float32: for every target, the keys kept summed over the window's
+// tokens and KV heads, and the most kept by one token in one head (squeeze.MassKeptCurve, each window
+// token selecting alone, as a decode step does).
+func (r *Runner) calibrateExecMode(withLogits, mass bool) (*graph.Exec, error) {
+	key := fmt.Sprintf("calibrate/%v/mass=%v", withLogits, mass)
 	return r.namedExec(key, func() (*graph.Exec, error) {
 		c := r.cfg
 		nw := len(r.weights.Tensors)
@@ -121,6 +142,10 @@ func (r *Runner) calibrateExec(withLogits bool) (*graph.Exec, error) {
 			var out []*Node
 			for l, q := range queries {
 				ix := unpackIndex(squeeze.LayerIndex{Centroids: centroids[l], Counts: counts[l], Starts: starts[l]})
+				if mass {
+					out = append(out, massCurve(c, groupQueries(c, q), ix, scale))
+					continue
+				}
 				if ix.CoarseCentroids != nil {
 					out = append(out, squeeze.HierarchicalClusterScores(groupQueries(c, q), ix, scale)) // [numKVHeads, K]
 				} else {
@@ -191,4 +216,91 @@ func windowForward(c *Config, w modelNodes, tokens, start, invFreq *Node, ctxK, 
 		x = Add(x, mlp(c, lw, rmsNorm(x, lw.postNorm, c.RMSNormEps)))
 	}
 	return queries, x
+}
+
+// massTargets are the attention-mass targets the calibration tries: 1 - ε for ε log-spaced from 1 down to
+// 1e-6 (256 of them, each ε 5.6% below the previous one), then 1.
+func massTargets() []float32 {
+	const n = 256
+	t := make([]float32, 0, n+1)
+	for j := range n {
+		t = append(t, float32(1-math.Pow(10, -6*float64(j)/(n-1))))
+	}
+	return append(t, 1)
+}
+
+// massCurve is one layer's attention-mass calibration output (see calibrateExecMode) for the window's
+// grouped queries qg [numKVHeads, n*group, headDim] (token-major, as groupQueries lays them out).
+func massCurve(c *Config, qg *Node, ix squeeze.LayerIndex, scale float64) *Node {
+	g := qg.Graph()
+	h, m := qg.Shape().Dimensions[0], qg.Shape().Dimensions[1]
+	group := c.GroupSize()
+	n, k := m/group, ix.Counts.Shape().Dimensions[1]
+	// One token's selection scores its query heads together (the mean of their estimated probabilities).
+	p := Exp(squeeze.LogClusterProb(qg, ix.Centroids, ix.Counts, scale))                                 // [H, n*group, K]
+	p = ReduceMean(Reshape(p, h, n, group, k), 2)                                                        // [H, n, K]
+	counts := BroadcastToDims(Reshape(ix.Counts, h, 1, k), h, n, k)                                      // [H, n, K]
+	curve := squeeze.MassKeptCurve(Reshape(p, h*n, k), Reshape(counts, h*n, k), Const(g, massTargets())) // [H*n, T]
+	f := ConvertDType(curve, dtypes.Float32)
+	return Stack([]*Node{ReduceSum(f, 0), ReduceMax(f, 0)}, 0) // [2, T]
+}
+
+// calibrateMass sets an attention-mass index's target (idx.threshold), the fraction of the clustered keys
+// the window's tokens keep with it on average (idx.calibratedKept), and each layer's static list size:
+// the most keys one token kept in one head of the layer, rounded up to 64 × a power of two (at most every
+// clustered key), plus the window's slots. A later step that passes more keys keeps the best that fit.
+func (p *Prefix) calibrateMass(idx *squeezeIndex) error {
+	r := p.r
+	L := r.cfg.NumHiddenLayers
+	exec, err := r.calibrateExecMode(false, true)
+	if err != nil {
+		return err
+	}
+	out, err := p.calibrationCall(exec, idx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, t := range out {
+			t.FinalizeAll()
+		}
+	}()
+	targets := massTargets()
+	nt := len(targets)
+	sums := make([]float64, nt)
+	maxes := make([][]float32, L)
+	for l := range L {
+		v, err := tensors.CopyFlatData[float32](out[l])
+		if err != nil {
+			return err
+		}
+		for j := range nt {
+			sums[j] += float64(v[j])
+		}
+		maxes[l] = v[nt:]
+	}
+	rows := float64(L * r.cfg.NumKeyValueHeads * idx.window * idx.clustered) // keys over every token's selection
+	want, best := 1-idx.opts.Sparsity, -1
+	for j := range nt {
+		if best < 0 || math.Abs(sums[j]/rows-want) < math.Abs(sums[best]/rows-want) {
+			best = j
+		}
+	}
+	idx.threshold, idx.calibratedKept = targets[best], sums[best]/rows
+	idx.layerKept = make([]int, L)
+	for l := range L {
+		idx.layerKept[l] = massListSize(int(maxes[l][best]), idx.clustered, idx.opts.Window)
+	}
+	return nil
+}
+
+// massListSize is a layer's kept-list size in the attention-mass mode: room for `most` clustered keys,
+// rounded up to 64 × a power of two but not beyond the clustered keys (bucketed by 64), plus the window's
+// slots.
+func massListSize(most, clustered, window int) int {
+	slots := 64
+	for slots < most {
+		slots *= 2
+	}
+	return min(slots, bucket64(clustered)) + bucket64(window)
 }

@@ -41,7 +41,7 @@ func calibFixture(t *testing.T, r *Runner) (ids []int, dense [][]float32, p *Pre
 }
 
 // decodeLogits feeds the tokens one at a time (each step selects keys with its own queries).
-func decodeLogits(t *testing.T, p *Prefix, tokens []int) [][]float32 {
+func decodeLogits(t testing.TB, p *Prefix, tokens []int) [][]float32 {
 	t.Helper()
 	s := p.NewSequence()
 	defer s.Close()
@@ -155,6 +155,8 @@ func TestSqueezeOptions(t *testing.T) {
 		{SqueezeOptions{Sparsity: 0.5, Hierarchical: true, Centroids: 0.01}, "coarse centroids fraction 0.01"},
 		{SqueezeOptions{Budget: 0.5, Hierarchical: true, CoarseKeep: 1.5}, "coarse keep fraction 1.5"},
 		{SqueezeOptions{Budget: 0.5, Hierarchical: true, CoarseKeep: math.NaN()}, "coarse keep fraction NaN"},
+		{SqueezeOptions{Budget: 0.5, Mass: true}, "attention-mass selection needs a sparsity"},
+		{SqueezeOptions{Sparsity: 0.5, Mass: true, Hierarchical: true}, "attention-mass selection over a hierarchical index"},
 	} {
 		if _, err := tc.opts.Normalized(); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v: error %v, want one mentioning %q", tc.opts, err, tc.want)
@@ -172,6 +174,7 @@ func TestSqueezeOptions(t *testing.T) {
 		{SqueezeOptions{Sparsity: 0.7, Hierarchical: true}, "budget=0 sparsity=0.7 centroids=0.05 window=100 iterations=10 hierarchical coarse=0.01 coarse_keep=0.6"},
 		{SqueezeOptions{Sparsity: 0.9, Hierarchical: true}, "budget=0 sparsity=0.9 centroids=0.05 window=100 iterations=10 hierarchical coarse=0.01 coarse_keep=0.5"},
 		{SqueezeOptions{Budget: 1, Hierarchical: true, CoarseCentroids: 0.02}, "budget=1 sparsity=0 centroids=0.05 window=100 iterations=10 hierarchical coarse=0.02 coarse_keep=1"},
+		{SqueezeOptions{Sparsity: 0.7, Mass: true}, "budget=0 sparsity=0.7 centroids=0.05 window=100 iterations=10 mass"},
 	} {
 		if o, err := tc.opts.Normalized(); err != nil || o.String() != tc.want {
 			t.Errorf("%+v: %q %v, want %q", tc.opts, o, err, tc.want)

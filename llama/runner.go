@@ -329,10 +329,14 @@ func (r *Runner) newExec(kind stepKind, sq *squeezeIndex) (*graph.Exec, error) {
 				threshold = idx[4*L]
 			}
 			for l := range L {
+				budget := scalar(5)
+				if sq.layerKept != nil { // every slot of the layer's own list that the window does not use
+					budget = graph.Sub(graph.Const(g, int32(sq.listSize(l))), scalar(4))
+				}
 				s.squeeze.layers = append(s.squeeze.layers, squeezeLayer{
 					centroids: idx[4*l], counts: idx[4*l+1], starts: idx[4*l+2], order: idx[4*l+3],
-					clustered: scalar(3), window: scalar(4), budget: scalar(5),
-					maxKept: sq.maxKept, threshold: threshold})
+					clustered: scalar(3), window: scalar(4), budget: budget,
+					maxKept: sq.listSize(l), threshold: threshold, mass: sq.opts.Mass})
 			}
 		}
 		logits, dynK, dynV := forward(c, w, s)

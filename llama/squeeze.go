@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
+	"strconv"
 	"time"
 
 	"github.com/gomlx/compute/dtypes"
@@ -51,6 +53,15 @@ type SqueezeOptions struct {
 	// the keys a step keeps, so the threshold or budget chooses among them rather than being cut short by
 	// the pruning (sq70: 0.6, sq90: 0.5, budget 1: 1). 1 scores every fine centroid (the flat selection).
 	CoarseKeep float64
+	// Mass selects, in calibrated mode, the attention-mass selection instead of the reference's global
+	// threshold on a cluster's estimated probability: every head of every step keeps its best clusters
+	// until their estimated attention mass (count × estimated probability) reaches one global target,
+	// calibrated so that the observation window's queries, one token at a time as decode steps select,
+	// keep 1 - Sparsity of the clustered keys on average (squeeze.SelectKeysMass). A head whose attention is
+	// spread over many keys (the first layer's) then keeps many, and a sharp head few; the global threshold
+	// keeps about the same fraction in every layer and drops most of a spread head's attention. Each layer
+	// gets a static kept-list size of its own from the calibration. Flat index only.
+	Mass bool
 }
 
 // Normalized returns the options with their defaults filled in, or an error naming the bad option.
@@ -84,6 +95,12 @@ func (o SqueezeOptions) Normalized() (SqueezeOptions, error) {
 	}
 	if o.Iterations < 0 || o.Iterations > 1000 {
 		return o, fmt.Errorf("llama: %d k-means iterations outside [1, 1000]", o.Iterations)
+	}
+	if o.Mass && !o.Calibrated() {
+		return o, errors.New("llama: the attention-mass selection needs a sparsity (calibrated mode), not a fixed budget")
+	}
+	if o.Mass && o.Hierarchical {
+		return o, fmt.Errorf("llama: %w: the attention-mass selection over a hierarchical index", ErrUnsupported)
 	}
 	if !o.Hierarchical {
 		if o.CoarseCentroids != 0 || o.CoarseKeep != 0 {
@@ -119,6 +136,9 @@ func (o SqueezeOptions) String() string {
 		o.Budget, o.Sparsity, o.Centroids, o.Window, o.Iterations)
 	if o.Hierarchical {
 		s += fmt.Sprintf(" hierarchical coarse=%g coarse_keep=%g", o.CoarseCentroids, o.CoarseKeep)
+	}
+	if o.Mass {
+		s += " mass"
 	}
 	return s
 }
@@ -160,14 +180,33 @@ type squeezeIndex struct {
 	// clustered keys the calibration queries kept with it.
 	threshold      float32
 	calibratedKept float64
-	clusterTime    time.Duration // how long the clustering took
-	calibrateTime  time.Duration // how long the calibration took
-	loadTime       time.Duration // how long loading the index took (loaded from storage)
-	loaded         bool
+	// layerKept are the attention-mass mode's static kept-list sizes per layer (window slots included),
+	// set by the calibration; nil in the other modes, where every layer's list has maxKept slots.
+	layerKept     []int
+	clusterTime   time.Duration // how long the clustering took
+	calibrateTime time.Duration // how long the calibration took
+	loadTime      time.Duration // how long loading the index took (loaded from storage)
+	loaded        bool
 }
 
 // calibrated reports whether the index is in calibrated-threshold mode.
 func (sq *squeezeIndex) calibrated() bool { return sq.opts.Sparsity > 0 }
+
+// listSize is layer l's static kept-list size (window slots included).
+func (sq *squeezeIndex) listSize(l int) int {
+	if sq.layerKept != nil {
+		return sq.layerKept[l]
+	}
+	return sq.maxKept
+}
+
+// listKey names the kept-list sizes in executable cache keys.
+func (sq *squeezeIndex) listKey() string {
+	if sq.layerKept == nil {
+		return strconv.Itoa(sq.maxKept)
+	}
+	return fmt.Sprint(sq.layerKept)
+}
 
 // squeezeLayer are one layer's index nodes inside a step graph.
 type squeezeLayer struct {
@@ -176,7 +215,9 @@ type squeezeLayer struct {
 	clustered, window, budget *Node // scalar int32: they vary per prefix without recompiling
 	maxKept                   int
 	// threshold is the calibrated mode's global threshold (scalar float32); nil in fixed-budget mode.
+	// With mass, it is the attention-mass mode's target (squeeze.SelectKeysMass).
 	threshold *Node
+	mass      bool
 }
 
 type squeezeInputs struct {
@@ -186,6 +227,9 @@ type squeezeInputs struct {
 // SqueezeInfo describes a prefix's Squeezed Attention index.
 type SqueezeInfo struct {
 	Options SqueezeOptions // normalized
+	// ListSizes are the attention-mass mode's static kept-list sizes per layer (window slots included),
+	// from its calibration; nil in the other modes.
+	ListSizes []int
 	// Budget is the number of clustered keys kept per KV head and step: exactly (fixed-budget mode; at
 	// most with a hierarchical index, whose unscored clusters keep nothing) or at most (calibrated mode:
 	// the static size of the kept list, see thresholdMargin).
@@ -231,7 +275,11 @@ func newSqueezeIndex(opts SqueezeOptions, rows, capacity int) (*squeezeIndex, er
 		}
 		idx.slots = min(k, int(math.Ceil(opts.CoarseKeep*float64(k))))
 	}
-	if opts.Calibrated() {
+	if opts.Mass {
+		// An upper bound until the calibration sizes each layer's list (layerKept).
+		idx.maxKept = bucket64(capacity) + bucket64(opts.Window)
+		idx.budget = idx.maxKept - window
+	} else if opts.Calibrated() {
 		keep := min(1, thresholdMargin*(1-opts.Sparsity))
 		slots := bucket64(int(math.Ceil(keep * float64(capacity))))
 		idx.maxKept = slots + bucket64(opts.Window)
@@ -323,7 +371,7 @@ func (p *Prefix) SqueezeInfo() (info SqueezeInfo, ok bool) {
 	if sq.calibrated() {
 		kept = sq.calibratedKept * float64(sq.clustered)
 	}
-	return SqueezeInfo{Options: sq.opts, Clustered: sq.clustered, Window: sq.window, Budget: sq.budget,
+	return SqueezeInfo{Options: sq.opts, ListSizes: slices.Clone(sq.layerKept), Clustered: sq.clustered, Window: sq.window, Budget: sq.budget,
 		Centroids: sq.k, CoarseCentroids: sq.k1, ScoredCentroids: sq.slots,
 		KeptFraction: (kept + float64(sq.window+sq.k1+sq.slots)) / float64(sq.clustered+sq.window),
 		Threshold:    sq.threshold, CalibratedKept: sq.calibratedKept,
@@ -364,7 +412,7 @@ func squeezedAttention(c *Config, q, ctxK, ctxV, dynK, dynV, dynMask *Node, sq *
 	// budget's best keys; in calibrated mode the clusters above the threshold, at most budget keys (the
 	// list's free slots: the best of them when more pass); then the observation window.
 	ix := unpackIndex(squeeze.LayerIndex{Centroids: sq.centroids, Counts: sq.counts, Starts: sq.starts, Order: sq.order,
-		Clustered: sq.clustered, Window: sq.window, Budget: sq.budget, Threshold: sq.threshold, MaxKept: sq.maxKept})
+		Clustered: sq.clustered, Window: sq.window, Budget: sq.budget, Threshold: sq.threshold, Mass: sq.mass, MaxKept: sq.maxKept})
 	out := squeeze.Attend(qg, ctxK, ctxV, squeeze.DenseAttention(qg, dynK, dynV, dm, scale), ix, scale, squeeze.KernelAuto).Out // [numKVHeads, n*group, headDim] float32
 	out = TransposeAllAxes(Reshape(ConvertDType(out, q.DType()), kvh, n, group, hd), 1, 0, 2, 3)
 	return Reshape(out, n, c.NumAttentionHeads*hd)
@@ -520,7 +568,7 @@ func (r *Runner) setClusterOrder(idx *squeezeIndex) error {
 // stepExecSqueezed returns the compiled step for sequences over a squeezed prefix. A flat and a
 // hierarchical index share it: their index inputs differ in shape (unpackIndex), so each compiles its own.
 func (r *Runner) stepExecSqueezed(sq *squeezeIndex, allLogits, deviceToken, large bool) (*graph.Exec, error) {
-	key := fmt.Sprintf("step/%d/%v/calibrated=%v/device_token=%v/large=%v", sq.maxKept, allLogits, sq.calibrated(), deviceToken, large)
+	key := fmt.Sprintf("step/%s/%v/calibrated=%v/mass=%v/device_token=%v/large=%v", sq.listKey(), allLogits, sq.calibrated(), sq.opts.Mass, deviceToken, large)
 	return r.namedExec(key, func() (*graph.Exec, error) {
 		return r.newExec(stepKind{allLogits: allLogits, hasCtx: true, deviceToken: deviceToken, large: large}, sq)
 	})

@@ -25,7 +25,8 @@ import (
 //
 // (the coarse clusters' counts are their children's keys, recomputed on load), then one params blob [4] f64: the calibrated threshold, the fraction of the clustered keys the
 // calibration queries kept (both 0 in fixed-budget mode), and the options' sparsity and budget (checked on
-// load). Everything else (clustered keys, window, K, budget, the static kept-list size) follows from the
+// load); in the attention-mass mode [4 + layers]: the threshold is the mass target, and each layer's
+// kept-list size follows. Everything else (clustered keys, window, K, budget, the static kept-list size) follows from the
 // options, the number of tokens and the KV capacity. A flat index's blobs never load as a hierarchical one
 // or the reverse: their numbers of blobs differ, and so do the options in the geometry.
 
@@ -86,7 +87,11 @@ func (r *Runner) squeezeLayout(idx *squeezeIndex) (shapes [][]int, blobDTypes []
 			blobDTypes = append(blobDTypes, "bf16", "i32")
 		}
 	}
-	return append(shapes, []int{4}), append(blobDTypes, "f64")
+	params := 4
+	if idx.opts.Mass {
+		params += c.NumHiddenLayers // the attention-mass mode's kept-list size per layer
+	}
+	return append(shapes, []int{params}), append(blobDTypes, "f64")
 }
 
 // SqueezeBlobs exports the prefix's squeeze index for storage (see SqueezeLayout for the layout).
@@ -171,6 +176,9 @@ func (p *Prefix) SqueezeBlobs() ([][]byte, error) {
 	var params []byte
 	for _, x := range []float64{float64(sq.threshold), sq.calibratedKept, sq.opts.Sparsity, sq.opts.Budget} {
 		params = binary.LittleEndian.AppendUint64(params, math.Float64bits(x))
+	}
+	for _, n := range sq.layerKept {
+		params = binary.LittleEndian.AppendUint64(params, math.Float64bits(float64(n)))
 	}
 	return append(blobs, params), nil
 }
@@ -312,6 +320,20 @@ func (p *Prefix) LoadSqueeze(opts SqueezeOptions, blobs [][]byte) (err error) {
 			return fmt.Errorf("llama: squeeze index: calibrated kept fraction %g outside [0, 1]", kept)
 		}
 		idx.threshold, idx.calibratedKept = float32(threshold), kept
+		if opts.Mass {
+			if !(threshold > 0 && threshold <= 1) {
+				return fmt.Errorf("llama: squeeze index: attention-mass target %g outside (0, 1]", threshold)
+			}
+			idx.layerKept = make([]int, c.NumHiddenLayers)
+			for l := range idx.layerKept {
+				n := param(4 + l)
+				if n != math.Trunc(n) || n < float64(bucket64(opts.Window)+64) || n > float64(idx.maxKept) || int(n)%64 != 0 {
+					return fmt.Errorf("llama: squeeze index: layer %d kept-list size %g outside [%d, %d] or not a multiple of 64",
+						l, n, bucket64(opts.Window)+64, idx.maxKept)
+				}
+				idx.layerKept[l] = int(n)
+			}
+		}
 	} else if threshold != 0 || kept != 0 {
 		return fmt.Errorf("llama: squeeze index: a fixed-budget index with threshold %g and kept fraction %g (want 0, 0)", threshold, kept)
 	}

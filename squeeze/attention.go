@@ -19,7 +19,10 @@ type LayerIndex struct {
 	// Threshold is the calibrated mode's threshold on a cluster's estimated probability (scalar float32):
 	// the clusters above it are kept, at most Budget keys (the best). nil: fixed-budget mode.
 	Threshold *Node
-	MaxKept   int // static size of the kept-key lists (≥ Budget + Window)
+	// Mass makes Threshold the attention-mass mode's target (SelectKeysMass): each head keeps its best
+	// clusters until their estimated attention mass reaches it.
+	Mass    bool
+	MaxKept int // static size of the kept-key lists (≥ Budget + Window)
 
 	// The coarse level of a hierarchical index (hier.go); CoarseCentroids nil: a flat index. The fine
 	// arrays above are then grouped by coarse cluster (KMeansHierarchical): coarse cluster c's children
@@ -54,6 +57,10 @@ func Select(qg *Node, ix LayerIndex, scale float64) (idx, valid, kept *Node) {
 	// pure-Go backend does not reproduce with either search. Not understood yet; the flat index's all-pairs
 	// search passes the same check (TestSqueezedPrefix, 1.7e-6).
 	allPairsOK := ix.CoarseCentroids == nil
+	if ix.Threshold != nil && ix.Mass {
+		return selectKeysMass(scores, counts, starts, ix.Order, ix.Threshold, ix.Budget, ix.Clustered,
+			ix.Window, ix.MaxKept, allPairsOK)
+	}
 	if ix.Threshold != nil {
 		return selectKeysThreshold(scores, counts, starts, ix.Order, ix.Threshold, ix.Budget, ix.Clustered,
 			ix.Window, ix.MaxKept, allPairsOK)

@@ -6,6 +6,10 @@ import (
 	"fmt"
 	"math"
 	"slices"
+
+	"github.com/gomlx/compute/dtypes"
+	"github.com/gomlx/compute/shapes"
+	. "github.com/gomlx/gomlx/core/graph" //nolint:revive // graph code reads best with the ops unqualified.
 )
 
 // CalibrateThreshold returns the global threshold τ that drops (score ≤ τ) the given fraction of keys, from
@@ -97,4 +101,36 @@ func CalibrateClusters(scores, counts []float32, sparsity float64) (threshold fl
 		i = j
 	}
 	return threshold, 1 - bestDropped/total, nil
+}
+
+// MassKeptCurve is the attention-mass mode's calibration curve: for every row of scores [R, K] (one
+// query's ClusterScores for one head: estimated probabilities, Σ counts × scores = 1) with counts [R, K],
+// and every mass target of targets [T] (float32), the number of keys SelectKeysMass keeps for it (the
+// clusters in decreasing order of score until their mass reaches the target; all when it is not reached; none for a target ≤ 0):
+// [R, T] int32. Ties between clusters are broken by the sort, where SelectKeysMass keeps every tied one.
+func MassKeptCurve(scores, counts, targets *Node) *Node {
+	g := scores.Graph()
+	f32, i32 := dtypes.Float32, dtypes.Int32
+	r, k := scores.Shape().Dimensions[0], scores.Shape().Dimensions[1]
+	t := targets.Shape().Dimensions[0]
+	s := ConvertDType(scores, f32)
+	s = Where(GreaterThan(s, ZerosLike(s)), s, ZerosLike(s))
+	n := ConvertDType(counts, f32)
+	desc := NewClosure(g, func(g *Graph) []*Node {
+		lhs := Parameter(g, "lhs_score", shapes.Make(f32))
+		rhs := Parameter(g, "rhs_score", shapes.Make(f32))
+		for _, name := range []string{"lhs_mass", "rhs_mass", "lhs_count", "rhs_count"} {
+			_ = Parameter(g, name, shapes.Make(f32))
+		}
+		return []*Node{GreaterThan(lhs, rhs)}
+	})
+	sorted := SortFunc(desc, 1, false, s, Mul(s, n), n)
+	cumMass, cumCount := CumSum(sorted[1], 1), CumSum(sorted[2], 1) // [R, K]
+	// Clusters needed for target x: those before the first whose cumulative mass reaches x.
+	// (A binary search per target: the cumulative masses rise along a row; a cumulative mass equal to the
+	// target counts as below it, which only matters for exact ties.)
+	x := BroadcastToDims(Reshape(ConvertDType(targets, f32), 1, t), r, t)
+	before := searchRight(cumMass, x) // [R, T]
+	kept := ConvertDType(takeAlong(cumCount, MinScalar(before, k-1)), i32)
+	return Where(GreaterThan(x, ZerosLike(x)), kept, ZerosLike(kept)) // a target ≤ 0 needs no key
 }

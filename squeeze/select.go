@@ -169,6 +169,40 @@ func selectKeysThreshold(scores, counts, starts, order, threshold, budget, clust
 	return selectKeys(scores, Where(above, counts, ZerosLike(counts)), starts, order, budget, clustered, window, b, allPairsOK)
 }
 
+// SelectKeysMass is SelectKeys in the attention-mass mode: per head, the clusters in decreasing order of
+// score, until their estimated attention mass reaches target (a scalar float32 in (0, 1]), at most budget
+// keys of them (the best ones when more: the static list has room for budget + window), then the window.
+// A cluster's estimated mass is its count × its score (ClusterScores: over all clusters it sums to 1), so
+// a head whose attention is spread over many keys keeps many, and a head that attends to a few clusters
+// keeps few: the number kept varies per head and step. Every cluster tied with the last one needed is
+// kept; a target above the total mass (rounding, or a hierarchical index's unscored clusters) keeps them
+// all.
+func SelectKeysMass(scores, counts, starts, order, target, budget, clustered, window *Node, b int) (idx, valid, kept *Node) {
+	return selectKeysMass(scores, counts, starts, order, target, budget, clustered, window, b, true)
+}
+
+func selectKeysMass(scores, counts, starts, order, target, budget, clustered, window *Node, b int, allPairsOK bool) (idx, valid, kept *Node) {
+	keep := massKeep(scores, counts, target, allPairsOK)
+	return selectKeys(scores, Where(keep, counts, ZerosLike(counts)), starts, order, budget, clustered, window, b, allPairsOK)
+}
+
+// massKeep is SelectKeysMass' cluster mask [H, K]: the clusters whose score is at least the largest
+// score lo with mass(score ≥ lo) ≥ target (all of them when the total mass is below the target).
+func massKeep(scores, counts, target *Node, allPairsOK bool) *Node {
+	f32 := dtypes.Float32
+	s := ConvertDType(scores, f32)
+	bits := ScoreBits(s)
+	mass := Mul(Where(GreaterThan(s, ZerosLike(s)), s, ZerosLike(s)), ConvertDType(counts, f32)) // [H, K]
+	t := ConvertDType(target, f32)
+	var lo *Node // [H, 1]
+	if allPairsOK {
+		lo = boundary(bits, mass, t)
+	} else {
+		lo = budgetBits(bits, mass, t, max(2, searchWays(bits.Graph())))
+	}
+	return GreaterOrEqual(bits, BroadcastToDims(lo, bits.Shape().Dimensions...))
+}
+
 // expandClusters writes the index list: slots [0, total) hold the keys of the clusters, every key of
 // the `strict` clusters (taken counts [H, K]) and then keys of the `ties` clusters in cluster order, up
 // to limit keys in all (a scalar int32); slots [total, total+window) hold the window rows.
@@ -218,14 +252,14 @@ func expandRuns(strict, ties, limit *Node, b int) (c, offset, total, begin *Node
 	return ModScalar(v, k), Sub(slot, first), total, begin
 }
 
-// searchRight returns, for every query x [H, B], the number of entries of the non-decreasing rows of
-// sorted [H, N] that are ≤ x (the first index whose entry exceeds x; N when none): a binary search of
+// searchRight returns, for every query x [H, B] (of sorted's dtype), the number of entries of the
+// non-decreasing rows of sorted [H, N] that are ≤ x (int32) (the first index whose entry exceeds x; N when none): a binary search of
 // ⌈log2(N+1)⌉ gathers, each a [H, B] lookup in a table small enough to stay in cache.
 func searchRight(sorted, x *Node) *Node {
 	g := sorted.Graph()
 	n := sorted.Shape().Dimensions[1]
-	lo := ZerosLike(x)
-	hi := AddScalar(ZerosLike(x), n)
+	lo := Zeros(g, shapes.Make(dtypes.Int32, x.Shape().Dimensions...)) // x may be float
+	hi := AddScalar(lo, n)
 	for span := n; span > 0; span /= 2 { // ⌈log2(n+1)⌉ halvings
 		active := LessThan(lo, hi)
 		mid := MinScalar(DivScalar(Add(lo, hi), 2), n-1)
@@ -233,7 +267,6 @@ func searchRight(sorted, x *Node) *Node {
 		hi = Where(And(active, above), mid, hi)
 		lo = Where(And(active, Not(above)), AddScalar(mid, 1), lo)
 	}
-	_ = g
 	return lo
 }
 

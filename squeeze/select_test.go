@@ -1,6 +1,7 @@
 package squeeze
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -383,4 +384,117 @@ func TestSelectionCost(t *testing.T) {
 	bt := timeIt(func() { perCluster.MustExec(scores, counts, starts, order) })
 	t.Logf("selection of %d of %d keys × %d heads (%d clusters) on the pure-Go backend: per key (BudgetMaskN + Compact) %v, "+
 		"per cluster (SelectKeys) %v", budget, clustered, h, k, a, bt)
+}
+
+// TestSelectKeysMass: the attention-mass selection keeps, per head, the clusters in decreasing order of
+// score until their mass (count × score) reaches the target, every cluster tied with the last one needed,
+// and the window; checked against a host computation, for both boundary searches, with distinct and
+// tied scores.
+func TestSelectKeysMass(t *testing.T) {
+	const h, s, k, clustered, window = 3, 203, 17, 180, 20
+	for _, distinct := range []bool{true, false} {
+		rng := rand.New(rand.NewPCG(25, 26))
+		c := newSelectCase(rng, h, s, k, clustered, window, distinct)
+		for hh := range h { // scores → estimated probabilities: Σ counts × scores = 1 per head
+			tot := 0.0
+			for j := range k {
+				tot += float64(c.counts[hh*k+j] * c.scores[hh*k+j])
+			}
+			for j := range k {
+				c.scores[hh*k+j] = float32(float64(c.scores[hh*k+j]) / tot)
+			}
+		}
+		labels, scores, counts := c.tensors()
+		for _, ways := range []int{2, allPairs} {
+			for _, target := range []float32{1e-4, 0.3, 0.7, 0.95, 1.5} {
+				testWays = ways
+				out := MustExecOnceN(testBackend(), func(labels, scores, counts *Node) []*Node {
+					g := labels.Graph()
+					cl, win := Const(g, int32(clustered)), Const(g, int32(window))
+					order, starts := ClusterOrder(labels, counts, cl)
+					idx, valid, kept := SelectKeysMass(scores, counts, starts, order, Const(g, target), Const(g, int32(256-window)), cl, win, 256)
+					return []*Node{listMask(idx, valid, s), kept}
+				}, labels, scores, counts)
+				testWays = 0
+				got := tensors.MustCopyFlatData[int32](out[0])
+				kept := tensors.MustCopyFlatData[int32](out[1])
+				for hh := range h {
+					// Host: the smallest score lo among the clusters needed in decreasing order.
+					sc := c.scores[hh*k : (hh+1)*k]
+					ids := make([]int, k)
+					for j := range ids {
+						ids[j] = j
+					}
+					slices.SortFunc(ids, func(a, b int) int { return cmp.Compare(sc[b], sc[a]) })
+					lo, cum := float32(0), 0.0
+					for _, j := range ids {
+						cum += float64(c.counts[hh*k+j] * sc[j])
+						if cum >= float64(target) {
+							lo = sc[j]
+							break
+						}
+					}
+					n := int32(0)
+					for i := range s {
+						want := int32(0)
+						if i < clustered && sc[c.labels[hh*s+i]] >= lo || i >= clustered && i < clustered+window {
+							want = 1
+						}
+						n += want
+						if got[hh*s+i] != want {
+							t.Errorf("distinct %v ways %d target %g head %d row %d: listed %d times, want %d",
+								distinct, ways, target, hh, i, got[hh*s+i], want)
+							break
+						}
+					}
+					if kept[hh] != n {
+						t.Errorf("distinct %v ways %d target %g head %d: kept %d, want %d", distinct, ways, target, hh, kept[hh], n)
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestMassKeptCurve: the calibration curve counts, for every target, the keys SelectKeysMass keeps (with
+// distinct scores, where the two agree exactly).
+func TestMassKeptCurve(t *testing.T) {
+	const h, s, k, clustered, window = 4, 203, 17, 180, 20
+	rng := rand.New(rand.NewPCG(27, 28))
+	c := newSelectCase(rng, h, s, k, clustered, window, true)
+	for hh := range h {
+		tot := 0.0
+		for j := range k {
+			tot += float64(c.counts[hh*k+j] * c.scores[hh*k+j])
+		}
+		for j := range k {
+			c.scores[hh*k+j] = float32(float64(c.scores[hh*k+j]) / tot)
+		}
+	}
+	labels, scores, counts := c.tensors()
+	targets := []float32{0, 1e-3, 0.2, 0.5, 0.8, 0.99, 2}
+	out := MustExecOnceN(testBackend(), func(labels, scores, counts *Node) []*Node {
+		g := labels.Graph()
+		cl, win := Const(g, int32(clustered)), Const(g, int32(window))
+		order, starts := ClusterOrder(labels, counts, cl)
+		res := []*Node{MassKeptCurve(scores, counts, Const(g, targets))}
+		for _, x := range targets {
+			_, _, kept := SelectKeysMass(scores, counts, starts, order, Const(g, x), Const(g, int32(256-window)), cl, win, 256)
+			res = append(res, kept)
+		}
+		return res
+	}, labels, scores, counts)
+	curve := tensors.MustCopyFlatData[int32](out[0]) // [H, T]
+	for j, x := range targets {
+		kept := tensors.MustCopyFlatData[int32](out[1+j])
+		for hh := range h {
+			if got, want := curve[hh*len(targets)+j], kept[hh]-window; got != want {
+				t.Errorf("target %g head %d: curve says %d keys, SelectKeysMass keeps %d", x, hh, got, want)
+			}
+		}
+	}
+	if curve[0] != 0 || curve[1] <= 0 || curve[len(targets)-1] != clustered {
+		t.Errorf("head 0: targets 0, 1e-3 and 2 keep %d, %d and %d keys (want none, the best cluster's, all %d)",
+			curve[0], curve[1], curve[len(targets)-1], clustered)
+	}
 }

@@ -54,7 +54,7 @@ type config struct {
 	contextFile, cacheDir             string
 	noCache, interactive              bool
 	sqBudget, sqCentroids, sqSparsity float64
-	sqHierarchical                    bool
+	sqHierarchical, sqMass            bool
 	sqCoarse, sqCoarseKeep            float64
 }
 
@@ -88,6 +88,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.Float64Var(&c.sqCentroids, "squeeze-centroids", 0.05, "number of k-means centroids as a fraction of the fixed context")
 	fs.Float64Var(&c.sqSparsity, "squeeze-sparsity", 0, "Squeezed Attention over the -context-file with a threshold calibrated to drop this fraction of its clustered keys (the paper's Sq-NN%; 0 = dense)")
 	fs.BoolVar(&c.sqHierarchical, "squeeze-hierarchical", false, "with -squeeze-sparsity or -squeeze-budget: a two-level index; the centroids are clustered into coarse centroids, and each step scores the coarse centroids, then only the centroids under the best ones")
+	fs.BoolVar(&c.sqMass, "squeeze-mass", false, "with -squeeze-sparsity: every head keeps its best clusters until their estimated attention mass reaches a target calibrated to the sparsity (per-head, adapts to how spread each head's attention is), instead of one global threshold on a cluster's estimated probability")
 	fs.Float64Var(&c.sqCoarse, "squeeze-coarse", 0, "with -squeeze-hierarchical: coarse centroids as a fraction of the fixed context, below -squeeze-centroids (0: 0.01)")
 	fs.Float64Var(&c.sqCoarseKeep, "squeeze-coarse-keep", 0, "with -squeeze-hierarchical: fraction of the centroids each step scores, those under the best coarse centroids, in (0, 1] (0: twice the kept fraction, within [0.5, 1])")
 	fs.BoolVar(&c.interactive, "interactive", false, "with -context-file: read user inputs from stdin, one per line, and answer each against the same fixed context")
@@ -141,6 +142,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if c.sqCentroids <= 0 || c.sqCentroids > 0.5 {
 		return nil, fmt.Errorf("-squeeze-centroids %g: want a fraction in (0, 0.5]", c.sqCentroids)
 	}
+	if c.sqMass && c.sqSparsity == 0 {
+		return nil, errors.New("-squeeze-mass needs -squeeze-sparsity (the calibrated mode)")
+	}
+	if c.sqMass && c.sqHierarchical {
+		return nil, errors.New("-squeeze-mass and -squeeze-hierarchical: the attention-mass selection works over a flat index only")
+	}
 	if (c.sqCoarse != 0 || c.sqCoarseKeep != 0) && !c.sqHierarchical {
 		return nil, errors.New("-squeeze-coarse and -squeeze-coarse-keep apply to -squeeze-hierarchical")
 	}
@@ -164,7 +171,7 @@ func (c *config) squeeze() *llama.SqueezeOptions {
 		return nil
 	}
 	return &llama.SqueezeOptions{Budget: c.sqBudget, Sparsity: c.sqSparsity, Centroids: c.sqCentroids,
-		Hierarchical: c.sqHierarchical, CoarseCentroids: c.sqCoarse, CoarseKeep: c.sqCoarseKeep}
+		Hierarchical: c.sqHierarchical, CoarseCentroids: c.sqCoarse, CoarseKeep: c.sqCoarseKeep, Mass: c.sqMass}
 }
 
 func (c *config) sampler() model.SamplerConfig {
@@ -358,6 +365,11 @@ func squeezeReport(info llama.SqueezeInfo) string {
 		calibrated := ""
 		if !info.Loaded {
 			calibrated = fmt.Sprintf(", calibrated in %.3fs", info.CalibrateTime.Seconds())
+		}
+		if info.Options.Mass {
+			return fmt.Sprintf("squeezed attention: %s%s, window %d; sparsity %.2f: attention-mass target %.4g keeps %.3f of the clustered keys "+
+				"for the calibration queries, one token at a time (kept lists per layer, window included: %v); mean kept fraction %.3f (centroids counted)",
+				made, calibrated, info.Window, info.Options.Sparsity, info.Threshold, info.CalibratedKept, info.ListSizes, info.KeptFraction)
 		}
 		return fmt.Sprintf("squeezed attention: %s%s, window %d; sparsity %.2f: threshold %.3g keeps %.3f of the clustered keys "+
 			"for the calibration queries (at most %d per head and step); mean kept fraction %.3f (centroids counted)",

@@ -51,6 +51,28 @@ func TestGenerateSqueezeSparsity(t *testing.T) {
 	}
 }
 
+// TestGenerateSqueezeMass: -squeeze-mass calibrates the attention-mass target, reports it with each
+// layer's kept list, and a second run loads the index from the disk cache and prints the same text.
+func TestGenerateSqueezeMass(t *testing.T) {
+	ctxFile, cache := codeContext(t), t.TempDir()
+	args := []string{"-model", modelDir, "-backend", "go", "-context-file", ctxFile, "-cache-dir", cache,
+		"-prompt", "def scale_40(x, y):\n", "-max-tokens", "6", "-squeeze-sparsity", "0.7", "-squeeze-mass"}
+	code, out, errs := runCLI(t, "", args...)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	t.Logf("stdout %q\n%s", out, errs)
+	kept := regexp.MustCompile(`sparsity 0\.70: attention-mass target 0\.\d+ keeps 0\.(2[89]|3[01])\d of the clustered keys ` +
+		`for the calibration queries, one token at a time \(kept lists per layer, window included: \[(\d+ ){7}\d+\]\)`)
+	if !kept.MatchString(errs) {
+		t.Errorf("report lacks the attention-mass line:\n%s", errs)
+	}
+	code, out2, errs := runCLI(t, "", args...)
+	if code != 0 || out2 != out || !strings.Contains(errs, "loaded from the disk cache") || !kept.MatchString(errs) {
+		t.Errorf("second run: exit %d, stdout %q (first %q):\n%s", code, out2, out, errs)
+	}
+}
+
 // TestGenerateSqueezeHierarchical: -squeeze-hierarchical runs with -squeeze-sparsity (calibrated, then
 // found in the disk cache by a second run, same text) and with -squeeze-budget, and the report says
 // hierarchical with its numbers of centroids.
@@ -101,6 +123,8 @@ func TestGenerateSqueezeFlags(t *testing.T) {
 		{"coarse keep without hierarchical", []string{"-context-file", ctxFile, "-squeeze-sparsity", "0.7", "-squeeze-coarse-keep", "0.5"}, "apply to -squeeze-hierarchical"},
 		{"coarse above centroids", []string{"-context-file", ctxFile, "-squeeze-sparsity", "0.7", "-squeeze-hierarchical", "-squeeze-coarse", "0.1"},
 			"-squeeze-hierarchical: llama: squeeze coarse centroids fraction 0.1 outside (0, 0.05)"},
+		{"mass with a budget", []string{"-context-file", ctxFile, "-squeeze-budget", "0.3", "-squeeze-mass"}, "-squeeze-mass needs -squeeze-sparsity"},
+		{"mass and hierarchical", []string{"-context-file", ctxFile, "-squeeze-sparsity", "0.7", "-squeeze-hierarchical", "-squeeze-mass"}, "flat index only"},
 		{"coarse keep above 1", []string{"-context-file", ctxFile, "-squeeze-budget", "0.3", "-squeeze-hierarchical", "-squeeze-coarse-keep", "2"}, "coarse keep fraction 2"},
 	}
 	for _, tc := range tests {

@@ -27,8 +27,8 @@ type opener func(o *options) (*loaded, error)
 
 // runnable says whether the engine can run a config: dense, sqNN (the calibrated threshold dropping NN%
 // of the clustered keys for the context's own window queries, the paper's Sq-NN%), sqNNb (the
-// fixed-budget mode: every step keeps 1-NN% of them) and sqNNh (sqNN over the hierarchical two-level
-// index), with the -squeeze-* knobs (a hierarchical index needs fewer coarse centroids than centroids).
+// fixed-budget mode: every step keeps 1-NN% of them), sqNNh (sqNN over the hierarchical two-level
+// index) and sqNNm (sqNN with the attention-mass selection), with the -squeeze-* knobs (a hierarchical index needs fewer coarse centroids than centroids).
 // It is checked for every config at start-up, before any data or model is loaded.
 func runnable(c evals.Config, o *options) error {
 	sq := squeezeOptions(c, o)
@@ -47,7 +47,7 @@ func squeezeOptions(c evals.Config, o *options) *llama.SqueezeOptions {
 	if !c.Squeezed() {
 		return nil
 	}
-	sq := &llama.SqueezeOptions{Sparsity: c.Sparsity, Hierarchical: c.Hierarchical}
+	sq := &llama.SqueezeOptions{Sparsity: c.Sparsity, Hierarchical: c.Hierarchical, Mass: c.Mass}
 	if c.FixedBudget {
 		sq = &llama.SqueezeOptions{Budget: 1 - c.Sparsity}
 	}

@@ -61,7 +61,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.tasks, "tasks", "", "comma-separated task names, e.g. lcc,repobench-p or tinycode_lcc")
 	fs.StringVar(&o.modelDir, "model", "", "model directory; default: the bundled "+engine.DefaultModel)
 	fs.StringVar(&o.out, "out", "", "output directory (preds/, results.csv, results.md, budget.png)")
-	fs.StringVar(&o.configs, "configs", "dense", "comma-separated configs: dense, sqNN (Squeezed Attention, threshold calibrated to skip NN% of the keys), sqNNb (fixed budget: keep 1-NN% of the keys), sqNNh (sqNN over the hierarchical two-level index: 1% coarse centroids, each step scores the fine centroids of the best ones)")
+	fs.StringVar(&o.configs, "configs", "dense", "comma-separated configs: dense, sqNN (Squeezed Attention, threshold calibrated to skip NN% of the keys), sqNNb (fixed budget: keep 1-NN% of the keys), sqNNh (sqNN over the hierarchical two-level index: 1% coarse centroids, each step scores the fine centroids of the best ones), sqNNm (calibrated to skip NN% with the attention-mass selection: every head keeps its best clusters until their estimated attention mass reaches one calibrated target)")
 	fs.StringVar(&o.prompts, "prompts", "", "LongBench's config/dataset2prompt.json (templates; overrides the built-ins)")
 	fs.StringVar(&o.maxLen, "maxlen", "", "LongBench's config/dataset2maxlen.json (max new tokens; overrides the built-ins)")
 	fs.IntVar(&o.maxLength, "max-length", 0, "middle-truncate prompts longer than this many tokens (0: the model's context minus 512, at most 31500)")

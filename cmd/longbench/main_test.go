@@ -250,7 +250,7 @@ func TestRealModel(t *testing.T) {
 }
 
 func TestSqueezeConfigs(t *testing.T) {
-	cs, err := evals.ParseConfigs("dense,sq70,sq90b,sq80h")
+	cs, err := evals.ParseConfigs("dense,sq70,sq90b,sq80h,sq70m")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,6 +266,9 @@ func TestSqueezeConfigs(t *testing.T) {
 	}
 	if o := squeezeOptions(cs[3], flags); o == nil || o.Sparsity != 0.8 || o.Budget != 0 || !o.Hierarchical {
 		t.Errorf("sq80h: %+v, want the calibrated mode with sparsity 0.8 over a hierarchical index", o)
+	}
+	if o := squeezeOptions(cs[4], flags); o == nil || o.Sparsity != 0.7 || o.Budget != 0 || o.Hierarchical || !o.Mass {
+		t.Errorf("sq70m: %+v, want the calibrated mode with sparsity 0.7 and the attention-mass selection", o)
 	}
 	// The -squeeze-* flags reach both modes.
 	flags = &options{sqCentroids: 0.1, sqWindow: 200, sqIters: 20}
