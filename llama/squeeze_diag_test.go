@@ -93,19 +93,7 @@ func BenchmarkSqueezeDroppedMass(t *testing.B) {
 	if sp == 0 {
 		sp = 0.9
 	}
-	tok, err := tokenizer.Load(bundledModel + "/tokenizer.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, _ := os.Open(path)
-	sc := bufio.NewScanner(f)
-	sc.Buffer(nil, 1<<26)
-	var rows []map[string]any
-	for sc.Scan() {
-		var m map[string]any
-		json.Unmarshal(sc.Bytes(), &m)
-		rows = append(rows, m)
-	}
+	tok, rows := lccRows(t, path)
 	r := testRunner(t, dtypes.Float32, Options{})
 	c := r.cfg
 	H, G, D := c.NumKeyValueHeads, c.GroupSize(), c.HeadDim
@@ -324,6 +312,30 @@ func lccItems(t testing.TB) (path string, items []string) {
 	return path, items
 }
 
+// lccRows reads the tinycode_lcc rows and the bundled model's tokenizer.
+func lccRows(t testing.TB, path string) (*tokenizer.Tokenizer, []map[string]any) {
+	tok, err := tokenizer.Load(bundledModel + "/tokenizer.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 1<<26)
+	var rows []map[string]any
+	for sc.Scan() {
+		var m map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			t.Fatal(err)
+		}
+		rows = append(rows, m)
+	}
+	return tok, rows
+}
+
 // BenchmarkSqueezeAgreement compares the global threshold and the attention-mass selection at sparsities
 // 0.7 and 0.9 on tinycode_lcc items (SQLLM_LCC, SQLLM_LCC_ITEMS as BenchmarkSqueezeDroppedMass): the answer
 // line (up to 24 tokens) is fed after the context one token at a time, and each position's logits are
@@ -331,16 +343,7 @@ func lccItems(t testing.TB) (path string, items []string) {
 // Run with -bench SqueezeAgreement -benchtime 1x.
 func BenchmarkSqueezeAgreement(t *testing.B) {
 	path, items := lccItems(t)
-	tok, _ := tokenizer.Load(bundledModel + "/tokenizer.json")
-	f, _ := os.Open(path)
-	sc := bufio.NewScanner(f)
-	sc.Buffer(nil, 1<<26)
-	var rows []map[string]any
-	for sc.Scan() {
-		var m map[string]any
-		json.Unmarshal(sc.Bytes(), &m)
-		rows = append(rows, m)
-	}
+	tok, rows := lccRows(t, path)
 	r := testRunner(t, dtypes.Float32, Options{})
 	configs := []SqueezeOptions{{Sparsity: 0.7}, {Sparsity: 0.7, Mass: true}, {Sparsity: 0.9}, {Sparsity: 0.9, Mass: true}}
 	agree := make([]int, len(configs))

@@ -56,6 +56,19 @@ func (c selectCase) tensors() (labels, scores, counts *tensors.Tensor) {
 		tensors.FromFlatDataAndDimensions(c.counts, c.h, c.k)
 }
 
+// normalize makes the scores estimated probabilities: Σ counts × scores = 1 per head.
+func (c selectCase) normalize() {
+	for hh := range c.h {
+		tot := 0.0
+		for j := range c.k {
+			tot += float64(c.counts[hh*c.k+j] * c.scores[hh*c.k+j])
+		}
+		for j := range c.k {
+			c.scores[hh*c.k+j] = float32(float64(c.scores[hh*c.k+j]) / tot)
+		}
+	}
+}
+
 // listMask turns an index list into a mask [H, S] counting how often each row is listed.
 func listMask(idx, valid *Node, s int) *Node {
 	g := idx.Graph()
@@ -395,15 +408,7 @@ func TestSelectKeysMass(t *testing.T) {
 	for _, distinct := range []bool{true, false} {
 		rng := rand.New(rand.NewPCG(25, 26))
 		c := newSelectCase(rng, h, s, k, clustered, window, distinct)
-		for hh := range h { // scores → estimated probabilities: Σ counts × scores = 1 per head
-			tot := 0.0
-			for j := range k {
-				tot += float64(c.counts[hh*k+j] * c.scores[hh*k+j])
-			}
-			for j := range k {
-				c.scores[hh*k+j] = float32(float64(c.scores[hh*k+j]) / tot)
-			}
-		}
+		c.normalize()
 		labels, scores, counts := c.tensors()
 		for _, ways := range []int{2, allPairs} {
 			for _, target := range []float32{1e-4, 0.3, 0.7, 0.95, 1.5} {
@@ -462,15 +467,7 @@ func TestMassKeptCurve(t *testing.T) {
 	const h, s, k, clustered, window = 4, 203, 17, 180, 20
 	rng := rand.New(rand.NewPCG(27, 28))
 	c := newSelectCase(rng, h, s, k, clustered, window, true)
-	for hh := range h {
-		tot := 0.0
-		for j := range k {
-			tot += float64(c.counts[hh*k+j] * c.scores[hh*k+j])
-		}
-		for j := range k {
-			c.scores[hh*k+j] = float32(float64(c.scores[hh*k+j]) / tot)
-		}
-	}
+	c.normalize()
 	labels, scores, counts := c.tensors()
 	targets := []float32{0, 1e-3, 0.2, 0.5, 0.8, 0.99, 2}
 	out := MustExecOnceN(testBackend(), func(labels, scores, counts *Node) []*Node {
