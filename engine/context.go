@@ -369,7 +369,15 @@ func (c *Context) Generate(ctx context.Context, req Request) (res Response, err 
 	// The pending token is a slice of the prefix's tokens, shared by every request: clip it so that
 	// appending the input copies instead of writing into the shared array.
 	prompt := append(slices.Clip(seq.TakePending()), input...)
-	return c.m.generate(ctx, seq, prompt, req)
+	res, err = c.m.generate(ctx, seq, prompt, req)
+	if err == nil {
+		if kept, steps, kerr := seq.SqueezeKept(); kerr != nil {
+			err = kerr
+		} else if steps > 0 {
+			res.SqueezeKept = kept
+		}
+	}
+	return res, err
 }
 
 // fileFingerprint hashes a file's first limit bytes (all when limit < 0) and its size.

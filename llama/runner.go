@@ -342,7 +342,15 @@ func (r *Runner) newExec(kind stepKind, sq *squeezeIndex) (*graph.Exec, error) {
 		logits, dynK, dynV := forward(c, w, s)
 		// The argmax too, so that greedy decoding copies one id to the host instead of the vocabulary's logits.
 		next := graph.ArgMax(logits, -1)
-		return append(append([]*graph.Node{logits, next}, dynK...), dynV...)
+		out := append(append([]*graph.Node{logits, next}, dynK...), dynV...)
+		if s.squeeze != nil { // then the kept clustered keys, summed over the layers and KV heads (SqueezeKept)
+			kept := s.squeeze.layers[0].keptKeys
+			for _, sl := range s.squeeze.layers[1:] {
+				kept = graph.Add(kept, sl.keptKeys)
+			}
+			out = append(out, kept)
+		}
+		return out
 	}
 	name := "step"
 	if kind.prefill {
@@ -470,6 +478,8 @@ type Sequence struct {
 	keepNext bool
 	nextDev  *tensors.Tensor
 	tokIn    *tensors.Tensor
+	// keptStats are the squeezed steps' kept clustered keys (scalar int32 each, on the device; SqueezeKept).
+	keptStats []*tensors.Tensor
 }
 
 var _ model.Sequence = (*Sequence)(nil)
@@ -494,6 +504,10 @@ func (s *Sequence) Close() error {
 	}
 	s.freeDyn()
 	s.ctx = nil
+	for _, t := range s.keptStats {
+		t.FinalizeAll()
+	}
+	s.keptStats = nil
 	return nil
 }
 
@@ -744,6 +758,9 @@ func (s *Sequence) step(tokens []int, nb int, ctxKV *kvTensors, ctxLen int, dynK
 	}
 	L := c.NumHiddenLayers
 	newDyn := &kvTensors{k: out[2 : 2+L], v: out[2+L : 2+2*L]}
+	if len(out) > 2+2*L { // a squeezed step's kept keys, read when asked (SqueezeKept): no wait here
+		s.keptStats = append(s.keptStats, out[2+2*L])
+	}
 	defer out[0].FinalizeAll()
 	if s.greedy && !allLogits && s.keepNext {
 		if s.nextDev != nil { // an earlier chunk's of the same append: only the last one's is wanted

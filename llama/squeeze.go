@@ -218,6 +218,9 @@ type squeezeLayer struct {
 	// With mass, it is the attention-mass mode's target (squeeze.SelectKeysMass).
 	threshold *Node
 	mass      bool
+	// keptKeys is set by squeezedAttention: the step's kept clustered keys over the layer's KV heads
+	// (scalar int32), which the step returns summed over the layers (Sequence.SqueezeKept).
+	keptKeys *Node
 }
 
 type squeezeInputs struct {
@@ -373,9 +376,37 @@ func (p *Prefix) SqueezeInfo() (info SqueezeInfo, ok bool) {
 	}
 	return SqueezeInfo{Options: sq.opts, ListSizes: slices.Clone(sq.layerKept), Clustered: sq.clustered, Window: sq.window, Budget: sq.budget,
 		Centroids: sq.k, CoarseCentroids: sq.k1, ScoredCentroids: sq.slots,
-		KeptFraction: (kept + float64(sq.window+sq.k1+sq.slots)) / float64(sq.clustered+sq.window),
+		KeptFraction: sq.readFraction(kept),
 		Threshold:    sq.threshold, CalibratedKept: sq.calibratedKept,
 		ClusterTime: sq.clusterTime, CalibrateTime: sq.calibrateTime, LoadTime: sq.loadTime, Loaded: sq.loaded}, true
+}
+
+// readFraction is the fraction of the fixed context's keys a step reads when it keeps `kept` clustered
+// keys per KV head: those, the window and the centroids it scores, over the context's keys.
+func (sq *squeezeIndex) readFraction(kept float64) float64 {
+	return (kept + float64(sq.window+sq.k1+sq.slots)) / float64(sq.clustered+sq.window)
+}
+
+// SqueezeKept measures what the sequence's steps over its squeezed prefix read: the mean over those steps
+// of the fraction of the fixed context's keys read (kept clustered keys per KV head and layer, plus the
+// window and the centroids scored, as SqueezeInfo.KeptFraction counts them), and the number of steps.
+// steps is 0 for a sequence without a squeeze index or before any step. A step over several tokens (a
+// user input) selects once and counts once. It waits for the steps, so call it after generating.
+func (s *Sequence) SqueezeKept() (fraction float64, steps int, err error) {
+	if s.sq == nil || len(s.keptStats) == 0 {
+		return 0, 0, nil
+	}
+	total := 0.0
+	for _, t := range s.keptStats {
+		v, err := tensors.CopyFlatData[int32](t)
+		if err != nil {
+			return 0, 0, fmt.Errorf("llama: reading the squeezed steps' kept keys: %w", err)
+		}
+		total += float64(v[0])
+	}
+	c := s.r.cfg
+	perHead := total / float64(len(s.keptStats)*c.NumHiddenLayers*c.NumKeyValueHeads)
+	return s.sq.readFraction(perHead), len(s.keptStats), nil
 }
 
 func (p *Prefix) dropSqueeze() {
@@ -413,7 +444,11 @@ func squeezedAttention(c *Config, q, ctxK, ctxV, dynK, dynV, dynMask *Node, sq *
 	// list's free slots: the best of them when more pass); then the observation window.
 	ix := unpackIndex(squeeze.LayerIndex{Centroids: sq.centroids, Counts: sq.counts, Starts: sq.starts, Order: sq.order,
 		Clustered: sq.clustered, Window: sq.window, Budget: sq.budget, Threshold: sq.threshold, Mass: sq.mass, MaxKept: sq.maxKept})
-	out := squeeze.Attend(qg, ctxK, ctxV, squeeze.DenseAttention(qg, dynK, dynV, dm, scale), ix, scale, squeeze.KernelAuto).Out // [numKVHeads, n*group, headDim] float32
+	idx, valid, kept := squeeze.Select(qg, ix, scale)
+	sparse := squeeze.AttendKept(qg, ctxK, ctxV, idx, valid, kept, scale, squeeze.KernelAuto)
+	out := squeeze.Merge(sparse, squeeze.DenseAttention(qg, dynK, dynV, dm, scale)).Out // [numKVHeads, n*group, headDim] float32 (squeeze.Attend)
+	// The clustered keys this step reads, summed over the KV heads (the window's rows are not counted).
+	sq.keptKeys = ReduceSum(MaxScalar(Sub(kept, BroadcastToDims(ConvertDType(sq.window, dtypes.Int32), kept.Shape().Dimensions...)), 0))
 	out = TransposeAllAxes(Reshape(ConvertDType(out, q.DType()), kvh, n, group, hd), 1, 0, 2, 3)
 	return Reshape(out, n, c.NumAttentionHeads*hd)
 }

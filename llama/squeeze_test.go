@@ -55,3 +55,59 @@ func TestSqueezedPrefix(t *testing.T) {
 		}
 	}
 }
+
+// TestSqueezeKept: the steps' kept keys are measured. In the fixed-budget mode every step keeps exactly the
+// budget, so the measured fraction is SqueezeInfo's; in the calibrated mode it varies with the queries and
+// stays between the window alone and every key; a dense sequence measures nothing.
+func TestSqueezeKept(t *testing.T) {
+	cases, err := loadGolden()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := cases[3].IDs[:1320]
+	ctxLen := 1300
+	r := testRunner(t, dtypes.Float32, Options{})
+	p, err := r.Prefill(context.Background(), ids[:ctxLen])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Free()
+	measure := func(tokens []int) (float64, int) {
+		s := p.NewSequence()
+		defer s.Close()
+		if _, err := s.Append(context.Background(), tokens[:8]); err != nil { // the pending token and 8 more: one step
+			t.Fatal(err)
+		}
+		for _, tok := range tokens[8:] {
+			if _, err := s.Append(context.Background(), []int{tok}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		kept, steps, err := s.SqueezeKept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return kept, steps
+	}
+	if kept, steps := measure(ids[ctxLen:]); steps != 0 || kept != 0 {
+		t.Errorf("dense: measured %g over %d steps", kept, steps)
+	}
+	for _, opts := range []SqueezeOptions{{Budget: 0.3}, {Sparsity: 0.7}} {
+		if err := p.Squeeze(context.Background(), opts); err != nil {
+			t.Fatal(err)
+		}
+		info, _ := p.SqueezeInfo()
+		kept, steps := measure(ids[ctxLen:])
+		windowOnly := p.sq.readFraction(0)
+		t.Logf("%v: measured %.4f over %d steps; SqueezeInfo %.4f; window and centroids alone %.4f", opts, kept, steps, info.KeptFraction, windowOnly)
+		if steps != 1+len(ids)-ctxLen-8 {
+			t.Errorf("%v: %d steps measured, want %d", opts, steps, 1+len(ids)-ctxLen-8)
+		}
+		if opts.Budget > 0 && math.Abs(kept-info.KeptFraction) > 1e-12 {
+			t.Errorf("fixed budget: measured %.6f, want exactly %.6f", kept, info.KeptFraction)
+		}
+		if !(kept > windowOnly && kept < p.sq.readFraction(float64(p.sq.clustered))) {
+			t.Errorf("%v: measured %.4f outside (%.4f, %.4f)", opts, kept, windowOnly, p.sq.readFraction(float64(p.sq.clustered)))
+		}
+	}
+}

@@ -61,6 +61,10 @@ type Result struct {
 	// len(Tokens) when StopReason is eos (the stop token was the last one
 	// sampled), else len(Tokens)-1 (or 0).
 	DecodeTokens int
+	// SqueezeKept is, for a sequence over a fixed context read with Squeezed Attention, the mean fraction of
+	// the fixed context's keys its steps read, measured on the steps themselves (centroids counted; see
+	// llama.Sequence.SqueezeKept); 0 otherwise. The engine fills it in.
+	SqueezeKept float64
 }
 
 var errNoLogits = errors.New("sequence returned no logits")

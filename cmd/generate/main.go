@@ -345,6 +345,9 @@ func report(w io.Writer, m *engine.Model, res engine.Response) {
 	dec := res.DecodeDuration.Seconds()
 	fmt.Fprintf(w, "decode: %d tokens in %.3fs (%.1f tokens/s); stop: %s\n", len(res.Tokens), dec,
 		float64(res.DecodeTokens)/max(dec, 1e-9), res.StopReason)
+	if res.SqueezeKept > 0 {
+		fmt.Fprintf(w, "squeezed attention: the steps read %.3f of the fixed context's keys (measured; centroids counted)\n", res.SqueezeKept)
+	}
 }
 
 // squeezeReport is the report line of a squeezed fixed context: how the index was made (clustered and

@@ -67,6 +67,9 @@ func TestGenerateSqueezeMass(t *testing.T) {
 	if !kept.MatchString(errs) {
 		t.Errorf("report lacks the attention-mass line:\n%s", errs)
 	}
+	if !regexp.MustCompile(`squeezed attention: the steps read 0\.\d{3} of the fixed context's keys \(measured`).MatchString(errs) {
+		t.Errorf("report lacks the measured kept fraction:\n%s", errs)
+	}
 	code, out2, errs := runCLI(t, "", args...)
 	if code != 0 || out2 != out || !strings.Contains(errs, "loaded from the disk cache") || !kept.MatchString(errs) {
 		t.Errorf("second run: exit %d, stdout %q (first %q):\n%s", code, out2, out, errs)

@@ -73,8 +73,7 @@ func openEngine(o *options) (*loaded, error) {
 
 // engineLM is evals.LM over an engine.Model: the fixed context is prefilled (or found in the prefix cache)
 // once, squeezed when sq is set, then continued with the user input. The kept fraction it reports is the
-// context's SqueezeInfo.KeptFraction (centroids counted; for sqNN, that of the calibration queries), 1 for
-// dense.
+// one measured on the item's own steps (engine Response.SqueezeKept, centroids counted), 1 for dense.
 type engineLM struct {
 	m       *engine.Model
 	sq      *llama.SqueezeOptions // nil: dense
@@ -111,6 +110,9 @@ func (l engineLM) Generate(ctx context.Context, fixed, input []int, maxNew int, 
 		req.PromptTokens = []int{} // an empty user input: continue the fixed context alone
 	}
 	res, err := c.Generate(ctx, req)
+	if res.SqueezeKept > 0 {
+		kept = res.SqueezeKept // measured on this item's own steps
+	}
 	if l.timings != nil && err == nil {
 		line := fmt.Sprintf("longbench: timings: %d+%d tokens: context %.3fs", len(fixed), len(input), ctxTime.Seconds())
 		if squeezed {
