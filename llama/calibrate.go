@@ -247,8 +247,8 @@ func massCurve(c *Config, qg *Node, ix squeeze.LayerIndex, scale float64) *Node 
 
 // calibrateMass sets an attention-mass index's target (idx.threshold), the fraction of the clustered keys
 // the window's tokens keep with it on average (idx.calibratedKept), and each layer's static list size:
-// the most keys one token kept in one head of the layer, rounded up to 64 × a power of two (at most every
-// clustered key), plus the window's slots. A later step that passes more keys keeps the best that fit.
+// the most keys one token kept in one head of the layer, rounded up to 64 × a power of two (at most the
+// capacity), plus the window's slots. A later step that passes more keys keeps the best that fit.
 func (p *Prefix) calibrateMass(idx *squeezeIndex) error {
 	r := p.r
 	L := r.cfg.NumHiddenLayers
@@ -289,18 +289,19 @@ func (p *Prefix) calibrateMass(idx *squeezeIndex) error {
 	idx.threshold, idx.calibratedKept = targets[best], sums[best]/rows
 	idx.layerKept = make([]int, L)
 	for l := range L {
-		idx.layerKept[l] = massListSize(int(maxes[l][best]), idx.clustered, idx.opts.Window)
+		idx.layerKept[l] = massListSize(int(maxes[l][best]), idx.capacity, idx.opts.Window)
 	}
 	return nil
 }
 
 // massListSize is a layer's kept-list size in the attention-mass mode: room for `most` clustered keys,
-// rounded up to 64 × a power of two but not beyond the clustered keys (bucketed by 64), plus the window's
-// slots.
-func massListSize(most, clustered, window int) int {
+// rounded up to 64 × a power of two but not beyond the KV capacity (bucketed by 64), plus the window's
+// slots. The sizes come from a small set for all contexts of one capacity bucket (not from each context's
+// own length), so that on XLA the squeezed steps of different contexts share their compilations.
+func massListSize(most, capacity, window int) int {
 	slots := 64
 	for slots < most {
 		slots *= 2
 	}
-	return min(slots, bucket64(clustered)) + bucket64(window)
+	return min(slots, bucket64(capacity)) + bucket64(window)
 }

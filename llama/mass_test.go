@@ -64,7 +64,7 @@ func TestMassDecode(t *testing.T) {
 			t.Fatalf("list sizes %v, target %g", sq.layerKept, info.Threshold)
 		}
 		for l, n := range sq.layerKept {
-			if n%64 != 0 || n < 64+bucket64(100) || n > bucket64(sq.clustered)+bucket64(100) {
+			if n%64 != 0 || n < 64+bucket64(100) || n > bucket64(sq.capacity)+bucket64(100) {
 				t.Errorf("layer %d: list size %d", l, n)
 			}
 		}
@@ -103,7 +103,7 @@ func TestMassDecode(t *testing.T) {
 
 	// Every key (a target above the total mass, every list holding all keys) gives dense; a tiny target does not.
 	for l := range p.sq.layerKept {
-		p.sq.layerKept[l] = bucket64(p.sq.clustered) + bucket64(100)
+		p.sq.layerKept[l] = bucket64(p.sq.capacity) + bucket64(100)
 	}
 	for _, target := range []float32{2, 1e-9} {
 		p.sq.threshold = target
