@@ -18,6 +18,8 @@ import (
 //	         centroids; each step scores only the centroids under the best coarse ones)
 //	sqNNm    calibrated to skip NN% as sqNN, with the attention-mass selection: every head keeps its best
 //	         clusters until their estimated attention mass reaches one calibrated target
+//	…r       (sqNNr, sqNNmr, sqNNbr) the same selection, with the dropped keys attended approximately
+//	         through their clusters' centroids and mean values (llama.SqueezeOptions.Remainder)
 //
 // The name is the key of the prediction directory (OUT/preds/NAME/) and of the result rows. Mapping a
 // Config to engine options is the caller's job (cmd/longbench).
@@ -32,12 +34,15 @@ type Config struct {
 	FixedBudget bool
 	// Mass selects the attention-mass selection (the m suffix; llama.SqueezeOptions.Mass).
 	Mass bool
+	// Remainder attends the dropped keys through their clusters (the r suffix, last;
+	// llama.SqueezeOptions.Remainder).
+	Remainder bool
 }
 
 // Squeezed reports whether the config uses Squeezed Attention.
 func (c Config) Squeezed() bool { return c.Name != "dense" }
 
-var sqName = regexp.MustCompile(`^sq([0-9]{1,2})([hbm]?)$`)
+var sqName = regexp.MustCompile(`^sq([0-9]{1,2})([hbm]?)(r?)$`)
 
 // ParseConfig parses one config name.
 func ParseConfig(name string) (Config, error) {
@@ -46,13 +51,17 @@ func ParseConfig(name string) (Config, error) {
 	}
 	m := sqName.FindStringSubmatch(name)
 	if m == nil {
-		return Config{}, fmt.Errorf("unknown config %q (want dense, sqNN, sqNNb, sqNNh or sqNNm with NN the percentage of keys skipped, e.g. sq70)", name)
+		return Config{}, fmt.Errorf("unknown config %q (want dense, sqNN, sqNNb, sqNNh or sqNNm with NN the percentage of keys skipped, e.g. sq70, optionally followed by r)", name)
 	}
 	pct, _ := strconv.Atoi(m[1])
 	if pct < 1 {
 		return Config{}, fmt.Errorf("config %s: the sparsity must be between 1 and 99 percent", name)
 	}
-	return Config{Name: name, Sparsity: float64(pct) / 100, Hierarchical: m[2] == "h", FixedBudget: m[2] == "b", Mass: m[2] == "m"}, nil
+	if m[2] == "h" && m[3] == "r" {
+		return Config{}, fmt.Errorf("config %s: the remainder (r) needs a flat index, not the hierarchical one (h)", name)
+	}
+	return Config{Name: name, Sparsity: float64(pct) / 100, Hierarchical: m[2] == "h", FixedBudget: m[2] == "b", Mass: m[2] == "m",
+		Remainder: m[3] == "r"}, nil
 }
 
 // ParseConfigs parses a comma-separated list of config names (duplicates are an error).

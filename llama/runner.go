@@ -324,19 +324,25 @@ func (r *Runner) newExec(kind stepKind, sq *squeezeIndex) (*graph.Exec, error) {
 		if sq != nil {
 			idx := kv
 			s.squeeze = &squeezeInputs{}
+			per := sq.inputsPerLayer()
 			var threshold *graph.Node // calibrated mode: a scalar float32 after the layers' index
 			if sq.calibrated() {
-				threshold = idx[4*L]
+				threshold = idx[per*L]
 			}
 			for l := range L {
 				budget := scalar(5)
 				if sq.layerKept != nil { // every slot of the layer's own list that the window does not use
 					budget = graph.Sub(graph.Const(g, int32(sq.listSize(l))), scalar(4))
 				}
-				s.squeeze.layers = append(s.squeeze.layers, squeezeLayer{
-					centroids: idx[4*l], counts: idx[4*l+1], starts: idx[4*l+2], order: idx[4*l+3],
+				li := idx[per*l:]
+				sl := squeezeLayer{
+					centroids: li[0], counts: li[1], starts: li[2], order: li[3],
 					clustered: scalar(3), window: scalar(4), budget: budget,
-					maxKept: sq.listSize(l), threshold: threshold, mass: sq.opts.Mass})
+					maxKept: sq.listSize(l), threshold: threshold, mass: sq.opts.Mass}
+				if per > 4 {
+					sl.means = li[4]
+				}
+				s.squeeze.layers = append(s.squeeze.layers, sl)
 			}
 		}
 		logits, dynK, dynV := forward(c, w, s)
@@ -737,6 +743,9 @@ func (s *Sequence) step(tokens []int, nb int, ctxKV *kvTensors, ctxLen int, dynK
 		}
 		for l := range c.NumHiddenLayers {
 			args = append(args, s.sq.centroids[l], s.sq.counts[l], s.sq.starts[l], s.sq.order[l])
+			if s.sq.means != nil {
+				args = append(args, s.sq.means[l])
+			}
 		}
 		if s.sq.calibrated() {
 			args = append(args, s.sq.threshold)

@@ -62,6 +62,13 @@ type SqueezeOptions struct {
 	// keeps about the same fraction in every layer and drops most of a spread head's attention. Each layer
 	// gets a static kept-list size of its own from the calibration. Flat index only.
 	Mass bool
+	// Remainder attends the keys a step drops approximately instead of leaving them out: each cluster
+	// stands for its dropped keys as one key, its centroid, weighted by their number, with the mean of its
+	// keys' values (squeeze.RemainderAttention), so that a head whose attention is spread over many
+	// clusters keeps its estimated share of it. The means are computed from the prefix's values with the
+	// clustering (and again when an index is loaded; they are not stored). A step then reads each
+	// centroid's key and mean value, which the kept fraction counts as one key. Flat index only.
+	Remainder bool
 }
 
 // Normalized returns the options with their defaults filled in, or an error naming the bad option.
@@ -102,6 +109,9 @@ func (o SqueezeOptions) Normalized() (SqueezeOptions, error) {
 	if o.Mass && o.Hierarchical {
 		return o, fmt.Errorf("llama: %w: the attention-mass selection over a hierarchical index", ErrUnsupported)
 	}
+	if o.Remainder && o.Hierarchical {
+		return o, fmt.Errorf("llama: %w: the dropped keys' remainder over a hierarchical index", ErrUnsupported)
+	}
 	if !o.Hierarchical {
 		if o.CoarseCentroids != 0 || o.CoarseKeep != 0 {
 			return o, fmt.Errorf("llama: squeeze coarse centroids %g and coarse keep %g apply to a hierarchical index only", o.CoarseCentroids, o.CoarseKeep)
@@ -140,6 +150,9 @@ func (o SqueezeOptions) String() string {
 	if o.Mass {
 		s += " mass"
 	}
+	if o.Remainder {
+		s += " remainder"
+	}
 	return s
 }
 
@@ -176,6 +189,9 @@ type squeezeIndex struct {
 	// step's cluster-level selection: computed on the device after clustering or loading, never stored.
 	starts []*tensors.Tensor // per layer [numKVHeads, K(+F)] int32: first slot of each cluster in order
 	order  []*tensors.Tensor // per layer [numKVHeads, capacity] int32: the clustered keys by cluster, then the rest
+	// means are each cluster's mean value (squeeze.ClusterMeans) with opts.Remainder, computed on the
+	// device from the prefix's values after clustering or loading, never stored; nil otherwise.
+	means []*tensors.Tensor // per layer [numKVHeads, K, headDim] in the KV dtype
 	// Calibrated mode: the global threshold on a cluster's estimated probability, and the fraction of the
 	// clustered keys the calibration queries kept with it.
 	threshold      float32
@@ -191,6 +207,15 @@ type squeezeIndex struct {
 
 // calibrated reports whether the index is in calibrated-threshold mode.
 func (sq *squeezeIndex) calibrated() bool { return sq.opts.Sparsity > 0 }
+
+// inputsPerLayer is the number of index tensors a squeezed step takes per layer: centroids, counts,
+// starts, order, and the means with opts.Remainder.
+func (sq *squeezeIndex) inputsPerLayer() int {
+	if sq.opts.Remainder {
+		return 5
+	}
+	return 4
+}
 
 // listSize is layer l's static kept-list size (window slots included).
 func (sq *squeezeIndex) listSize(l int) int {
@@ -212,6 +237,7 @@ func (sq *squeezeIndex) listKey() string {
 type squeezeLayer struct {
 	centroids, counts         *Node // [numKVHeads, K, headDim] float32, [numKVHeads, K] float32 (or packed: unpackIndex)
 	starts, order             *Node // [numKVHeads, K], [numKVHeads, ctxCap] int32 (squeeze.ClusterOrder)
+	means                     *Node // [numKVHeads, K, headDim]: the clusters' mean values (Remainder); nil: off
 	clustered, window, budget *Node // scalar int32: they vary per prefix without recompiling
 	maxKept                   int
 	// threshold is the calibrated mode's global threshold (scalar float32); nil in fixed-budget mode.
@@ -341,6 +367,10 @@ func (p *Prefix) Squeeze(ctx context.Context, opts SqueezeOptions) (err error) {
 		idx.starts = append(idx.starts, out[3])
 		idx.order = append(idx.order, out[4])
 	}
+	if err := p.clusterMeans(idx); err != nil {
+		idx.free()
+		return err
+	}
 	// Wait for the device so the clustering time is real.
 	if _, err := tensors.CopyFlatData[float32](idx.counts[0]); err != nil {
 		idx.free()
@@ -419,7 +449,7 @@ func (p *Prefix) dropSqueeze() {
 
 // free releases the index's tensors.
 func (sq *squeezeIndex) free() {
-	for _, ts := range [][]*tensors.Tensor{sq.centroids, sq.counts, sq.labels, sq.starts, sq.order} {
+	for _, ts := range [][]*tensors.Tensor{sq.centroids, sq.counts, sq.labels, sq.starts, sq.order, sq.means} {
 		for _, t := range ts {
 			t.FinalizeAll()
 		}
@@ -443,9 +473,13 @@ func squeezedAttention(c *Config, q, ctxK, ctxV, dynK, dynV, dynMask *Node, sq *
 	// budget's best keys; in calibrated mode the clusters above the threshold, at most budget keys (the
 	// list's free slots: the best of them when more pass); then the observation window.
 	ix := unpackIndex(squeeze.LayerIndex{Centroids: sq.centroids, Counts: sq.counts, Starts: sq.starts, Order: sq.order,
-		Clustered: sq.clustered, Window: sq.window, Budget: sq.budget, Threshold: sq.threshold, Mass: sq.mass, MaxKept: sq.maxKept})
-	idx, valid, kept := squeeze.Select(qg, ix, scale)
+		Clustered: sq.clustered, Window: sq.window, Budget: sq.budget, Threshold: sq.threshold, Mass: sq.mass, MaxKept: sq.maxKept,
+		Means: sq.means})
+	idx, valid, kept, dropped := squeeze.SelectDropped(qg, ix, scale)
 	sparse := squeeze.AttendKept(qg, ctxK, ctxV, idx, valid, kept, scale, squeeze.KernelAuto)
+	if ix.Means != nil { // the dropped keys, approximately (SqueezeOptions.Remainder)
+		sparse = squeeze.Merge(sparse, squeeze.RemainderAttention(qg, ix.Centroids, ix.Means, dropped, scale))
+	}
 	out := squeeze.Merge(sparse, squeeze.DenseAttention(qg, dynK, dynV, dm, scale)).Out // [numKVHeads, n*group, headDim] float32 (squeeze.Attend)
 	// The clustered keys this step reads, summed over the KV heads (the window's rows are not counted).
 	sq.keptKeys = ReduceSum(MaxScalar(Sub(kept, BroadcastToDims(ConvertDType(sq.window, dtypes.Int32), kept.Shape().Dimensions...)), 0))
@@ -571,6 +605,34 @@ func (r *Runner) clusterOrderExec(k, slots int) (*graph.Exec, error) {
 	})
 }
 
+// clusterMeans computes the index's cluster mean values (squeeze.ClusterMeans) from the prefix's values,
+// one layer per call, with opts.Remainder; nothing otherwise.
+func (p *Prefix) clusterMeans(idx *squeezeIndex) error {
+	if !idx.opts.Remainder {
+		return nil
+	}
+	exec, err := p.r.namedExec(fmt.Sprintf("cluster_means/%d", idx.k), func() (*graph.Exec, error) {
+		e, err := graph.NewExec(p.r.backend, func(values, labels, counts, clustered *Node) *Node {
+			return squeeze.ClusterMeans(values, labels, counts, clustered)
+		})
+		if err != nil {
+			return nil, err
+		}
+		return e.WithName("cluster_means").SetMaxCache(maxCompiled), nil
+	})
+	if err != nil {
+		return err
+	}
+	for l := range idx.labels {
+		out, err := exec.Call(p.kv.v[l], idx.labels[l], idx.counts[l], int32(idx.clustered))
+		if err != nil {
+			return fmt.Errorf("llama: cluster means of layer %d: %w", l, err)
+		}
+		idx.means = append(idx.means, out[0])
+	}
+	return nil
+}
+
 // setClusterOrder computes the index's starts and order from its labels and counts on the device.
 func (r *Runner) setClusterOrder(idx *squeezeIndex) error {
 	slots := 0 // a flat index's starts are not followed by slots
@@ -603,7 +665,7 @@ func (r *Runner) setClusterOrder(idx *squeezeIndex) error {
 // stepExecSqueezed returns the compiled step for sequences over a squeezed prefix. A flat and a
 // hierarchical index share it: their index inputs differ in shape (unpackIndex), so each compiles its own.
 func (r *Runner) stepExecSqueezed(sq *squeezeIndex, allLogits, deviceToken, large bool) (*graph.Exec, error) {
-	key := fmt.Sprintf("step/%s/%v/calibrated=%v/mass=%v/device_token=%v/large=%v", sq.listKey(), allLogits, sq.calibrated(), sq.opts.Mass, deviceToken, large)
+	key := fmt.Sprintf("step/%s/%v/calibrated=%v/mass=%v/remainder=%v/device_token=%v/large=%v", sq.listKey(), allLogits, sq.calibrated(), sq.opts.Mass, sq.opts.Remainder, deviceToken, large)
 	return r.namedExec(key, func() (*graph.Exec, error) {
 		return r.newExec(stepKind{allLogits: allLogits, hasCtx: true, deviceToken: deviceToken, large: large}, sq)
 	})

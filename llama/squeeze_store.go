@@ -303,6 +303,9 @@ func (p *Prefix) LoadSqueeze(opts SqueezeOptions, blobs [][]byte) (err error) {
 	if err := r.setClusterOrder(idx); err != nil {
 		return err
 	}
+	if err := p.clusterMeans(idx); err != nil {
+		return err
+	}
 	pb := blobs[per*c.NumHiddenLayers]
 	param := func(i int) float64 { return math.Float64frombits(binary.LittleEndian.Uint64(pb[8*i:])) }
 	threshold, kept := param(0), param(1)

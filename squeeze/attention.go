@@ -23,6 +23,9 @@ type LayerIndex struct {
 	// clusters until their estimated attention mass reaches it.
 	Mass    bool
 	MaxKept int // static size of the kept-key lists (≥ Budget + Window)
+	// Means [H, K, D] is each cluster's mean value (ClusterMeans). Set, Attend attends the keys a step
+	// drops approximately (RemainderAttention) instead of leaving them out. Flat index only.
+	Means *Node
 
 	// The coarse level of a hierarchical index (hier.go); CoarseCentroids nil: a flat index. The fine
 	// arrays above are then grouped by coarse cluster (KMeansHierarchical): coarse cluster c's children
@@ -45,6 +48,14 @@ type LayerIndex struct {
 // ix.FineSlots fine clusters under the best coarse clusters are scored, and the selection runs on them
 // (the other fine clusters have probability 0 and none of their keys is kept).
 func Select(qg *Node, ix LayerIndex, scale float64) (idx, valid, kept *Node) {
+	idx, valid, kept, _ = SelectDropped(qg, ix, scale)
+	return idx, valid, kept
+}
+
+// SelectDropped is Select, and dropped [H, K] float32: the keys of each cluster that the list leaves
+// out (the cluster's count less its keys in the list), for RemainderAttention. With a hierarchical
+// index, dropped covers the scored fine slots' clusters only and is not meant for RemainderAttention.
+func SelectDropped(qg *Node, ix LayerIndex, scale float64) (idx, valid, kept, dropped *Node) {
 	var scores, counts, starts *Node
 	if ix.CoarseCentroids != nil {
 		_, scores, counts, starts = HierarchicalScores(qg, ix, scale) // [H, FineSlots]
@@ -57,15 +68,40 @@ func Select(qg *Node, ix LayerIndex, scale float64) (idx, valid, kept *Node) {
 	// pure-Go backend does not reproduce with either search. Not understood yet; the flat index's all-pairs
 	// search passes the same check (TestSqueezedPrefix, 1.7e-6).
 	allPairsOK := ix.CoarseCentroids == nil
-	if ix.Threshold != nil && ix.Mass {
-		return selectKeysMass(scores, counts, starts, ix.Order, ix.Threshold, ix.Budget, ix.Clustered,
+	var taken *Node
+	switch {
+	case ix.Threshold != nil && ix.Mass:
+		idx, valid, kept, taken = selectKeysMass(scores, counts, starts, ix.Order, ix.Threshold, ix.Budget, ix.Clustered,
 			ix.Window, ix.MaxKept, allPairsOK)
-	}
-	if ix.Threshold != nil {
-		return selectKeysThreshold(scores, counts, starts, ix.Order, ix.Threshold, ix.Budget, ix.Clustered,
+	case ix.Threshold != nil:
+		idx, valid, kept, taken = selectKeysThreshold(scores, counts, starts, ix.Order, ix.Threshold, ix.Budget, ix.Clustered,
 			ix.Window, ix.MaxKept, allPairsOK)
+	default:
+		idx, valid, kept, taken = selectKeys(scores, counts, starts, ix.Order, ix.Budget, ix.Clustered, ix.Window, ix.MaxKept, allPairsOK)
 	}
-	return selectKeys(scores, counts, starts, ix.Order, ix.Budget, ix.Clustered, ix.Window, ix.MaxKept, allPairsOK)
+	dropped = MaxScalar(Sub(ConvertDType(counts, dtypes.Float32), ConvertDType(taken, dtypes.Float32)), 0)
+	return idx, valid, kept, dropped
+}
+
+// RemainderAttention attends the queries q [H, M, D] to the keys a step dropped, approximately: each
+// cluster with dropped [H, K] > 0 keys left out stands for them as one key, its centroid, weighted by
+// their number (a log-count bias, as the lookup's estimate N_c·exp(q·C_c) of their attention mass), with
+// its mean value means [H, K, D] (ClusterMeans). Merged by log-sum-exp with the kept keys' attention
+// (Merge), the dropped clusters' estimated share of the attention is spread over their mean values
+// instead of being lost (the reference renormalises over the kept keys alone). Exact where a cluster's
+// keys all equal its centroid; a cluster with no dropped key weighs nothing, so with every key kept the
+// result is the kept keys' attention alone. By Jensen's inequality exp(q·mean k) ≤ mean exp(q·k): the
+// dropped mass is underestimated, never over.
+func RemainderAttention(q, centroids, means, dropped *Node, scale float64) Partial {
+	g := q.Graph()
+	f32 := dtypes.Float32
+	h, m, k := q.Shape().Dimensions[0], q.Shape().Dimensions[1], centroids.Shape().Dimensions[1]
+	logits := MulScalar(product("hmd,hkd->hmk", q, centroids), scale) // [H, M, K] float32
+	d := ConvertDType(dropped, f32)
+	some := GreaterThan(d, ZerosLike(d))
+	bias := Where(some, Log(MaxScalar(d, 1)), Scalar(g, f32, negInf)) // [H, K]
+	scores := Add(logits, BroadcastToDims(Reshape(bias, h, 1, k), h, m, k))
+	return softmaxPartial(scores, Reshape(some, h, 1, k), means)
 }
 
 // Kernel chooses how the kept keys are attended.
@@ -93,10 +129,14 @@ const FusedMinQueries = 64
 // ctxV [H, S, D] read sparsely (Select's kept keys), merged by log-sum-exp with dyn, the attention of the
 // same queries over the dynamic segment (user input and generated tokens; computed by the caller with
 // DenseAttention and its mask, or CausalAttentionFused; a zero Partial when there is none). With every
-// key kept it equals DenseAttention over both segments.
+// key kept it equals DenseAttention over both segments. With ix.Means set, the dropped keys are attended
+// approximately through their clusters (RemainderAttention).
 func Attend(qg, ctxK, ctxV *Node, dyn Partial, ix LayerIndex, scale float64, kernel Kernel) Partial {
-	idx, valid, kept := Select(qg, ix, scale)
+	idx, valid, kept, dropped := SelectDropped(qg, ix, scale)
 	sparse := AttendKept(qg, ctxK, ctxV, idx, valid, kept, scale, kernel)
+	if ix.Means != nil {
+		sparse = Merge(sparse, RemainderAttention(qg, ix.Centroids, ix.Means, dropped, scale))
+	}
 	if dyn.Out == nil {
 		return sparse
 	}

@@ -135,11 +135,13 @@ func PermuteRows(x, order *Node) *Node { return GatherRows(x, order) }
 // budget, clustered and window are scalar int32 nodes; b is the static list size (bucketed, at least
 // budget+window; keys beyond it are dropped, the window's last).
 func SelectKeys(scores, counts, starts, order, budget, clustered, window *Node, b int) (idx, valid, kept *Node) {
-	return selectKeys(scores, counts, starts, order, budget, clustered, window, b, true)
+	idx, valid, kept, _ = selectKeys(scores, counts, starts, order, budget, clustered, window, b, true)
+	return idx, valid, kept
 }
 
 // selectKeys is SelectKeys; allPairsOK false keeps the search in passes (budgetBits) on accelerators too.
-func selectKeys(scores, counts, starts, order, budget, clustered, window *Node, b int, allPairsOK bool) (idx, valid, kept *Node) {
+// taken [H, K] int32 is the number of each cluster's keys in the list.
+func selectKeys(scores, counts, starts, order, budget, clustered, window *Node, b int, allPairsOK bool) (idx, valid, kept, taken *Node) {
 	bits := ScoreBits(scores)
 	n := ConvertDType(counts, dtypes.Int32)
 	var lo *Node // [H, 1]
@@ -159,10 +161,11 @@ func selectKeys(scores, counts, starts, order, budget, clustered, window *Node, 
 // above the threshold (a scalar float32), at most budget of them (the best ones when more pass: the
 // static list has room for budget + window), then the window. The number kept varies per head.
 func SelectKeysThreshold(scores, counts, starts, order, threshold, budget, clustered, window *Node, b int) (idx, valid, kept *Node) {
-	return selectKeysThreshold(scores, counts, starts, order, threshold, budget, clustered, window, b, true)
+	idx, valid, kept, _ = selectKeysThreshold(scores, counts, starts, order, threshold, budget, clustered, window, b, true)
+	return idx, valid, kept
 }
 
-func selectKeysThreshold(scores, counts, starts, order, threshold, budget, clustered, window *Node, b int, allPairsOK bool) (idx, valid, kept *Node) {
+func selectKeysThreshold(scores, counts, starts, order, threshold, budget, clustered, window *Node, b int, allPairsOK bool) (idx, valid, kept, taken *Node) {
 	s := ConvertDType(scores, dtypes.Float32)
 	above := GreaterThan(s, BroadcastToDims(ConvertDType(threshold, dtypes.Float32), s.Shape().Dimensions...))
 	// A cluster below the threshold weighs nothing: the budget search and the runs skip it.
@@ -178,10 +181,11 @@ func selectKeysThreshold(scores, counts, starts, order, threshold, budget, clust
 // kept; a target above the total mass (rounding, or a hierarchical index's unscored clusters) keeps them
 // all.
 func SelectKeysMass(scores, counts, starts, order, target, budget, clustered, window *Node, b int) (idx, valid, kept *Node) {
-	return selectKeysMass(scores, counts, starts, order, target, budget, clustered, window, b, true)
+	idx, valid, kept, _ = selectKeysMass(scores, counts, starts, order, target, budget, clustered, window, b, true)
+	return idx, valid, kept
 }
 
-func selectKeysMass(scores, counts, starts, order, target, budget, clustered, window *Node, b int, allPairsOK bool) (idx, valid, kept *Node) {
+func selectKeysMass(scores, counts, starts, order, target, budget, clustered, window *Node, b int, allPairsOK bool) (idx, valid, kept, taken *Node) {
 	keep := massKeep(scores, counts, target, allPairsOK)
 	return selectKeys(scores, Where(keep, counts, ZerosLike(counts)), starts, order, budget, clustered, window, b, allPairsOK)
 }
@@ -205,11 +209,16 @@ func massKeep(scores, counts, target *Node, allPairsOK bool) *Node {
 
 // expandClusters writes the index list: slots [0, total) hold the keys of the clusters, every key of
 // the `strict` clusters (taken counts [H, K]) and then keys of the `ties` clusters in cluster order, up
-// to limit keys in all (a scalar int32); slots [total, total+window) hold the window rows.
-func expandClusters(strict, ties, starts, order, limit, clustered, window *Node, b int) (idx, valid, kept *Node) {
+// to limit keys in all (a scalar int32); slots [total, total+window) hold the window rows. taken [H, K]
+// int32 counts each cluster's keys in the list.
+func expandClusters(strict, ties, starts, order, limit, clustered, window *Node, b int) (idx, valid, kept, taken *Node) {
 	g := strict.Graph()
-	h := strict.Shape().Dimensions[0]
-	c, offset, total, _ := expandRuns(strict, ties, limit, b)
+	h, k := strict.Shape().Dimensions[0], strict.Shape().Dimensions[1]
+	c, offset, total, begin := expandRuns(strict, ties, limit, b)
+	// Run v holds slots [begin_v, begin_v + w_v), cut at total.
+	w := Concatenate([]*Node{strict, ties}, 1)
+	tk := Min(MaxScalar(Sub(BroadcastToDims(total, h, 2*k), begin), 0), w)
+	taken = Add(Slice(tk, AxisRange(), AxisRange(0, k)), Slice(tk, AxisRange(), AxisRange(k, 2*k)))
 	slot := Iota(g, shapes.Make(dtypes.Int32, h, b), 1) // [H, B]
 	row := Add(takeAlong(starts, c), offset)
 	s := -1
@@ -228,7 +237,7 @@ func expandClusters(strict, ties, starts, order, limit, clustered, window *Node,
 		idx = Clamp(Scalar(g, dtypes.Int32, 0), idx, Scalar(g, dtypes.Int32, s-1))
 	}
 	kept = MinScalar(Reshape(Add(total, Reshape(win, 1, 1)), h), b)
-	return idx, valid, kept
+	return idx, valid, kept, taken
 }
 
 // expandRuns lays runs of slots out in a static list of b slots: one run per cluster of `strict`'s

@@ -100,6 +100,27 @@ func KMeansMasked(keys, clustered *Node, k, iters int) (centroids, labels, count
 	return centroids, labels, counts
 }
 
+// ClusterMeans is each cluster's mean value [H, K, D] (in values' dtype; zero for an empty cluster), for
+// RemainderAttention: values [H, S, D] are the rows of keys whose first `clustered` (a scalar int32)
+// carry labels [H, S] int32 and counts [H, K] as KMeansMasked returns them; the other rows belong to no
+// cluster. A one-hot product like KMeansMasked's cluster sums (half precision with float32 accumulation
+// on an accelerator), deterministic: an index loaded from storage gets the same means.
+func ClusterMeans(values, labels, counts, clustered *Node) *Node {
+	g := values.Graph()
+	s := values.Shape().Dimensions[1]
+	k := counts.Shape().Dimensions[1]
+	mm := dtypes.Float32
+	if values.DType().IsHalfPrecision() && (g.Backend().String() != "go" || testHalfKMeans) {
+		mm = values.DType()
+	}
+	rowValid := ConvertDType(LessThan(Iota(g, shapes.Make(dtypes.Int32, 1, s, 1), 1),
+		BroadcastToDims(ConvertDType(clustered, dtypes.Int32), 1, s, 1)), mm) // [1, S, 1]
+	onehot := Mul(OneHot(ConvertDType(labels, dtypes.Int32), k, mm), rowValid)               // [H, S, K]
+	sums := productF32(onehot, ConvertDType(values, mm), [][2]int{{1, 1}}, [][2]int{{0, 0}}) // [H, K, D]
+	means := Div(sums, ExpandAxes(MaxScalar(ConvertDType(counts, dtypes.Float32), 1), -1))
+	return ConvertDType(means, values.DType())
+}
+
 // testHalfKMeans makes tests take KMeansMasked's half-precision path on the pure-Go backend.
 var testHalfKMeans bool
 

@@ -53,11 +53,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	sqBudget := fs.Float64("squeeze-budget", 0, "instead of the speed table: every -lens length as a fixed context, answered dense and with Squeezed Attention at this fixed budget (fraction of the keys kept, e.g. 0.1): user-input step and decode ms/token (0 = off)")
 	sqInput := fs.Int("squeeze-input", 512, "user-input tokens after the fixed context, for -squeeze-budget")
 	sqHier := fs.Bool("squeeze-hierarchical", false, "with -squeeze-budget, also a row with the hierarchical (two-level) index")
+	sqRem := fs.Bool("squeeze-remainder", false, "with -squeeze-budget, also a row with the dropped keys attended through their clusters (SqueezeOptions.Remainder)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	if !(*sqBudget >= 0 && *sqBudget < 1) || *sqInput < 1 {
 		fmt.Fprintf(stderr, "bench: -squeeze-budget %v / -squeeze-input %d: want a fraction in [0, 1) and at least one input token\n", *sqBudget, *sqInput)
+		return 2
+	}
+	if *sqRem && *sqBudget == 0 {
+		fmt.Fprintln(stderr, "bench: -squeeze-remainder needs -squeeze-budget (it adds a row to that table)")
 		return 2
 	}
 	if *sqHier && *sqBudget == 0 {
@@ -129,7 +134,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	if *sqBudget > 0 {
-		if err := squeezed(ctx, stdout, m, name, lens, *sqInput, *decode, *reps, *sqBudget, *sqHier); err != nil {
+		if err := squeezed(ctx, stdout, m, name, lens, *sqInput, *decode, *reps, *sqBudget, *sqHier, *sqRem); err != nil {
 			fmt.Fprintf(stderr, "bench: %v\n", err)
 			return 1
 		}
@@ -285,7 +290,7 @@ func ttft(ctx context.Context, w io.Writer, m *engine.Model, name string, n, q, 
 // (input tokens) and decodes decode tokens greedily. It prints the time of the user input's step (to the
 // first token's logits) and the decode time per token, medians of reps runs after a compiling one.
 func squeezed(ctx context.Context, w io.Writer, m *engine.Model, name string, lens []int, input, decode, reps int, budget float64,
-	hierarchical bool) error {
+	hierarchical, remainder bool) error {
 	fmt.Fprintf(w, "\n| model | dtype | fixed context | user input | attention | user-input step ms | decode ms/token | kept fraction | clustering s |\n")
 	fmt.Fprintln(w, "|---|---|---:|---:|---|---:|---:|---:|---:|")
 	for _, n := range lens {
@@ -295,6 +300,9 @@ func squeezed(ctx context.Context, w io.Writer, m *engine.Model, name string, le
 		configs := []*llama.SqueezeOptions{nil, {Budget: budget}}
 		if hierarchical {
 			configs = append(configs, &llama.SqueezeOptions{Budget: budget, Hierarchical: true})
+		}
+		if remainder {
+			configs = append(configs, &llama.SqueezeOptions{Budget: budget, Remainder: true})
 		}
 		for _, sq := range configs {
 			c, err := m.NewContextSqueezed(ctx, fixed, sq)
@@ -321,6 +329,9 @@ func squeezed(ctx context.Context, w io.Writer, m *engine.Model, name string, le
 				mode = fmt.Sprintf("squeezed, budget %g", budget)
 				if info.Options.Hierarchical {
 					mode += ", hierarchical"
+				}
+				if info.Options.Remainder {
+					mode += ", remainder"
 				}
 				kept = fmt.Sprintf("%.3f", info.KeptFraction)
 				clus = fmt.Sprintf("%.2f", info.ClusterTime.Seconds())

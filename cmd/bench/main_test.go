@@ -23,6 +23,7 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"-squeeze-budget", "0.1", "-squeeze-input", "0"}, "-squeeze-input 0"},
 		{[]string{"-backend", "tpu"}, "-backend"},
 		{[]string{"-squeeze-hierarchical"}, "-squeeze-hierarchical needs -squeeze-budget"},
+		{[]string{"-squeeze-remainder"}, "-squeeze-remainder needs -squeeze-budget"},
 	} {
 		var out, errb bytes.Buffer
 		if code := run(append([]string{"-model", "/nonexistent"}, tc.args...), &out, &errb); code != 2 || !strings.Contains(errb.String(), tc.want) {
@@ -39,7 +40,7 @@ func TestSqueezeBudget(t *testing.T) {
 	}
 	var out, errb bytes.Buffer
 	code := run([]string{"-backend", "go", "-model", modelDir, "-lens", "1024", "-squeeze-budget", "0.2",
-		"-squeeze-input", "16", "-decode", "2", "-reps", "1", "-squeeze-hierarchical"}, &out, &errb)
+		"-squeeze-input", "16", "-decode", "2", "-reps", "1", "-squeeze-hierarchical", "-squeeze-remainder"}, &out, &errb)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errb.String())
 	}
@@ -49,9 +50,9 @@ func TestSqueezeBudget(t *testing.T) {
 			rows = append(rows, strings.Split(strings.Trim(line, "| "), " | "))
 		}
 	}
-	if len(rows) != 3 || rows[0][4] != "dense" || !strings.HasPrefix(rows[1][4], "squeezed, budget 0.2 (") ||
-		!strings.HasPrefix(rows[2][4], "squeezed, budget 0.2, hierarchical (") {
-		t.Fatalf("want a dense, a squeezed and a hierarchical row:\n%s", out.String())
+	if len(rows) != 4 || rows[0][4] != "dense" || !strings.HasPrefix(rows[1][4], "squeezed, budget 0.2 (") ||
+		!strings.HasPrefix(rows[2][4], "squeezed, budget 0.2, hierarchical (") || !strings.HasPrefix(rows[3][4], "squeezed, budget 0.2, remainder (") {
+		t.Fatalf("want a dense, a squeezed, a hierarchical and a remainder row:\n%s", out.String())
 	}
 	for _, r := range rows {
 		for _, col := range []int{5, 6} { // user-input step ms, decode ms/token

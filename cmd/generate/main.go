@@ -54,7 +54,7 @@ type config struct {
 	contextFile, cacheDir             string
 	noCache, interactive              bool
 	sqBudget, sqCentroids, sqSparsity float64
-	sqHierarchical, sqMass            bool
+	sqHierarchical, sqMass, sqRem     bool
 	sqCoarse, sqCoarseKeep            float64
 }
 
@@ -88,6 +88,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.Float64Var(&c.sqCentroids, "squeeze-centroids", 0.05, "number of k-means centroids as a fraction of the fixed context")
 	fs.Float64Var(&c.sqSparsity, "squeeze-sparsity", 0, "Squeezed Attention over the -context-file with a threshold calibrated to drop this fraction of its clustered keys (the paper's Sq-NN%; 0 = dense)")
 	fs.BoolVar(&c.sqHierarchical, "squeeze-hierarchical", false, "with -squeeze-sparsity or -squeeze-budget: a two-level index; the centroids are clustered into coarse centroids, and each step scores the coarse centroids, then only the centroids under the best ones")
+	fs.BoolVar(&c.sqRem, "squeeze-remainder", false, "with -squeeze-sparsity or -squeeze-budget: the keys a step drops are still attended, approximately: each cluster stands for its dropped keys through its centroid, weighted by their number, with their cluster's mean value (flat index only)")
 	fs.BoolVar(&c.sqMass, "squeeze-mass", false, "with -squeeze-sparsity: every head keeps its best clusters until their estimated attention mass reaches a target calibrated to the sparsity (per-head, adapts to how spread each head's attention is), instead of one global threshold on a cluster's estimated probability")
 	fs.Float64Var(&c.sqCoarse, "squeeze-coarse", 0, "with -squeeze-hierarchical: coarse centroids as a fraction of the fixed context, below -squeeze-centroids (0: 0.01)")
 	fs.Float64Var(&c.sqCoarseKeep, "squeeze-coarse-keep", 0, "with -squeeze-hierarchical: fraction of the centroids each step scores, those under the best coarse centroids, in (0, 1] (0: twice the kept fraction, within [0.5, 1])")
@@ -145,6 +146,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if c.sqMass && c.sqSparsity == 0 {
 		return nil, errors.New("-squeeze-mass needs -squeeze-sparsity (the calibrated mode)")
 	}
+	if c.sqRem && c.sqSparsity == 0 && c.sqBudget == 0 {
+		return nil, errors.New("-squeeze-remainder needs -squeeze-sparsity or -squeeze-budget")
+	}
+	if c.sqRem && c.sqHierarchical {
+		return nil, errors.New("-squeeze-remainder and -squeeze-hierarchical: the remainder works over a flat index only")
+	}
 	if c.sqMass && c.sqHierarchical {
 		return nil, errors.New("-squeeze-mass and -squeeze-hierarchical: the attention-mass selection works over a flat index only")
 	}
@@ -171,7 +178,8 @@ func (c *config) squeeze() *llama.SqueezeOptions {
 		return nil
 	}
 	return &llama.SqueezeOptions{Budget: c.sqBudget, Sparsity: c.sqSparsity, Centroids: c.sqCentroids,
-		Hierarchical: c.sqHierarchical, CoarseCentroids: c.sqCoarse, CoarseKeep: c.sqCoarseKeep, Mass: c.sqMass}
+		Hierarchical: c.sqHierarchical, CoarseCentroids: c.sqCoarse, CoarseKeep: c.sqCoarseKeep, Mass: c.sqMass,
+		Remainder: c.sqRem}
 }
 
 func (c *config) sampler() model.SamplerConfig {
@@ -358,6 +366,9 @@ func squeezeReport(info llama.SqueezeInfo) string {
 	if info.CoarseCentroids > 0 {
 		centroids = fmt.Sprintf("%d centroids and %d coarse centroids (hierarchical: each step scores the coarse ones and %d centroids under the best)",
 			info.Centroids, info.CoarseCentroids, info.ScoredCentroids)
+	}
+	if info.Options.Remainder {
+		centroids += " (the dropped keys attended through them and their clusters' mean values)"
 	}
 	made := fmt.Sprintf("%d keys clustered into %s in %.3fs", info.Clustered, centroids, info.ClusterTime.Seconds())
 	if info.Loaded {

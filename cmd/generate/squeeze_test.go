@@ -76,6 +76,28 @@ func TestGenerateSqueezeMass(t *testing.T) {
 	}
 }
 
+// TestGenerateSqueezeRemainder: -squeeze-remainder with each mode says so in the report, and a second run
+// loads the index from the disk cache (recomputing the clusters' mean values) and prints the same text.
+func TestGenerateSqueezeRemainder(t *testing.T) {
+	ctxFile, cache := codeContext(t), t.TempDir()
+	for _, mode := range [][]string{{"-squeeze-budget", "0.2"}, {"-squeeze-sparsity", "0.9", "-squeeze-mass"}} {
+		args := append([]string{"-model", modelDir, "-backend", "go", "-context-file", ctxFile, "-cache-dir", cache,
+			"-prompt", "def scale_40(x, y):\n", "-max-tokens", "6", "-squeeze-remainder"}, mode...)
+		code, out, errs := runCLI(t, "", args...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", mode, code, errs)
+		}
+		t.Logf("%v: stdout %q\n%s", mode, out, errs)
+		if !strings.Contains(errs, "centroids (the dropped keys attended through them and their clusters' mean values)") {
+			t.Errorf("%v: report lacks the remainder:\n%s", mode, errs)
+		}
+		code, out2, errs := runCLI(t, "", args...)
+		if code != 0 || out2 != out || !strings.Contains(errs, "loaded from the disk cache") {
+			t.Errorf("%v: second run: exit %d, stdout %q (first %q):\n%s", mode, code, out2, out, errs)
+		}
+	}
+}
+
 // TestGenerateSqueezeHierarchical: -squeeze-hierarchical runs with -squeeze-sparsity (calibrated, then
 // found in the disk cache by a second run, same text) and with -squeeze-budget, and the report says
 // hierarchical with its numbers of centroids.
@@ -128,6 +150,8 @@ func TestGenerateSqueezeFlags(t *testing.T) {
 			"-squeeze-hierarchical: llama: squeeze coarse centroids fraction 0.1 outside (0, 0.05)"},
 		{"mass with a budget", []string{"-context-file", ctxFile, "-squeeze-budget", "0.3", "-squeeze-mass"}, "-squeeze-mass needs -squeeze-sparsity"},
 		{"mass and hierarchical", []string{"-context-file", ctxFile, "-squeeze-sparsity", "0.7", "-squeeze-hierarchical", "-squeeze-mass"}, "flat index only"},
+		{"remainder without a mode", []string{"-context-file", ctxFile, "-squeeze-remainder"}, "-squeeze-remainder needs -squeeze-sparsity or -squeeze-budget"},
+		{"remainder and hierarchical", []string{"-context-file", ctxFile, "-squeeze-budget", "0.3", "-squeeze-hierarchical", "-squeeze-remainder"}, "the remainder works over a flat index only"},
 		{"coarse keep above 1", []string{"-context-file", ctxFile, "-squeeze-budget", "0.3", "-squeeze-hierarchical", "-squeeze-coarse-keep", "2"}, "coarse keep fraction 2"},
 	}
 	for _, tc := range tests {

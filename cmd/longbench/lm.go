@@ -51,6 +51,7 @@ func squeezeOptions(c evals.Config, o *options) *llama.SqueezeOptions {
 	if c.FixedBudget {
 		sq = &llama.SqueezeOptions{Budget: 1 - c.Sparsity}
 	}
+	sq.Remainder = c.Remainder
 	sq.Centroids, sq.Window, sq.Iterations = o.sqCentroids, o.sqWindow, o.sqIters
 	return sq
 }

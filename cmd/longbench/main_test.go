@@ -250,7 +250,7 @@ func TestRealModel(t *testing.T) {
 }
 
 func TestSqueezeConfigs(t *testing.T) {
-	cs, err := evals.ParseConfigs("dense,sq70,sq90b,sq80h,sq70m")
+	cs, err := evals.ParseConfigs("dense,sq70,sq90b,sq80h,sq70m,sq90mr,sq90br")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,6 +269,17 @@ func TestSqueezeConfigs(t *testing.T) {
 	}
 	if o := squeezeOptions(cs[4], flags); o == nil || o.Sparsity != 0.7 || o.Budget != 0 || o.Hierarchical || !o.Mass {
 		t.Errorf("sq70m: %+v, want the calibrated mode with sparsity 0.7 and the attention-mass selection", o)
+	}
+	for i, c := range cs {
+		if o := squeezeOptions(c, flags); o != nil && o.Remainder != (i >= 5) {
+			t.Errorf("%s: remainder %v", c.Name, o.Remainder)
+		}
+	}
+	if o := squeezeOptions(cs[5], flags); o.Sparsity != 0.9 || !o.Mass {
+		t.Errorf("sq90mr: %+v, want the attention-mass selection at sparsity 0.9 with the remainder", o)
+	}
+	if o := squeezeOptions(cs[6], flags); o.Sparsity != 0 || math.Abs(o.Budget-0.1) > 1e-12 {
+		t.Errorf("sq90br: %+v, want the fixed budget 0.1 with the remainder", o)
 	}
 	// The -squeeze-* flags reach both modes.
 	flags = &options{sqCentroids: 0.1, sqWindow: 200, sqIters: 20}

@@ -1,0 +1,81 @@
+package llama
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"testing"
+
+	"github.com/gomlx/compute/dtypes"
+)
+
+// TestRemainderDecode: SqueezeOptions.Remainder (the dropped clusters attended through their centroids
+// and mean values). On the calibration fixture, for each selection (global threshold and attention mass
+// at sparsity 0.7 and 0.9) decoding with the remainder is closer to dense (KL of the next-token
+// distribution) than the same selection without it; with every key kept it equals dense attention; the
+// index round-trips through storage (the means recomputed from the loaded labels give the same logits);
+// a hierarchical index refuses it.
+func TestRemainderDecode(t *testing.T) {
+	r := testRunner(t, dtypes.Float32, Options{})
+	ids, dense, p := calibFixture(t, r)
+	want, feed := dense[calibCtx:], ids[calibCtx:]
+	closeness := func() (agree int, worst, kl float64) {
+		for i, row := range decodeLogits(t, p, feed) {
+			worst = math.Max(worst, maxDiff(row, want[i])/maxAbs(want[i]))
+			if argmax(row) == argmax(want[i]) {
+				agree++
+			}
+			kl += klDivergence(want[i], row) / float64(len(feed))
+		}
+		return agree, worst, kl
+	}
+	for _, mass := range []bool{false, true} {
+		for _, sparsity := range []float64{0.7, 0.9} {
+			name := fmt.Sprintf("sparsity %.1f mass=%v", sparsity, mass)
+			opts := SqueezeOptions{Sparsity: sparsity, Mass: mass}
+			if err := p.Squeeze(context.Background(), opts); err != nil {
+				t.Fatal(err)
+			}
+			agree0, _, kl0 := closeness()
+			opts.Remainder = true
+			if err := p.Squeeze(context.Background(), opts); err != nil {
+				t.Fatal(err)
+			}
+			if len(p.sq.means) != r.cfg.NumHiddenLayers {
+				t.Fatalf("%s: %d layers of means", name, len(p.sq.means))
+			}
+			agree, worst, kl := closeness()
+			t.Logf("%s: KL from dense %.4f → %.4f with the remainder, top-1 agrees at %d → %d of %d (relative logit error %.2e)",
+				name, kl0, kl, agree0, agree, len(feed), worst)
+			if !(kl < kl0) {
+				t.Errorf("%s: the remainder does not bring decoding closer to dense: KL %.4f, without it %.4f", name, kl, kl0)
+			}
+			if mass || sparsity != 0.9 {
+				continue
+			}
+			// Storage: an index loaded from its blobs recomputes the same means and gives the same logits.
+			blobs, err := p.SqueezeBlobs()
+			if err != nil {
+				t.Fatal(err)
+			}
+			q := reloadedPrefix(t, r, p, ids[:calibCtx], opts, blobs)
+			if len(q.sq.means) != r.cfg.NumHiddenLayers {
+				t.Fatalf("loaded index: %d layers of means", len(q.sq.means))
+			}
+			checkLoadedIndex(t, p, q, blobs, feed[:4])
+			q.Free()
+			// Every key kept: a threshold below every score, lists holding all keys.
+			p.sq.threshold = -1
+			p.sq.maxKept = bucket64(p.sq.capacity) + bucket64(100)
+			p.sq.budget = p.sq.maxKept - p.sq.window
+			if _, worst, _ := closeness(); worst > 1e-4 {
+				t.Errorf("every key kept, with the remainder: logits differ from dense by %.2e", worst)
+			}
+		}
+	}
+	err := p.Squeeze(context.Background(), SqueezeOptions{Sparsity: 0.7, Remainder: true, Hierarchical: true})
+	if !errors.Is(err, ErrUnsupported) {
+		t.Errorf("remainder over a hierarchical index: error %v", err)
+	}
+}
