@@ -37,7 +37,7 @@ func TestGenerateSqueezeSparsity(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
 	t.Logf("stdout %q\n%s", out, errs)
-	kept := regexp.MustCompile(`squeezed attention: \d+ keys clustered into \d+ centroids in [0-9.]+s, calibrated in [0-9.]+s, ` +
+	kept := regexp.MustCompile(`squeezed attention: \d+ keys clustered into \d+ centroids \(the dropped keys attended through them and their clusters' mean values\) in [0-9.]+s, calibrated in [0-9.]+s, ` +
 		`window \d+; sparsity 0\.70: threshold \S+ keeps 0\.(2[89]|3[01])\d of the clustered keys .*mean kept fraction (0\.\d+) \(centroids counted\)`)
 	if !kept.MatchString(errs) || !strings.Contains(errs, "computed") {
 		t.Errorf("report lacks the squeeze line:\n%s", errs)
@@ -76,20 +76,24 @@ func TestGenerateSqueezeMass(t *testing.T) {
 	}
 }
 
-// TestGenerateSqueezeRemainder: -squeeze-remainder with each mode says so in the report, and a second run
-// loads the index from the disk cache (recomputing the clusters' mean values) and prints the same text.
+// TestGenerateSqueezeRemainder: the remainder is on by default in both modes (and with -squeeze-mass) and
+// says so in the report, -squeeze-remainder=false turns it off, -squeeze-hierarchical alone leaves it off;
+// a second run loads the index from the disk cache (recomputing the clusters' mean values) and prints the
+// same text.
 func TestGenerateSqueezeRemainder(t *testing.T) {
 	ctxFile, cache := codeContext(t), t.TempDir()
-	for _, mode := range [][]string{{"-squeeze-budget", "0.2"}, {"-squeeze-sparsity", "0.9", "-squeeze-mass"}} {
+	for _, mode := range [][]string{{"-squeeze-budget", "0.2"}, {"-squeeze-sparsity", "0.9", "-squeeze-mass", "-squeeze-remainder"},
+		{"-squeeze-budget", "0.2", "-squeeze-remainder=false"}, {"-squeeze-budget", "0.2", "-squeeze-hierarchical"}} {
 		args := append([]string{"-model", modelDir, "-backend", "go", "-context-file", ctxFile, "-cache-dir", cache,
-			"-prompt", "def scale_40(x, y):\n", "-max-tokens", "6", "-squeeze-remainder"}, mode...)
+			"-prompt", "def scale_40(x, y):\n", "-max-tokens", "6"}, mode...)
 		code, out, errs := runCLI(t, "", args...)
 		if code != 0 {
 			t.Fatalf("%v: exit %d: %s", mode, code, errs)
 		}
 		t.Logf("%v: stdout %q\n%s", mode, out, errs)
-		if !strings.Contains(errs, "centroids (the dropped keys attended through them and their clusters' mean values)") {
-			t.Errorf("%v: report lacks the remainder:\n%s", mode, errs)
+		off := slices.Contains(mode, "-squeeze-remainder=false") || slices.Contains(mode, "-squeeze-hierarchical")
+		if has := strings.Contains(errs, "centroids (the dropped keys attended through them and their clusters' mean values)"); has == off {
+			t.Errorf("%v: the report's remainder is %v, want %v:\n%s", mode, has, !off, errs)
 		}
 		code, out2, errs := runCLI(t, "", args...)
 		if code != 0 || out2 != out || !strings.Contains(errs, "loaded from the disk cache") {
