@@ -21,16 +21,7 @@ func TestMassDecode(t *testing.T) {
 	r := testRunner(t, dtypes.Float32, Options{})
 	ids, dense, p := calibFixture(t, r)
 	want, feed := dense[calibCtx:], ids[calibCtx:]
-	agreeWith := func(got [][]float32) (agree int, worst, kl float64) {
-		for i, row := range got {
-			worst = math.Max(worst, maxDiff(row, want[i])/maxAbs(want[i]))
-			if argmax(row) == argmax(want[i]) {
-				agree++
-			}
-			kl += klDivergence(want[i], row) / float64(len(got))
-		}
-		return agree, worst, kl
-	}
+	agreeWith := func(got [][]float32) (agree int, worst, kl float64) { return closeness(want, got) }
 	type result struct {
 		agree int
 		kl    float64
@@ -116,6 +107,19 @@ func TestMassDecode(t *testing.T) {
 			t.Errorf("target %g (the best cluster): logits equal dense (%.2e): the target is not applied", target, worst)
 		}
 	}
+}
+
+// closeness compares logit rows got with want, row by row: the positions whose top-1 agrees, the worst
+// relative logit error, and the mean KL divergence of the next-token distributions.
+func closeness(want, got [][]float32) (agree int, worst, kl float64) {
+	for i, row := range got {
+		worst = math.Max(worst, maxDiff(row, want[i])/maxAbs(want[i]))
+		if argmax(row) == argmax(want[i]) {
+			agree++
+		}
+		kl += klDivergence(want[i], row) / float64(len(got))
+	}
+	return agree, worst, kl
 }
 
 // klDivergence is KL(softmax(p) ‖ softmax(q)) of two logit rows.
