@@ -475,11 +475,8 @@ func squeezedAttention(c *Config, q, ctxK, ctxV, dynK, dynV, dynMask *Node, sq *
 	ix := unpackIndex(squeeze.LayerIndex{Centroids: sq.centroids, Counts: sq.counts, Starts: sq.starts, Order: sq.order,
 		Clustered: sq.clustered, Window: sq.window, Budget: sq.budget, Threshold: sq.threshold, Mass: sq.mass, MaxKept: sq.maxKept,
 		Means: sq.means})
-	idx, valid, kept, dropped := squeeze.SelectDropped(qg, ix, scale)
-	sparse := squeeze.AttendKept(qg, ctxK, ctxV, idx, valid, kept, scale, squeeze.KernelAuto)
-	if ix.Means != nil { // the dropped keys, approximately (SqueezeOptions.Remainder)
-		sparse = squeeze.Merge(sparse, squeeze.RemainderAttention(qg, ix.Centroids, ix.Means, dropped, scale))
-	}
+	// With ix.Means, the dropped keys too, approximately (SqueezeOptions.Remainder).
+	sparse, kept := squeeze.AttendSelected(qg, ctxK, ctxV, ix, scale, squeeze.KernelAuto)
 	out := squeeze.Merge(sparse, squeeze.DenseAttention(qg, dynK, dynV, dm, scale)).Out // [numKVHeads, n*group, headDim] float32 (squeeze.Attend)
 	// The clustered keys this step reads, summed over the KV heads (the window's rows are not counted).
 	sq.keptKeys = ReduceSum(MaxScalar(Sub(kept, BroadcastToDims(ConvertDType(sq.window, dtypes.Int32), kept.Shape().Dimensions...)), 0))

@@ -53,10 +53,19 @@ func TestRemainderAttention(t *testing.T) {
 			sparse := AttendKept(q, keys, vals, idx, valid, kept, scale, KernelEinsum)
 			rem := RemainderAttention(q, cent, ClusterMeans(vals, labels, counts, cl), dropped, scale)
 			ref := DenseAttention(q, keys, vals, nil, scale)
-			return []*Node{Merge(sparse, rem).Out, ref.Out, sparse.Out, ConvertDType(kept, dtypes.Float32), dropped, counts}
+			ix.Means = ClusterMeans(vals, labels, counts, cl) // Attend's remainder, from the lookup's own scores
+			att := Attend(q, keys, vals, Partial{}, ix, scale, KernelEinsum)
+			return []*Node{Merge(sparse, rem).Out, ref.Out, sparse.Out, ConvertDType(kept, dtypes.Float32), dropped, counts,
+				att.Out, att.LSE, ref.LSE}
 		}, q, keys, vals)
 		if diff := maxAbsDiff(flat(out[0]), flat(out[1])); diff > 1e-5 {
 			t.Errorf("%s: kept ⊕ remainder differs from dense by %.2e", mode, diff)
+		}
+		if diff := maxAbsDiff(flat(out[6]), flat(out[1])); diff > 1e-5 {
+			t.Errorf("%s: Attend with means differs from dense by %.2e", mode, diff)
+		}
+		if diff := maxAbsDiff(flat(out[7]), flat(out[8])); diff > 1e-5 {
+			t.Errorf("%s: Attend with means: log-sum-exp differs from dense by %.2e", mode, diff)
 		}
 		if diff := maxAbsDiff(flat(out[2]), flat(out[1])); diff < 1e-2 {
 			t.Errorf("%s: the kept keys alone are within %.2e of dense: the case drops nothing that matters", mode, diff)

@@ -132,10 +132,16 @@ var testHalfKMeans bool
 // lookup), the logits come from a half-precision product, as the engine's own attention scores do; else
 // the product is float32.
 func LogClusterProb(q, centroids, counts *Node, scale float64) *Node {
+	logP, _ := logClusterProbZ(q, centroids, counts, scale)
+	return logP
+}
+
+// logClusterProbZ is LogClusterProb and its normaliser log Z = log Σ_j N_j exp(q·C_j·scale) [H, M, 1].
+func logClusterProbZ(q, centroids, counts *Node, scale float64) (logP, logZ *Node) {
 	logits := MulScalar(product("hmd,hkd->hmk", q, centroids), scale) // [H, M, K] float32
 	weighted, nonEmpty := weightedLogits(logits, counts)              // [H, M, K]: log N_c + logit
-	logZ := logSumExp(weighted, -1)                                   // [H, M, 1]
-	return Where(nonEmpty, Sub(logits, logZ), Scalar(q.Graph(), dtypes.Float32, negInf))
+	logZ = logSumExp(weighted, -1)                                    // [H, M, 1]
+	return Where(nonEmpty, Sub(logits, logZ), Scalar(q.Graph(), dtypes.Float32, negInf)), logZ
 }
 
 // logSumExp over one axis, kept as a size-1 axis, stable for huge or masked (-1e30) values.
