@@ -144,7 +144,7 @@ func remainderFromLookup(logP, logZ, means, dropped *Node) Partial {
 	f32 := dtypes.Float32
 	h, m, k := logP.Shape().Dimensions[0], logP.Shape().Dimensions[1], logP.Shape().Dimensions[2]
 	w := Mul(Exp(logP), BroadcastToDims(Reshape(ConvertDType(dropped, f32), h, 1, k), h, m, k)) // [H, M, K]
-	sum := ReduceAndKeep(w, ReduceSum, -1)                                                        // [H, M, 1]
+	sum := ReduceAndKeep(w, ReduceSum, -1)                                                      // [H, M, 1]
 	probs := Div(w, MaxScalar(sum, 1e-30))
 	var out *Node
 	if means.DType().IsHalfPrecision() {
