@@ -345,7 +345,8 @@ func (p *Prefix) Squeeze(ctx context.Context, opts SqueezeOptions) (err error) {
 	}
 	start := time.Now()
 	L := p.r.cfg.NumHiddenLayers
-	exec, err := p.r.clusterExec(idx.k, idx.k1, idx.slots, opts.Iterations)
+	hb := headBatch(p.r.cfg.NumKeyValueHeads, idx.capacity, idx.k)
+	exec, err := p.r.clusterExecHeads(idx.k, idx.k1, idx.slots, opts.Iterations, hb)
 	if err != nil {
 		return err
 	}
@@ -356,7 +357,7 @@ func (p *Prefix) Squeeze(ctx context.Context, opts SqueezeOptions) (err error) {
 			idx.free()
 			return err
 		}
-		out, err := exec.Call(p.kv.k[l], int32(idx.clustered))
+		out, err := p.r.callHeadBatched(exec, hb, []*tensors.Tensor{p.kv.k[l]}, int32(idx.clustered))
 		if err != nil {
 			idx.free()
 			return fmt.Errorf("llama: clustering layer %d: %w", l, err)
@@ -534,14 +535,120 @@ func (r *Runner) namedExec(key string, build func() (*graph.Exec, error)) (*grap
 	return e, nil
 }
 
+// clusterBytes bounds the float32 bytes of the [heads, capacity, K] similarity (and one-hot) matrices of one
+// clustering call: a layer whose KV heads need more is clustered a few heads per call (headBatch). The
+// LLaMA-2-7B shape at 32K (32 heads × 32,768 × 1,638) fits in one call; the LLaMA-3-8B shape at 128K (8 ×
+// 131,072 × 6,554: 27 GB, out of memory on an H100 in session 3) takes 2 heads per call.
+var clusterBytes = 8 << 30
+
+// headBatch is the number of KV heads clustered per call for a capacity and K: all of them when their
+// similarity matrix fits clusterBytes, else the largest divisor of heads that does (at least 1).
+func headBatch(heads, capacity, k int) int {
+	for hb := heads; hb > 1; hb-- {
+		if heads%hb == 0 && hb*capacity*k*4 <= clusterBytes {
+			return hb
+		}
+	}
+	return 1
+}
+
+// headSlice turns the inputs of a head-batched executable (callHeadBatched) into the batch's: the [H, ...]
+// tensors sliced to heads [h0, h0+hb), where h0 is the last input, dropped; the other scalars as they are.
+// A batch of every head (no h0 input) is returned as it is.
+func headSlice(in []*Node, hb int) []*Node {
+	first := in[0].Shape().Dimensions[0]
+	if hb >= first {
+		return in
+	}
+	h0 := in[len(in)-1]
+	out := make([]*Node, 0, len(in)-1)
+	for _, x := range in[:len(in)-1] {
+		if x.Rank() == 0 {
+			out = append(out, x)
+			continue
+		}
+		// A gather of hb whole head slices (the pure-Go backend has no DynamicSlice).
+		heads := Iota(x.Graph(), shapes.Make(dtypes.Int32, hb, 1), 0)
+		out = append(out, Gather(x, Add(heads, BroadcastToDims(ConvertDType(h0, dtypes.Int32), hb, 1))))
+	}
+	return out
+}
+
+// callHeadBatched calls a per-layer executable whose inputs are the [H, ...] tensors then the scalars, and
+// whose outputs are all [H, ...]: at once when hb covers every head, else hb heads per call (the
+// executable built with headSlice takes the first head as a last int32 input), with each output then
+// concatenated over the heads on the device.
+func (r *Runner) callHeadBatched(exec *graph.Exec, hb int, perHead []*tensors.Tensor, scalars ...any) ([]*tensors.Tensor, error) {
+	h := perHead[0].Shape().Dimensions[0]
+	args := make([]any, 0, len(perHead)+len(scalars)+1)
+	for _, t := range perHead {
+		args = append(args, t)
+	}
+	args = append(args, scalars...)
+	if hb >= h {
+		return exec.Call(args...)
+	}
+	var parts [][]*tensors.Tensor
+	defer func() {
+		for _, p := range parts {
+			for _, t := range p {
+				t.FinalizeAll()
+			}
+		}
+	}()
+	for h0 := 0; h0 < h; h0 += hb {
+		out, err := exec.Call(append(slices.Clone(args), int32(h0))...)
+		if err != nil {
+			return nil, err
+		}
+		parts = append(parts, out)
+	}
+	n, outs := len(parts), len(parts[0])
+	cat, err := r.namedExec(fmt.Sprintf("concat_heads/%d/%d", n, outs), func() (*graph.Exec, error) {
+		e, err := graph.NewExec(r.backend, func(g *Graph, in []*Node) []*Node {
+			res := make([]*Node, outs)
+			for o := range outs {
+				xs := make([]*Node, n)
+				for i := range n {
+					xs[i] = in[i*outs+o]
+				}
+				res[o] = Concatenate(xs, 0)
+			}
+			return res
+		})
+		if err != nil {
+			return nil, err
+		}
+		return e.WithName("concat_heads").SetMaxCache(maxCompiled), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	cargs := make([]any, 0, n*outs)
+	for _, p := range parts {
+		for _, t := range p {
+			cargs = append(cargs, t)
+		}
+	}
+	return cat.Call(cargs...)
+}
+
 // clusterExec returns the executable that clusters one layer's keys ([numKVHeads, capacity, headDim],
 // the first `clustered` rows) into k clusters, and with k1 > 0 their centroids into k1 coarse clusters
 // (a hierarchical index scoring `slots` fine centroids per step). Outputs: centroids, counts, labels, and
 // the cluster order's starts and order (squeeze.ClusterOrder), packed as unpackIndex reads them.
 func (r *Runner) clusterExec(k, k1, slots, iters int) (*graph.Exec, error) {
-	key := fmt.Sprintf("cluster/%d/%d/%d/%d", k, k1, slots, iters)
+	return r.clusterExecHeads(k, k1, slots, iters, r.cfg.NumKeyValueHeads)
+}
+
+// clusterExecHeads is clusterExec for hb KV heads per call (headBatch): with fewer than all, the inputs end
+// with the first head (int32; callHeadBatched).
+func (r *Runner) clusterExecHeads(k, k1, slots, iters, hb int) (*graph.Exec, error) {
+	key := fmt.Sprintf("cluster/%d/%d/%d/%d/heads=%d", k, k1, slots, iters, hb)
 	return r.namedExec(key, func() (*graph.Exec, error) {
-		e, err := graph.NewExec(r.backend, func(keys, clustered *Node) []*Node {
+		e, err := graph.NewExec(r.backend, func(g *Graph, in []*Node) []*Node {
+			in = headSlice(in, hb)
+			keys, clustered := in[0], in[1]
 			if k1 == 0 {
 				c, labels, counts := squeeze.KMeansMasked(keys, clustered, k, iters)
 				order, starts := squeeze.ClusterOrder(labels, counts, clustered)
@@ -608,9 +715,11 @@ func (p *Prefix) clusterMeans(idx *squeezeIndex) error {
 	if !idx.opts.Remainder {
 		return nil
 	}
-	exec, err := p.r.namedExec(fmt.Sprintf("cluster_means/%d", idx.k), func() (*graph.Exec, error) {
-		e, err := graph.NewExec(p.r.backend, func(values, labels, counts, clustered *Node) *Node {
-			return squeeze.ClusterMeans(values, labels, counts, clustered)
+	hb := headBatch(p.r.cfg.NumKeyValueHeads, idx.capacity, idx.k)
+	exec, err := p.r.namedExec(fmt.Sprintf("cluster_means/%d/heads=%d", idx.k, hb), func() (*graph.Exec, error) {
+		e, err := graph.NewExec(p.r.backend, func(g *Graph, in []*Node) []*Node {
+			in = headSlice(in, hb)
+			return []*Node{squeeze.ClusterMeans(in[0], in[1], in[2], in[3])}
 		})
 		if err != nil {
 			return nil, err
@@ -621,7 +730,7 @@ func (p *Prefix) clusterMeans(idx *squeezeIndex) error {
 		return err
 	}
 	for l := range idx.labels {
-		out, err := exec.Call(p.kv.v[l], idx.labels[l], idx.counts[l], int32(idx.clustered))
+		out, err := p.r.callHeadBatched(exec, hb, []*tensors.Tensor{p.kv.v[l], idx.labels[l], idx.counts[l]}, int32(idx.clustered))
 		if err != nil {
 			return fmt.Errorf("llama: cluster means of layer %d: %w", l, err)
 		}
