@@ -742,9 +742,8 @@ func (s *Sequence) step(tokens []int, nb int, ctxKV *kvTensors, ctxLen int, dynK
 			return nil, nil, err
 		}
 		for l := range c.NumHiddenLayers {
-			args = append(args, s.sq.centroids[l], s.sq.counts[l], s.sq.starts[l], s.sq.order[l])
-			if s.sq.means != nil {
-				args = append(args, s.sq.means[l])
+			for _, t := range s.sq.layerInputs(l) {
+				args = append(args, t)
 			}
 		}
 		if s.sq.calibrated() {

@@ -208,8 +208,17 @@ type squeezeIndex struct {
 // calibrated reports whether the index is in calibrated-threshold mode.
 func (sq *squeezeIndex) calibrated() bool { return sq.opts.Sparsity > 0 }
 
-// inputsPerLayer is the number of index tensors a squeezed step takes per layer: centroids, counts,
-// starts, order, and the means with opts.Remainder.
+// layerInputs are the index tensors a squeezed step takes for layer l: centroids, counts, starts, order,
+// and the means with opts.Remainder.
+func (sq *squeezeIndex) layerInputs(l int) []*tensors.Tensor {
+	ts := []*tensors.Tensor{sq.centroids[l], sq.counts[l], sq.starts[l], sq.order[l]}
+	if sq.opts.Remainder {
+		ts = append(ts, sq.means[l])
+	}
+	return ts
+}
+
+// inputsPerLayer is the number of layerInputs.
 func (sq *squeezeIndex) inputsPerLayer() int {
 	if sq.opts.Remainder {
 		return 5

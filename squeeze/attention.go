@@ -84,19 +84,18 @@ func selectLookup(qg *Node, ix LayerIndex, scale float64) (sel selection) {
 	// pure-Go backend does not reproduce with either search. Not understood yet; the flat index's all-pairs
 	// search passes the same check (TestSqueezedPrefix, 1.7e-6).
 	allPairsOK := ix.CoarseCentroids == nil
-	var idx, valid, kept, taken *Node
+	var taken *Node
 	switch {
 	case ix.Threshold != nil && ix.Mass:
-		idx, valid, kept, taken = selectKeysMass(scores, counts, starts, ix.Order, ix.Threshold, ix.Budget, ix.Clustered,
+		sel.idx, sel.valid, sel.kept, taken = selectKeysMass(scores, counts, starts, ix.Order, ix.Threshold, ix.Budget, ix.Clustered,
 			ix.Window, ix.MaxKept, allPairsOK)
 	case ix.Threshold != nil:
-		idx, valid, kept, taken = selectKeysThreshold(scores, counts, starts, ix.Order, ix.Threshold, ix.Budget, ix.Clustered,
+		sel.idx, sel.valid, sel.kept, taken = selectKeysThreshold(scores, counts, starts, ix.Order, ix.Threshold, ix.Budget, ix.Clustered,
 			ix.Window, ix.MaxKept, allPairsOK)
 	default:
-		idx, valid, kept, taken = selectKeys(scores, counts, starts, ix.Order, ix.Budget, ix.Clustered, ix.Window, ix.MaxKept, allPairsOK)
+		sel.idx, sel.valid, sel.kept, taken = selectKeys(scores, counts, starts, ix.Order, ix.Budget, ix.Clustered, ix.Window, ix.MaxKept, allPairsOK)
 	}
-	dropped := MaxScalar(Sub(ConvertDType(counts, dtypes.Float32), ConvertDType(taken, dtypes.Float32)), 0)
-	sel.idx, sel.valid, sel.kept, sel.dropped = idx, valid, kept, dropped
+	sel.dropped = MaxScalar(Sub(ConvertDType(counts, dtypes.Float32), ConvertDType(taken, dtypes.Float32)), 0)
 	return sel
 }
 
@@ -124,15 +123,10 @@ func AttendSelected(qg, ctxK, ctxV *Node, ix LayerIndex, scale float64, kernel K
 // result is the kept keys' attention alone. By Jensen's inequality exp(q·mean k) ≤ mean exp(q·k): the
 // dropped mass is underestimated, never over.
 func RemainderAttention(q, centroids, means, dropped *Node, scale float64) Partial {
-	g := q.Graph()
-	f32 := dtypes.Float32
-	h, m, k := q.Shape().Dimensions[0], q.Shape().Dimensions[1], centroids.Shape().Dimensions[1]
-	logits := MulScalar(product("hmd,hkd->hmk", q, centroids), scale) // [H, M, K] float32
-	d := ConvertDType(dropped, f32)
-	some := GreaterThan(d, ZerosLike(d))
-	bias := Where(some, Log(MaxScalar(d, 1)), Scalar(g, f32, negInf)) // [H, K]
-	scores := Add(logits, BroadcastToDims(Reshape(bias, h, 1, k), h, m, k))
-	return softmaxPartial(scores, Reshape(some, h, 1, k), means)
+	// The lookup's probabilities with the dropped counts as cluster sizes: p_c·dropped_c sums to 1 over
+	// the clusters with dropped keys, and log Z is the log-sum-exp of their count-biased logits.
+	logP, logZ := logClusterProbZ(q, centroids, ConvertDType(dropped, dtypes.Float32), scale)
+	return remainderFromLookup(logP, logZ, means, dropped)
 }
 
 // remainderFromLookup is RemainderAttention from the lookup's own log-probabilities logP [H, M, K] and
