@@ -35,3 +35,5 @@ require (
 )
 
 replace github.com/gomlx/go-xla => ./third_party/go-xla
+
+replace github.com/gomlx/gomlx => ./third_party/gomlx
