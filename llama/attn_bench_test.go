@@ -108,6 +108,7 @@ var abVariantList = []abVariant{
 	{name: "dense", about: "engine dense attention (llama.attention, the decomposed graph)"},
 	{name: "dense-fused", phases: "input", about: "engine dense attention of a prefill step (llama.fusedAttention: cuDNN flash; what the engine runs for ≥64 tokens)"},
 	{name: "sq-engine", about: "engine squeezed attention (llama.squeezedAttention: squeeze.Attend, cluster-level selection, float32 centroids, masked dense dyn part)"},
+	{name: "sq-engine-paged", phases: "decode", about: "engine squeezed attention, the kept keys through the paged Triton kernel (squeeze.KernelPaged; SQLLM_SQUEEZE_PAGED=1 in the engine)"},
 	{name: "sq-new", about: "proposed: squeeze.Attend (cluster-level SelectKeys, bf16 centroids; einsum decode / fused-flash input)"},
 	{name: "sq-new-reduce", phases: "decode", about: "proposed, sparse part as fusable multiply-reduce (squeeze.KernelReduce)"},
 	{name: "sq-sorted", sorted: true, about: "proposed, K/V stored sorted by cluster (kept clusters are contiguous runs)"},
@@ -378,10 +379,13 @@ func buildVariant(b compute.Backend, p abParams, v abVariant) (*graph.Exec, erro
 				if o == nil {
 					panic(errAbUnsupported)
 				}
-			case "sq-engine":
-				o = squeezedAttention(c, q, ctxK, ctxV, dynK, dynV, dynMask, &squeezeLayer{centroids: buf(l, 4),
-					counts: buf(l, 6), starts: buf(l, 8), order: buf(l, 9), clustered: clustered, window: window,
-					budget: budget, maxKept: p.maxKept})
+			case "sq-engine", "sq-engine-paged":
+				sl := &squeezeLayer{centroids: buf(l, 4), counts: buf(l, 6), starts: buf(l, 8), order: buf(l, 9),
+					clustered: clustered, window: window, budget: budget, maxKept: p.maxKept}
+				if v.name == "sq-engine-paged" {
+					sl.kernel = squeeze.KernelPaged
+				}
+				o = squeezedAttention(c, q, ctxK, ctxV, dynK, dynV, dynMask, sl)
 			case "sq-new", "sq-new-reduce", "sq-sorted", "sq-sorted-reduce":
 				o = squeezedAttentionNew(c, q, ctxK, ctxV, dynK, dynV, dynMask, index(l), kernel)
 			case "lookup-engine":

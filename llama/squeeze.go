@@ -253,6 +253,9 @@ type squeezeLayer struct {
 	// With mass, it is the attention-mass mode's target (squeeze.SelectKeysMass).
 	threshold *Node
 	mass      bool
+	// kernel is how the kept keys are attended (zero: squeeze.KernelAuto, the engine's choice; the attention
+	// benchmark sets others).
+	kernel squeeze.Kernel
 	// keptKeys is set by squeezedAttention: the step's kept clustered keys over the layer's KV heads
 	// (scalar int32), which the step returns summed over the layers (Sequence.SqueezeKept).
 	keptKeys *Node
@@ -486,7 +489,14 @@ func squeezedAttention(c *Config, q, ctxK, ctxV, dynK, dynV, dynMask *Node, sq *
 		Clustered: sq.clustered, Window: sq.window, Budget: sq.budget, Threshold: sq.threshold, Mass: sq.mass, MaxKept: sq.maxKept,
 		Means: sq.means})
 	// With ix.Means, the dropped keys too, approximately (SqueezeOptions.Remainder).
-	sparse, kept := squeeze.AttendSelected(qg, ctxK, ctxV, ix, scale, squeeze.KernelAuto)
+	if squeeze.UsesPaged(qg, ctxK, sq.kernel) {
+		// With the paged kernel in the graph, XLA fused the dynamic segment's scores with the cache update
+		// that writes dynK/dynV into one reduction kernel of 152 µs a layer (10 µs otherwise; H200, LLaMA-2-7B
+		// shape, traced in session 8): the barrier makes the scores read the updated cache instead.
+		b := OptimizationBarriers(dynK, dynV)
+		dynK, dynV = b[0], b[1]
+	}
+	sparse, kept := squeeze.AttendSelected(qg, ctxK, ctxV, ix, scale, sq.kernel)
 	out := squeeze.Merge(sparse, squeeze.DenseAttention(qg, dynK, dynV, dm, scale)).Out // [numKVHeads, n*group, headDim] float32 (squeeze.Attend)
 	// The clustered keys this step reads, summed over the KV heads (the window's rows are not counted).
 	sq.keptKeys = ReduceSum(MaxScalar(Sub(kept, BroadcastToDims(ConvertDType(sq.window, dtypes.Int32), kept.Shape().Dimensions...)), 0))

@@ -156,7 +156,8 @@ type Kernel int
 
 const (
 	// KernelAuto: the fused flash attention for steps of at least FusedMinQueries query rows per KV head
-	// where the backend has it (a user input), else KernelEinsum.
+	// where the backend has it (a user input), with Paged set the paged kernel for steps of at most
+	// PagedMaxQueries (decode) where there is one, else KernelEinsum.
 	KernelAuto Kernel = iota
 	// KernelEinsum gathers the kept rows and attends with two batched products (SparseAttention).
 	KernelEinsum
@@ -166,6 +167,10 @@ const (
 	// KernelFused is SparseAttentionFused (falls back to KernelEinsum where the backend has no fused
 	// attention).
 	KernelFused
+	// KernelPaged is SparseAttentionPaged, the fused Triton kernel (falls back to KernelEinsum where there
+	// is none). KernelAuto uses it, when Paged is set, for steps of at most PagedMaxQueries query rows per
+	// KV head (decode).
+	KernelPaged
 )
 
 // FusedMinQueries is the number of query rows per KV head from which KernelAuto uses the fused
@@ -195,6 +200,10 @@ func AttendKept(qg, keys, values, idx, valid, kept *Node, scale float64, kernel 
 		return SparseAttentionReduce(qg, keys, values, idx, valid, scale)
 	case kernel == KernelFused || (kernel == KernelAuto && m >= FusedMinQueries):
 		if p, ok := SparseAttentionFused(qg, keys, values, idx, kept, scale); ok {
+			return p
+		}
+	case kernel == KernelPaged || (kernel == KernelAuto && Paged && m <= PagedMaxQueries):
+		if p, ok := SparseAttentionPaged(qg, keys, values, idx, valid, scale); ok {
 			return p
 		}
 	}

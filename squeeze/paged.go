@@ -1,0 +1,155 @@
+package squeeze
+
+import (
+	"bytes"
+	"compress/gzip"
+	"embed"
+	"fmt"
+	"io"
+	"regexp"
+	"strconv"
+	"sync"
+
+	"github.com/gomlx/compute/dtypes"
+	"github.com/gomlx/compute/shapes"
+	. "github.com/gomlx/gomlx/core/graph" //nolint:revive // graph code reads best with the ops unqualified.
+)
+
+// The paged sparse read: on a GPU, a decode step's kept keys are attended by one fused Triton kernel that
+// reads the kept rows straight from the cache through the index list (vLLM's paged-attention pattern), with
+// an online softmax, instead of XLA's gathers (which write the gathered rows out and read them back) and two
+// products. Each KV head's list is split over several programs whose partials are merged by log-sum-exp.
+//
+// The kernels are written in jax's Pallas (scripts/gpu/pallas_squeeze2.py, make_paged_dyn) and lowered by
+// jax 0.11.2 to Triton IR, which the XLA of the same jax's CUDA PJRT plugin compiles: kernels/paged_g{M}_d{D}
+// .cfg.gz hold the custom call's backend_config (the IR as MLIR bytecode) for M = 1..8 query rows per KV head
+// (a decode step's query heads per KV head), head dims 64 and 128, bfloat16 keys and values, 32-row tiles,
+// 4 warps. Their IR depends on nothing else: the number of programs is the launch grid, and the tiles per
+// program, the splits per head and the scale are inputs. Regenerate them with
+// `ROUND=3 EXPORT_ONLY=1 python3 scripts/gpu/pallas_squeeze2.py` on the GPU machine (kernels/README.md).
+//
+// Measured (H200, 2026-11-27, pallas_squeeze2.py round 3, LLaMA-2-7B shape, 10% budget): 39.8 µs a layer
+// at 32K against 163.6 for dense attention over every key (4.11×), 89.7 against 579.8 at 128K (6.46×);
+// XLA's gathers and products over the same list took 85.4 and 240.5 µs.
+
+//go:embed kernels/paged_*.cfg.gz
+var pagedFS embed.FS
+
+// PagedMaxQueries is the most query rows per KV head (a decode step's group of query heads) that the
+// embedded paged kernels take.
+const PagedMaxQueries = 8
+
+const (
+	pagedRows   = 32 // rows per tile of the embedded kernels (R)
+	pagedSplits = 32 // programs per KV head at most (NS): measured best at 32K and 128K (7B and 8B shapes)
+	tritonCall  = "__gpu$xla.gpu.triton"
+)
+
+// Paged makes KernelAuto use the paged kernel for decode steps where there is one; the engine sets it from
+// SQLLM_SQUEEZE_PAGED=1. It is off by default: alone the kernel attends the kept keys 1.8× faster than XLA's
+// gathers (attention-only benchmark, H200, LLaMA-2-7B shape, 32K), but in the engine's CUDA-graph decode step
+// XLA then fuses the dynamic segment's attention with the cache update into one slow kernel (152 µs a layer
+// against 10) and the step gets slower (11.8 against 8.9 ms; BENCHMARKS.md, session 8).
+var Paged bool
+
+var (
+	pagedMu   sync.Mutex
+	pagedCfgs = map[string]string{}
+	gridX     = regexp.MustCompile(`grid_x = \d+ : i32`)
+)
+
+// pagedConfig returns the embedded backend_config of the kernel for m query rows and head dim d ("" if
+// there is none).
+func pagedConfig(m, d int) string {
+	name := fmt.Sprintf("kernels/paged_g%d_d%d.cfg.gz", m, d)
+	pagedMu.Lock()
+	defer pagedMu.Unlock()
+	if cfg, ok := pagedCfgs[name]; ok {
+		return cfg
+	}
+	cfg := ""
+	if z, err := pagedFS.ReadFile(name); err == nil {
+		if r, err := gzip.NewReader(bytes.NewReader(z)); err == nil {
+			if b, err := io.ReadAll(r); err == nil && gridX.Match(b) {
+				cfg = string(b)
+			}
+		}
+	}
+	pagedCfgs[name] = cfg
+	return cfg
+}
+
+// pagedCall emits the kernel call; tests replace it with a graph emulation of the kernel (the pure-Go
+// backend cannot run Triton).
+var pagedCall = func(cfg string, programs int, operands []*Node, outputs []shapes.Shape) []*Node {
+	return BackendCustomCall(tritonCall, 4, pagedBackendConfig(cfg, programs), operands, outputs)
+}
+
+// pagedBackendConfig is an embedded config launching the given number of programs.
+func pagedBackendConfig(cfg string, programs int) string {
+	return gridX.ReplaceAllString(cfg, "grid_x = "+strconv.Itoa(programs)+" : i32")
+}
+
+// pagedAvailable says whether g's backend can run the paged kernel (tests replace it too).
+var pagedAvailable = func(g *Graph) bool {
+	return g.Backend().String() != "go" && HasCustomCall(g)
+}
+
+// UsesPaged says whether AttendKept (and AttendSelected) with this kernel choice runs the paged kernel for
+// queries q [H, M, D] over keys [H, S, D].
+func UsesPaged(q, keys *Node, kernel Kernel) bool {
+	m, d := q.Shape().Dimensions[1], q.Shape().Dimensions[2]
+	return (kernel == KernelPaged || (kernel == KernelAuto && Paged)) && m <= PagedMaxQueries &&
+		keys.DType() == dtypes.BFloat16 && pagedAvailable(q.Graph()) && pagedConfig(m, d) != ""
+}
+
+// SparseAttentionPaged is SparseAttention through the fused paged kernel: q [H, M, D] attends to the rows
+// idx [H, B] (valid [H, B]) of keys and values [H, S, D]. ok is false where there is no kernel for the
+// inputs (the pure-Go backend, keys or values not bfloat16, M > PagedMaxQueries, a head dim other than 64 or
+// 128): use SparseAttention then.
+func SparseAttentionPaged(q, keys, values, idx, valid *Node, scale float64) (p Partial, ok bool) {
+	g := q.Graph()
+	h, m, d := q.Shape().Dimensions[0], q.Shape().Dimensions[1], q.Shape().Dimensions[2]
+	s := keys.Shape().Dimensions[1]
+	b := idx.Shape().Dimensions[1]
+	bf16 := dtypes.BFloat16
+	if m > PagedMaxQueries || keys.DType() != bf16 || values.DType() != bf16 || !pagedAvailable(g) {
+		return p, false
+	}
+	cfg := pagedConfig(m, d)
+	if cfg == "" {
+		return p, false
+	}
+	ns := min(pagedSplits, (b+pagedRows-1)/pagedRows)
+	iters := (b + ns*pagedRows - 1) / (ns * pagedRows)
+	bp := ns * iters * pagedRows
+	// Global row numbers into keys and values seen as [H·S, D]; -1 marks an empty slot.
+	i32 := dtypes.Int32
+	base := MulScalar(Iota(g, shapes.Make(i32, h, b), 0), s)
+	gidx := Where(valid, Add(ConvertDType(idx, i32), base), Scalar(g, i32, -1))
+	if bp > b {
+		gidx = Concatenate([]*Node{gidx, BroadcastToDims(Scalar(g, i32, -1), h, bp-b)}, 1)
+	}
+	programs := h * ns
+	outs := pagedCall(cfg, programs, []*Node{
+		ConvertDType(q, bf16), Reshape(gidx, h*bp), Reshape(keys, h*s, d), Reshape(values, h*s, d),
+		Const(g, []int32{int32(iters), int32(ns)}), Const(g, []float32{float32(scale)}),
+	}, []shapes.Shape{shapes.Make(dtypes.Float32, programs, m, d), shapes.Make(dtypes.Float32, programs, m)})
+	return mergeSplits(Reshape(outs[0], h, ns, m, d), Reshape(outs[1], h, ns, m)), true
+}
+
+// mergeSplits merges the partials o [H, NS, M, D], lse [H, NS, M] of a head's splits by log-sum-exp (as
+// Merge, over NS at once): Out [H, M, D], LSE [H, M, 1]; -Inf where no split saw a key.
+func mergeSplits(o, lse *Node) Partial {
+	g := o.Graph()
+	f32 := dtypes.Float32
+	h, ns, m, d := o.Shape().Dimensions[0], o.Shape().Dimensions[1], o.Shape().Dimensions[2], o.Shape().Dimensions[3]
+	mx := ReduceAndKeep(lse, ReduceMax, 1) // [H, 1, M]
+	mx = Where(GreaterThan(mx, Scalar(g, f32, -1e30)), mx, ZerosLike(mx))
+	w := Exp(Sub(lse, BroadcastToDims(mx, h, ns, m)))                                  // [H, NS, M]; 0 for a split that saw nothing
+	sw := ReduceSum(w, 1)                                                              // [H, M]
+	out := ReduceSum(Mul(BroadcastToDims(Reshape(w, h, ns, m, 1), h, ns, m, d), o), 1) // [H, M, D]
+	out = Div(out, BroadcastToDims(Reshape(MaxScalar(sw, 1e-30), h, m, 1), h, m, d))
+	l := Where(GreaterThan(sw, ZerosLike(sw)), Add(Reshape(mx, h, m), Log(MaxScalar(sw, 1e-30))), Scalar(g, f32, negInf))
+	return Partial{Out: out, LSE: Reshape(l, h, m, 1)}
+}
