@@ -287,9 +287,17 @@ func (p *Prefix) calibrateMass(idx *squeezeIndex) error {
 		}
 	}
 	idx.threshold, idx.calibratedKept = targets[best], sums[best]/rows
+	// One list size for every layer, the busiest layer's: with a size per layer, nearly every context's
+	// combination of sizes was new and compiled its own step executables on XLA (about 10 s each; session 7's
+	// GPU runs of this mode stopped at 75 and 46 of 150 items). The other layers' lists get free slots.
+	most := 0
+	for l := range L {
+		most = max(most, int(maxes[l][best]))
+	}
+	size := massListSize(most, idx.capacity, idx.opts.Window)
 	idx.layerKept = make([]int, L)
 	for l := range L {
-		idx.layerKept[l] = massListSize(int(maxes[l][best]), idx.capacity, idx.opts.Window)
+		idx.layerKept[l] = size
 	}
 	return nil
 }

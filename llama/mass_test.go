@@ -58,6 +58,9 @@ func TestMassDecode(t *testing.T) {
 			if n%64 != 0 || n < 64+bucket64(100) || n > bucket64(sq.capacity)+bucket64(100) {
 				t.Errorf("layer %d: list size %d", l, n)
 			}
+			if n != sq.layerKept[0] { // one size per index, so that contexts share their step executables
+				t.Errorf("list sizes differ between layers: %v", sq.layerKept)
+			}
 		}
 		// At sparsity 0.7 the attention-mass selection is closer to dense than the global threshold (on
 		// tinycode_lcc items too: EVALS.md); at 0.9 it is not better on this fixture.

@@ -197,7 +197,8 @@ type squeezeIndex struct {
 	threshold      float32
 	calibratedKept float64
 	// layerKept are the attention-mass mode's static kept-list sizes per layer (window slots included),
-	// set by the calibration; nil in the other modes, where every layer's list has maxKept slots.
+	// set by the calibration (one size for all layers since session 8; stored per layer, and older entries
+	// with a size per layer still load); nil in the other modes, where every layer's list has maxKept slots.
 	layerKept     []int
 	clusterTime   time.Duration // how long the clustering took
 	calibrateTime time.Duration // how long the calibration took
