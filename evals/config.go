@@ -18,8 +18,8 @@ import (
 //	         centroids; each step scores only the centroids under the best coarse ones)
 //	sqNNm    calibrated to skip NN% as sqNN, with the attention-mass selection: every head keeps its best
 //	         clusters until their estimated attention mass reaches one calibrated target
-//	…r       (sqNNr, sqNNmr, sqNNbr) the same selection, with the dropped keys attended approximately
-//	         through their clusters' centroids and mean values (llama.SqueezeOptions.Remainder)
+//	…r       (sqNNr, sqNNmr, sqNNbr, sqNNhr) the same selection, with the dropped keys attended
+//	         approximately through their clusters' centroids and mean values (llama.SqueezeOptions.Remainder)
 //
 // The name is the key of the prediction directory (OUT/preds/NAME/) and of the result rows. Mapping a
 // Config to engine options is the caller's job (cmd/longbench).
@@ -56,9 +56,6 @@ func ParseConfig(name string) (Config, error) {
 	pct, _ := strconv.Atoi(m[1])
 	if pct < 1 {
 		return Config{}, fmt.Errorf("config %s: the sparsity must be between 1 and 99 percent", name)
-	}
-	if m[2] == "h" && m[3] == "r" {
-		return Config{}, fmt.Errorf("config %s: the remainder (r) needs a flat index, not the hierarchical one (h)", name)
 	}
 	return Config{Name: name, Sparsity: float64(pct) / 100, Hierarchical: m[2] == "h", FixedBudget: m[2] == "b", Mass: m[2] == "m",
 		Remainder: m[3] == "r"}, nil

@@ -202,10 +202,11 @@ func TestLoadTaskErrors(t *testing.T) {
 }
 
 func TestParseConfigs(t *testing.T) {
-	cs, err := ParseConfigs("dense, sq70,sq90h,sq80b,sq90m,sq70r,sq90mr")
+	cs, err := ParseConfigs("dense, sq70,sq90h,sq80b,sq90m,sq70r,sq90mr,sq90hr")
 	want := []Config{{Name: "dense"}, {Name: "sq70", Sparsity: 0.7}, {Name: "sq90h", Sparsity: 0.9, Hierarchical: true},
 		{Name: "sq80b", Sparsity: 0.8, FixedBudget: true}, {Name: "sq90m", Sparsity: 0.9, Mass: true},
-		{Name: "sq70r", Sparsity: 0.7, Remainder: true}, {Name: "sq90mr", Sparsity: 0.9, Mass: true, Remainder: true}}
+		{Name: "sq70r", Sparsity: 0.7, Remainder: true}, {Name: "sq90mr", Sparsity: 0.9, Mass: true, Remainder: true},
+		{Name: "sq90hr", Sparsity: 0.9, Hierarchical: true, Remainder: true}}
 	if err != nil || !reflect.DeepEqual(cs, want) {
 		t.Errorf("ParseConfigs = %+v, %v", cs, err)
 	}
@@ -220,7 +221,7 @@ func TestParseConfigs(t *testing.T) {
 			t.Errorf("ParseConfig(%q) = %+v, %v", name, c, err)
 		}
 	}
-	for _, bad := range []string{"", "sparse", "sq0", "sq100", "sq70x", "dense,dense", "sq70hr", "sq70rm", "sq70rr"} {
+	for _, bad := range []string{"", "sparse", "sq0", "sq100", "sq70x", "dense,dense", "sq70rm", "sq70rr"} {
 		if _, err := ParseConfigs(bad); err == nil {
 			t.Errorf("ParseConfigs(%q): no error", bad)
 		}

@@ -2,7 +2,6 @@ package llama
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"testing"
 
@@ -10,20 +9,22 @@ import (
 )
 
 // TestRemainderDecode: SqueezeOptions.Remainder (the dropped clusters attended through their centroids
-// and mean values). On the calibration fixture, for each selection (global threshold and attention mass
-// at sparsity 0.7 and 0.9) decoding with the remainder is closer to dense (KL of the next-token
+// and mean values). On the calibration fixture, for each selection (global threshold, attention mass and
+// the hierarchical index, at sparsity 0.7 and 0.9) decoding with the remainder is closer to dense (KL of the next-token
 // distribution) than the same selection without it; with every key kept it equals dense attention; the
-// index round-trips through storage (the means recomputed from the loaded labels give the same logits);
-// a hierarchical index refuses it.
+// index round-trips through storage (the means recomputed from the loaded labels give the same logits).
+// The same over a hierarchical index (its unscored fine clusters attended through their coarse centroids,
+// squeeze.HierarchicalMeanSums), which round-trips too.
 func TestRemainderDecode(t *testing.T) {
 	r := testRunner(t, dtypes.Float32, Options{})
 	ids, dense, p := calibFixture(t, r)
 	want, feed := dense[calibCtx:], ids[calibCtx:]
 	decode := func() (agree int, worst, kl float64) { return closeness(want, decodeLogits(t, p, feed)) }
-	for _, mass := range []bool{false, true} {
+	for _, sel := range []string{"threshold", "mass", "hierarchical"} {
+		mass, hier := sel == "mass", sel == "hierarchical"
 		for _, sparsity := range []float64{0.7, 0.9} {
-			name := fmt.Sprintf("sparsity %.1f mass=%v", sparsity, mass)
-			opts := SqueezeOptions{Sparsity: sparsity, Mass: mass}
+			name := fmt.Sprintf("sparsity %.1f %s", sparsity, sel)
+			opts := SqueezeOptions{Sparsity: sparsity, Mass: mass, Hierarchical: hier}
 			if err := p.Squeeze(context.Background(), opts); err != nil {
 				t.Fatal(err)
 			}
@@ -32,8 +33,8 @@ func TestRemainderDecode(t *testing.T) {
 			if err := p.Squeeze(context.Background(), opts); err != nil {
 				t.Fatal(err)
 			}
-			if len(p.sq.means) != r.cfg.NumHiddenLayers {
-				t.Fatalf("%s: %d layers of means", name, len(p.sq.means))
+			if len(p.sq.means) != r.cfg.NumHiddenLayers || hier != (len(p.sq.meanSums) == r.cfg.NumHiddenLayers) {
+				t.Fatalf("%s: %d layers of means, %d of mean sums", name, len(p.sq.means), len(p.sq.meanSums))
 			}
 			agree, worst, kl := decode()
 			t.Logf("%s: KL from dense %.4f → %.4f with the remainder, top-1 agrees at %d → %d of %d (relative logit error %.2e)",
@@ -42,6 +43,20 @@ func TestRemainderDecode(t *testing.T) {
 				t.Errorf("%s: the remainder does not bring decoding closer to dense: KL %.4f, without it %.4f", name, kl, kl0)
 			}
 			if mass || sparsity != 0.9 {
+				continue
+			}
+			if hier {
+				// A hierarchical index loaded from its blobs recomputes its means and mean sums: the same logits.
+				blobs, err := p.SqueezeBlobs()
+				if err != nil {
+					t.Fatal(err)
+				}
+				q := reloadedPrefix(t, r, p, ids[:calibCtx], opts, blobs)
+				if len(q.sq.meanSums) != r.cfg.NumHiddenLayers {
+					t.Fatalf("loaded hierarchical index: %d layers of mean sums", len(q.sq.meanSums))
+				}
+				checkLoadedIndex(t, p, q, blobs, feed[:4])
+				q.Free()
 				continue
 			}
 			// Storage: an index loaded from its blobs recomputes the same means and gives the same logits.
@@ -63,9 +78,5 @@ func TestRemainderDecode(t *testing.T) {
 				t.Errorf("every key kept, with the remainder: logits differ from dense by %.2e", worst)
 			}
 		}
-	}
-	err := p.Squeeze(context.Background(), SqueezeOptions{Sparsity: 0.7, Remainder: true, Hierarchical: true})
-	if !errors.Is(err, ErrUnsupported) {
-		t.Errorf("remainder over a hierarchical index: error %v", err)
 	}
 }

@@ -342,6 +342,9 @@ func (r *Runner) newExec(kind stepKind, sq *squeezeIndex) (*graph.Exec, error) {
 				if per > 4 {
 					sl.means = li[4]
 				}
+				if per > 5 {
+					sl.meanSums = li[5]
+				}
 				s.squeeze.layers = append(s.squeeze.layers, sl)
 			}
 		}

@@ -67,7 +67,9 @@ type SqueezeOptions struct {
 	// keys' values (squeeze.RemainderAttention), so that a head whose attention is spread over many
 	// clusters keeps its estimated share of it. The means are computed from the prefix's values with the
 	// clustering (and again when an index is loaded; they are not stored). A step then reads each
-	// centroid's key and mean value, which the kept fraction counts as one key. Flat index only.
+	// centroid's key and mean value, which the kept fraction counts as one key. Over a hierarchical index,
+	// the keys of the fine clusters a step does not score stand as their coarse centroid, with their own
+	// mean value (squeeze.HierarchicalMeanSums, computed on the device like the means).
 	Remainder bool
 }
 
@@ -108,9 +110,6 @@ func (o SqueezeOptions) Normalized() (SqueezeOptions, error) {
 	}
 	if o.Mass && o.Hierarchical {
 		return o, fmt.Errorf("llama: %w: the attention-mass selection over a hierarchical index", ErrUnsupported)
-	}
-	if o.Remainder && o.Hierarchical {
-		return o, fmt.Errorf("llama: %w: the dropped keys' remainder over a hierarchical index", ErrUnsupported)
 	}
 	if !o.Hierarchical {
 		if o.CoarseCentroids != 0 || o.CoarseKeep != 0 {
@@ -192,6 +191,9 @@ type squeezeIndex struct {
 	// means are each cluster's mean value (squeeze.ClusterMeans) with opts.Remainder, computed on the
 	// device from the prefix's values after clustering or loading, never stored; nil otherwise.
 	means []*tensors.Tensor // per layer [numKVHeads, K, headDim] in the KV dtype
+	// meanSums are a hierarchical index's running count-weighted sums of the means (squeeze.HierarchicalMeanSums),
+	// with the means; nil for a flat index.
+	meanSums []*tensors.Tensor // per layer [numKVHeads, K+1, headDim] float32
 	// Calibrated mode: the global threshold on a cluster's estimated probability, and the fraction of the
 	// clustered keys the calibration queries kept with it.
 	threshold      float32
@@ -210,18 +212,24 @@ type squeezeIndex struct {
 func (sq *squeezeIndex) calibrated() bool { return sq.opts.Sparsity > 0 }
 
 // layerInputs are the index tensors a squeezed step takes for layer l: centroids, counts, starts, order,
-// and the means with opts.Remainder.
+// and the means with opts.Remainder (and the mean sums of a hierarchical index).
 func (sq *squeezeIndex) layerInputs(l int) []*tensors.Tensor {
 	ts := []*tensors.Tensor{sq.centroids[l], sq.counts[l], sq.starts[l], sq.order[l]}
 	if sq.opts.Remainder {
 		ts = append(ts, sq.means[l])
+		if sq.k1 > 0 {
+			ts = append(ts, sq.meanSums[l])
+		}
 	}
 	return ts
 }
 
 // inputsPerLayer is the number of layerInputs.
 func (sq *squeezeIndex) inputsPerLayer() int {
-	if sq.opts.Remainder {
+	switch {
+	case sq.opts.Remainder && sq.k1 > 0:
+		return 6
+	case sq.opts.Remainder:
 		return 5
 	}
 	return 4
@@ -248,6 +256,7 @@ type squeezeLayer struct {
 	centroids, counts         *Node // [numKVHeads, K, headDim] float32, [numKVHeads, K] float32 (or packed: unpackIndex)
 	starts, order             *Node // [numKVHeads, K], [numKVHeads, ctxCap] int32 (squeeze.ClusterOrder)
 	means                     *Node // [numKVHeads, K, headDim]: the clusters' mean values (Remainder); nil: off
+	meanSums                  *Node // [numKVHeads, K+1, headDim]: a hierarchical index's (Remainder); nil: flat
 	clustered, window, budget *Node // scalar int32: they vary per prefix without recompiling
 	maxKept                   int
 	// threshold is the calibrated mode's global threshold (scalar float32); nil in fixed-budget mode.
@@ -463,7 +472,7 @@ func (p *Prefix) dropSqueeze() {
 
 // free releases the index's tensors.
 func (sq *squeezeIndex) free() {
-	for _, ts := range [][]*tensors.Tensor{sq.centroids, sq.counts, sq.labels, sq.starts, sq.order, sq.means} {
+	for _, ts := range [][]*tensors.Tensor{sq.centroids, sq.counts, sq.labels, sq.starts, sq.order, sq.means, sq.meanSums} {
 		for _, t := range ts {
 			t.FinalizeAll()
 		}
@@ -488,7 +497,7 @@ func squeezedAttention(c *Config, q, ctxK, ctxV, dynK, dynV, dynMask *Node, sq *
 	// list's free slots: the best of them when more pass); then the observation window.
 	ix := unpackIndex(squeeze.LayerIndex{Centroids: sq.centroids, Counts: sq.counts, Starts: sq.starts, Order: sq.order,
 		Clustered: sq.clustered, Window: sq.window, Budget: sq.budget, Threshold: sq.threshold, Mass: sq.mass, MaxKept: sq.maxKept,
-		Means: sq.means})
+		Means: sq.means, MeanSums: sq.meanSums})
 	// With ix.Means, the dropped keys too, approximately (SqueezeOptions.Remainder).
 	if squeeze.UsesPaged(qg, ctxK, sq.kernel) {
 		// With the paged kernel in the graph, XLA fused the dynamic segment's scores with the cache update
@@ -736,10 +745,17 @@ func (p *Prefix) clusterMeans(idx *squeezeIndex) error {
 		return nil
 	}
 	hb := headBatch(p.r.cfg.NumKeyValueHeads, idx.capacity, idx.k)
-	exec, err := p.r.namedExec(fmt.Sprintf("cluster_means/%d/heads=%d", idx.k, hb), func() (*graph.Exec, error) {
+	hier := idx.k1 > 0
+	exec, err := p.r.namedExec(fmt.Sprintf("cluster_means/%d/heads=%d/hier=%v", idx.k, hb, hier), func() (*graph.Exec, error) {
 		e, err := graph.NewExec(p.r.backend, func(g *Graph, in []*Node) []*Node {
 			in = headSlice(in, hb)
-			return []*Node{squeeze.ClusterMeans(in[0], in[1], in[2], in[3])}
+			if !hier {
+				return []*Node{squeeze.ClusterMeans(in[0], in[1], in[2], in[3])}
+			}
+			// A hierarchical index's counts are packed (fine, coarse, children: unpackIndex): the fine ones.
+			counts := Slice(in[2], AxisRange(), AxisRange(0, idx.k))
+			means := squeeze.ClusterMeans(in[0], in[1], counts, in[3])
+			return []*Node{means, squeeze.HierarchicalMeanSums(means, counts)}
 		})
 		if err != nil {
 			return nil, err
@@ -755,6 +771,9 @@ func (p *Prefix) clusterMeans(idx *squeezeIndex) error {
 			return fmt.Errorf("llama: cluster means of layer %d: %w", l, err)
 		}
 		idx.means = append(idx.means, out[0])
+		if hier {
+			idx.meanSums = append(idx.meanSums, out[1])
+		}
 	}
 	return nil
 }
@@ -789,9 +808,11 @@ func (r *Runner) setClusterOrder(idx *squeezeIndex) error {
 }
 
 // stepExecSqueezed returns the compiled step for sequences over a squeezed prefix. A flat and a
-// hierarchical index share it: their index inputs differ in shape (unpackIndex), so each compiles its own.
+// hierarchical index share it when their inputs per layer are the same (their shapes differ: unpackIndex,
+// so each compiles its own); with the remainder a hierarchical index takes one more (its mean sums).
 func (r *Runner) stepExecSqueezed(sq *squeezeIndex, allLogits, deviceToken, large bool) (*graph.Exec, error) {
-	key := fmt.Sprintf("step/%s/%v/calibrated=%v/mass=%v/remainder=%v/device_token=%v/large=%v", sq.listKey(), allLogits, sq.calibrated(), sq.opts.Mass, sq.opts.Remainder, deviceToken, large)
+	key := fmt.Sprintf("step/%s/%v/calibrated=%v/mass=%v/remainder=%v/inputs=%d/device_token=%v/large=%v", sq.listKey(), allLogits,
+		sq.calibrated(), sq.opts.Mass, sq.opts.Remainder, sq.inputsPerLayer(), deviceToken, large)
 	return r.namedExec(key, func() (*graph.Exec, error) {
 		return r.newExec(stepKind{allLogits: allLogits, hasCtx: true, deviceToken: deviceToken, large: large}, sq)
 	})

@@ -337,7 +337,8 @@ func lccRows(t testing.TB, path string) (*tokenizer.Tokenizer, []map[string]any)
 }
 
 // BenchmarkSqueezeAgreement compares the global threshold and the attention-mass selection at sparsities
-// 0.7 and 0.9 (and with SQLLM_LCC_REMAINDER set, each with the remainder too) on tinycode_lcc items (SQLLM_LCC, SQLLM_LCC_ITEMS as BenchmarkSqueezeDroppedMass): the answer
+// 0.7 and 0.9 (with SQLLM_LCC_HIER set, the hierarchical index instead; with SQLLM_LCC_REMAINDER set, each
+// with the remainder too) on tinycode_lcc items (SQLLM_LCC, SQLLM_LCC_ITEMS as BenchmarkSqueezeDroppedMass): the answer
 // line (up to 24 tokens) is fed after the context one token at a time, and each position's logits are
 // compared with a dense forward's: top-1 agreement and KL divergence, running totals after every item.
 // Run with -bench SqueezeAgreement -benchtime 1x.
@@ -346,6 +347,9 @@ func BenchmarkSqueezeAgreement(t *testing.B) {
 	tok, rows := lccRows(t, path)
 	r := testRunner(t, dtypes.Float32, Options{})
 	configs := []SqueezeOptions{{Sparsity: 0.7}, {Sparsity: 0.7, Mass: true}, {Sparsity: 0.9}, {Sparsity: 0.9, Mass: true}}
+	if os.Getenv("SQLLM_LCC_HIER") != "" { // the hierarchical index instead
+		configs = []SqueezeOptions{{Sparsity: 0.7, Hierarchical: true}, {Sparsity: 0.9, Hierarchical: true}}
+	}
 	if os.Getenv("SQLLM_LCC_REMAINDER") != "" { // each with the remainder too (SqueezeOptions.Remainder)
 		for _, o := range slices.Clone(configs) {
 			o.Remainder = true
@@ -390,7 +394,8 @@ func BenchmarkSqueezeAgreement(t *testing.B) {
 		p.Free()
 		line := fmt.Sprintf("after item %d (%d tokens):", i, total)
 		for ci, o := range configs {
-			line += fmt.Sprintf("  %v/mass=%v/rem=%v agree %.3f KL %.4f", o.Sparsity, o.Mass, o.Remainder, float64(agree[ci])/float64(total), kl[ci]/float64(total))
+			line += fmt.Sprintf("  %v/mass=%v/hier=%v/rem=%v agree %.3f KL %.4f", o.Sparsity, o.Mass, o.Hierarchical, o.Remainder,
+				float64(agree[ci])/float64(total), kl[ci]/float64(total))
 		}
 		fmt.Println(line)
 	}

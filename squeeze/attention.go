@@ -25,8 +25,9 @@ type LayerIndex struct {
 	Mass    bool
 	MaxKept int // static size of the kept-key lists (≥ Budget + Window)
 	// Means [H, K, D] is each cluster's mean value (ClusterMeans). Set, Attend attends the keys a step
-	// drops approximately (RemainderAttention) instead of leaving them out. Flat index only.
-	Means *Node
+	// drops approximately (RemainderAttention) instead of leaving them out. A hierarchical index needs
+	// MeanSums too (HierarchicalMeanSums of Means and Counts).
+	Means, MeanSums *Node
 
 	// The coarse level of a hierarchical index (hier.go); CoarseCentroids nil: a flat index. The fine
 	// arrays above are then grouped by coarse cluster (KMeansHierarchical): coarse cluster c's children
@@ -65,15 +66,18 @@ func SelectDropped(qg *Node, ix LayerIndex, scale float64) (idx, valid, kept, dr
 type selection struct {
 	idx, valid, kept, dropped *Node
 	// logP [H, M, K] and logZ [H, M, 1] are a flat index's lookup (logClusterProbZ), for the remainder; nil
-	// for a hierarchical index.
+	// for a hierarchical index, whose lookup is hier.
 	logP, logZ *Node
+	hier       *hierLookup
 }
 
 // selectLookup is SelectDropped, keeping a flat index's lookup for the remainder (remainderFromLookup).
 func selectLookup(qg *Node, ix LayerIndex, scale float64) (sel selection) {
 	var scores, counts, starts *Node
 	if ix.CoarseCentroids != nil {
-		_, scores, counts, starts = HierarchicalScores(qg, ix, scale) // [H, FineSlots]
+		l := hierarchicalLookup(qg, ix, scale)
+		sel.hier = &l
+		scores, counts, starts = l.scores, l.counts, l.starts // [H, FineSlots]
 	} else {
 		sel.logP, sel.logZ = logClusterProbZ(qg, ix.Centroids, ix.Counts, scale)
 		scores, counts, starts = ReduceMean(Exp(sel.logP), 1), ix.Counts, ix.Starts // [H, K]: ClusterScores
@@ -104,10 +108,13 @@ func selectLookup(qg *Node, ix LayerIndex, scale float64) (sel selection) {
 func AttendSelected(qg, ctxK, ctxV *Node, ix LayerIndex, scale float64, kernel Kernel) (p Partial, kept *Node) {
 	s := selectLookup(qg, ix, scale)
 	p = AttendKept(qg, ctxK, ctxV, s.idx, s.valid, s.kept, scale, kernel)
-	if ix.Means != nil {
-		if s.logP == nil {
-			exceptions.Panicf("squeeze: the remainder needs a flat index")
-		}
+	switch {
+	case ix.Means == nil:
+	case s.hier != nil && ix.MeanSums == nil:
+		exceptions.Panicf("squeeze: the remainder over a hierarchical index needs LayerIndex.MeanSums")
+	case s.hier != nil:
+		p = Merge(p, hierRemainder(*s.hier, ix, s.dropped))
+	default:
 		p = Merge(p, remainderFromLookup(s.logP, s.logZ, ix.Means, s.dropped))
 	}
 	return p, s.kept

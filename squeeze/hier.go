@@ -191,6 +191,10 @@ func expandRunsDense(strict, ties, limit *Node, b int) (c, offset, total, begin 
 type hierLookup struct {
 	fine, scores, counts, starts *Node
 	first, taken, slotStart      *Node
+	// For the remainder (hierRemainder): the fine slots' and coarse clusters' per-key log-probabilities
+	// logPF [H, M, F] and logPC [H, M, K1] (-1e30 where empty), the normaliser logZ [H, M, 1], and each coarse
+	// cluster's keys in unscored children, unscored [H, K1] float32.
+	logPF, logPC, logZ, unscored *Node
 }
 
 func hierarchicalLookup(qg *Node, ix LayerIndex, scale float64) hierLookup {
@@ -236,13 +240,45 @@ func hierarchicalLookup(qg *Node, ix LayerIndex, scale float64) hierLookup {
 		return Where(LessThan(j, Scalar(g, i32, k)), takeAlong(starts, MinScalar(j, k-1)), BroadcastToDims(last, h, k1))
 	}
 	scored := ConvertDType(Sub(keysBefore(Add(first, taken)), keysBefore(first)), f32)  // [H, K1]
-	rest, _ := weightedLogits(lc, MaxScalar(Sub(cc, scored), 0))                        // [H, M, K1]
+	unscored := MaxScalar(Sub(cc, scored), 0)                                           // [H, K1]
+	rest, nonEmptyRest := weightedLogits(lc, unscored)                                  // [H, M, K1]
 	lf := MulScalar(product("hmd,hkd->hmk", qg, GatherRows(ix.Centroids, fine)), scale) // [H, M, F]
 	wf, nonEmptyF := weightedLogits(lf, counts)
-	logZ := logAddExp(logSumExp(wf, -1), logSumExp(rest, -1))                             // [H, M, 1]
-	scores := ReduceMean(Exp(Where(nonEmptyF, Sub(lf, logZ), Scalar(g, f32, negInf))), 1) // [H, F]
+	logZ := logAddExp(logSumExp(wf, -1), logSumExp(rest, -1)) // [H, M, 1]
+	logPF := Where(nonEmptyF, Sub(lf, logZ), Scalar(g, f32, negInf))
+	scores := ReduceMean(Exp(logPF), 1) // [H, F]
 	return hierLookup{fine: fine, scores: scores, counts: counts, starts: takeAlong(starts, fine),
-		first: first, taken: taken, slotStart: slotStart}
+		first: first, taken: taken, slotStart: slotStart,
+		logPF: logPF, logPC: Where(nonEmptyRest, Sub(lc, logZ), Scalar(g, f32, negInf)), logZ: logZ, unscored: unscored}
+}
+
+// HierarchicalMeanSums are the running sums a hierarchical index's remainder reads: means [H, K, D] (the
+// fine clusters' mean values, ClusterMeans, in the index's grouped order) weighted by counts [H, K] and summed
+// over the fine clusters before each: [H, K+1, D] float32, row j the sum over clusters < j (row K: all). The
+// values of a coarse cluster's children j0..j1-1 sum to row j1 − row j0.
+func HierarchicalMeanSums(means, counts *Node) *Node {
+	g := means.Graph()
+	f32 := dtypes.Float32
+	h, k, d := means.Shape().Dimensions[0], means.Shape().Dimensions[1], means.Shape().Dimensions[2]
+	w := Mul(ConvertDType(means, f32), BroadcastToDims(Reshape(ConvertDType(counts, f32), h, k, 1), h, k, d))
+	return Concatenate([]*Node{Zeros(g, shapes.Make(f32, h, 1, d)), CumSum(w, 1)}, 1)
+}
+
+// hierRemainder is RemainderAttention over a hierarchical index, from its lookup: the scored fine slots'
+// dropped keys [H, F] stand as their fine centroid with their cluster's mean value (as a flat index's), and
+// every coarse cluster's keys in unscored children stand as the coarse centroid with those children's mean
+// value (from ix.MeanSums: exact, not the coarse cluster's whole mean), both weighed against the lookup's own
+// normaliser, which already counts them. With every fine cluster scored it is the flat index's remainder.
+func hierRemainder(l hierLookup, ix LayerIndex, dropped *Node) Partial {
+	f32, i32 := dtypes.Float32, dtypes.Int32
+	h, k1 := l.unscored.Shape().Dimensions[0], l.unscored.Shape().Dimensions[1]
+	d := ix.Means.Shape().Dimensions[2]
+	children := ConvertDType(ix.CoarseChildren, i32)
+	sum := Sub(GatherRows(ix.MeanSums, Add(l.first, children)), GatherRows(ix.MeanSums, Add(l.first, l.taken))) // [H, K1, D]
+	valsC := Div(sum, BroadcastToDims(Reshape(MaxScalar(l.unscored, 1), h, k1, 1), h, k1, d))
+	valsF := ConvertDType(GatherRows(ix.Means, l.fine), f32) // [H, F, D]
+	return remainderFromLookup(Concatenate([]*Node{l.logPF, l.logPC}, 2), l.logZ,
+		Concatenate([]*Node{valsF, valsC}, 1), Concatenate([]*Node{ConvertDType(dropped, f32), l.unscored}, 1))
 }
 
 // HierarchicalScores is a hierarchical index's centroid lookup for queries qg [H, M, D] (ix.CoarseCentroids

@@ -1,7 +1,9 @@
 package squeeze
 
 import (
+	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/gomlx/compute/dtypes"
@@ -145,5 +147,93 @@ func TestClusterMeans(t *testing.T) {
 	}
 	if diff := maxAbsDiff(got, want); diff > 1e-5 {
 		t.Errorf("ClusterMeans differs from the host's means by %.2e", diff)
+	}
+}
+
+// TestHierarchicalRemainder: the remainder over a hierarchical index (LayerIndex.MeanSums).
+//   - Keys of 4 exact directions, one run each (4 non-empty fine clusters of 8, one per coarse cluster): with 2
+//     fine slots, two coarse clusters go unscored; kept ⊕ remainder equals dense attention exactly when the
+//     budget keeps one whole cluster (the scored one dropped stands as its centroid, the unscored ones as their
+//     coarse centroids, each with its exact mean value), and the kept keys alone do not.
+//   - With every fine cluster scored, it is the flat index's remainder.
+//   - Random keys with 8 of 24 fine clusters scored: closer to dense than without the remainder.
+//   - HierarchicalMeanSums against a host computation.
+func TestHierarchicalRemainder(t *testing.T) {
+	const h, m, s, d = 2, 3, 96, 16
+	rng := rand.New(rand.NewPCG(51, 52))
+	scale := Scale(d)
+	q, tight, vals := randn(rng, 1, h, m, d), tightKeys(rng, h, s, d, 4, 0.5), randn(rng, 1, h, s, d)
+	out := MustExecOnceN(testBackend(), func(q, keys, vals *Node) []*Node {
+		g := q.Graph()
+		hi, hier, _ := hierIndex(keys, s, 0, 8, 4, 3, 2)
+		hier.Budget, hier.MaxKept = Const(g, int32(s/4)), s
+		alone := Attend(q, keys, vals, Partial{}, hier, scale, KernelEinsum)
+		hier.Means = ClusterMeans(vals, hi.Labels, hi.Counts, hier.Clustered)
+		hier.MeanSums = HierarchicalMeanSums(hier.Means, hi.Counts)
+		with := Attend(q, keys, vals, Partial{}, hier, scale, KernelEinsum)
+		ref := DenseAttention(q, keys, vals, nil, scale)
+		return []*Node{with.Out, with.LSE, ref.Out, ref.LSE, alone.Out, ConvertDType(hi.Counts, dtypes.Float32)}
+	}, q, tight, vals)
+	if n := flat(out[5]); slices.ContainsFunc(n, func(c float32) bool { return c != 0 && c != s/4 }) {
+		t.Fatalf("fine clusters %v: the case needs one cluster per direction", n)
+	}
+	if diff := maxAbsDiff(flat(out[0]), flat(out[2])); diff > 1e-5 {
+		t.Errorf("tight keys: kept ⊕ remainder differs from dense by %.2e", diff)
+	}
+	if diff := maxAbsDiff(flat(out[1]), flat(out[3])); diff > 1e-4 {
+		t.Errorf("tight keys: log-sum-exp differs from dense by %.2e", diff)
+	}
+	if diff := maxAbsDiff(flat(out[4]), flat(out[2])); diff < 1e-2 {
+		t.Errorf("tight keys: the kept keys alone are within %.2e of dense: nothing that matters is dropped", diff)
+	}
+
+	const k, k1, clustered, window = 24, 6, 84, 12
+	keys := randn(rng, 1, h, s, d)
+	out = MustExecOnceN(testBackend(), func(q, keys, vals *Node) []*Node {
+		g := q.Graph()
+		hi, hier, fl := hierIndex(keys, clustered, window, k, k1, 4, k)
+		means := ClusterMeans(vals, hi.Labels, hi.Counts, hier.Clustered)
+		sums := HierarchicalMeanSums(means, hi.Counts)
+		ref := DenseAttention(q, keys, vals, nil, scale)
+		res := []*Node{ref.Out, means, sums, ConvertDType(hi.Counts, dtypes.Float32)}
+		for _, slots := range []int{k, 8} {
+			ix := hier
+			ix.FineSlots, ix.Budget, ix.MaxKept = slots, Const(g, int32(20)), 64
+			without := Attend(q, keys, vals, Partial{}, ix, scale, KernelEinsum)
+			ix.Means, ix.MeanSums = means, sums
+			with := Attend(q, keys, vals, Partial{}, ix, scale, KernelEinsum)
+			fx := fl
+			fx.Budget, fx.MaxKept, fx.Means = ix.Budget, 64, means
+			flatWith := Attend(q, keys, vals, Partial{}, fx, scale, KernelEinsum)
+			res = append(res, with.Out, with.LSE, without.Out, flatWith.Out, flatWith.LSE)
+		}
+		return res
+	}, q, keys, vals)
+	ref, means, sums, counts := flat(out[0]), flat(out[1]), flat(out[2]), flat(out[3])
+	for hh := range h {
+		for j := 0; j <= k; j++ {
+			for c := range d {
+				var want float64
+				for i := range j {
+					want += float64(counts[hh*k+i]) * float64(means[(hh*k+i)*d+c])
+				}
+				if got := sums[(hh*(k+1)+j)*d+c]; math.Abs(float64(got)-want) > 1e-4*(1+math.Abs(want)) {
+					t.Fatalf("mean sums head %d row %d: %v, want %v", hh, j, got, want)
+				}
+			}
+		}
+	}
+	all := out[4:9]
+	if diff := maxAbsDiff(flat(all[0]), flat(all[3])); diff > 1e-5 {
+		t.Errorf("every fine cluster scored: differs from the flat index's remainder by %.2e", diff)
+	}
+	if diff := maxAbsDiff(flat(all[1]), flat(all[4])); diff > 1e-5 {
+		t.Errorf("every fine cluster scored: log-sum-exp differs from the flat index's by %.2e", diff)
+	}
+	few := out[9:14]
+	with, without := maxAbsDiff(flat(few[0]), ref), maxAbsDiff(flat(few[2]), ref)
+	t.Logf("8 of %d fine clusters scored, 20 keys: max |out - dense| %.3f with the remainder, %.3f without", k, with, without)
+	if with >= without {
+		t.Errorf("8 fine slots: the remainder does not bring the output closer to dense (%.3f against %.3f)", with, without)
 	}
 }

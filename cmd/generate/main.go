@@ -88,7 +88,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.Float64Var(&c.sqCentroids, "squeeze-centroids", 0.05, "number of k-means centroids as a fraction of the fixed context")
 	fs.Float64Var(&c.sqSparsity, "squeeze-sparsity", 0, "Squeezed Attention over the -context-file with a threshold calibrated to drop this fraction of its clustered keys (the paper's Sq-NN%; 0 = dense)")
 	fs.BoolVar(&c.sqHierarchical, "squeeze-hierarchical", false, "with -squeeze-sparsity or -squeeze-budget: a two-level index; the centroids are clustered into coarse centroids, and each step scores the coarse centroids, then only the centroids under the best ones")
-	fs.BoolVar(&c.sqRem, "squeeze-remainder", true, "with -squeeze-sparsity or -squeeze-budget: the keys a step drops are still attended, approximately: each cluster stands for its dropped keys through its centroid, weighted by their number, with their cluster's mean value (flat index only; off by default with -squeeze-hierarchical; =false: the paper's selection alone)")
+	fs.BoolVar(&c.sqRem, "squeeze-remainder", true, "with -squeeze-sparsity or -squeeze-budget: the keys a step drops are still attended, approximately: each cluster stands for its dropped keys through its centroid, weighted by their number, with their cluster's mean value (with -squeeze-hierarchical, the clusters a step does not score stand for their keys through their coarse centroid; =false: the paper's selection alone)")
 	fs.BoolVar(&c.sqMass, "squeeze-mass", false, "with -squeeze-sparsity: every head keeps its best clusters until their estimated attention mass reaches a target calibrated to the sparsity (per-head, adapts to how spread each head's attention is), instead of one global threshold on a cluster's estimated probability")
 	fs.Float64Var(&c.sqCoarse, "squeeze-coarse", 0, "with -squeeze-hierarchical: coarse centroids as a fraction of the fixed context, below -squeeze-centroids (0: 0.01)")
 	fs.Float64Var(&c.sqCoarseKeep, "squeeze-coarse-keep", 0, "with -squeeze-hierarchical: fraction of the centroids each step scores, those under the best coarse centroids, in (0, 1] (0: twice the kept fraction, within [0.5, 1])")
@@ -104,9 +104,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q (use -prompt TEXT)", fs.Arg(0))
 	}
-	remSet := false // -squeeze-remainder given explicitly (its default is on, except with a hierarchical index)
+	remSet := false // -squeeze-remainder given explicitly (its default is on when squeezing)
 	fs.Visit(func(f *flag.Flag) { remSet = remSet || f.Name == "squeeze-remainder" })
-	if !remSet && (c.sqHierarchical || (c.sqSparsity == 0 && c.sqBudget == 0)) {
+	if !remSet && c.sqSparsity == 0 && c.sqBudget == 0 {
 		c.sqRem = false
 	}
 	if c.prompt != "" && c.promptFile != "" {
@@ -153,9 +153,6 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.sqRem && c.sqSparsity == 0 && c.sqBudget == 0 {
 		return nil, errors.New("-squeeze-remainder needs -squeeze-sparsity or -squeeze-budget")
-	}
-	if c.sqRem && c.sqHierarchical {
-		return nil, errors.New("-squeeze-remainder and -squeeze-hierarchical: the remainder works over a flat index only")
 	}
 	if c.sqMass && c.sqHierarchical {
 		return nil, errors.New("-squeeze-mass and -squeeze-hierarchical: the attention-mass selection works over a flat index only")

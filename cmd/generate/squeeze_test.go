@@ -76,8 +76,8 @@ func TestGenerateSqueezeMass(t *testing.T) {
 	}
 }
 
-// TestGenerateSqueezeRemainder: the remainder is on by default in both modes (and with -squeeze-mass) and
-// says so in the report, -squeeze-remainder=false turns it off, -squeeze-hierarchical alone leaves it off;
+// TestGenerateSqueezeRemainder: the remainder is on by default in both modes (and with -squeeze-mass and
+// -squeeze-hierarchical) and says so in the report, -squeeze-remainder=false turns it off;
 // a second run loads the index from the disk cache (recomputing the clusters' mean values) and prints the
 // same text.
 func TestGenerateSqueezeRemainder(t *testing.T) {
@@ -91,8 +91,8 @@ func TestGenerateSqueezeRemainder(t *testing.T) {
 			t.Fatalf("%v: exit %d: %s", mode, code, errs)
 		}
 		t.Logf("%v: stdout %q\n%s", mode, out, errs)
-		off := slices.Contains(mode, "-squeeze-remainder=false") || slices.Contains(mode, "-squeeze-hierarchical")
-		if has := strings.Contains(errs, "centroids (the dropped keys attended through them and their clusters' mean values)"); has == off {
+		off := slices.Contains(mode, "-squeeze-remainder=false")
+		if has := strings.Contains(errs, "(the dropped keys attended through them and their clusters' mean values)"); has == off {
 			t.Errorf("%v: the report's remainder is %v, want %v:\n%s", mode, has, !off, errs)
 		}
 		code, out2, errs := runCLI(t, "", args...)
@@ -116,7 +116,7 @@ func TestGenerateSqueezeHierarchical(t *testing.T) {
 	}
 	t.Logf("stdout %q\n%s", out, errs)
 	line := regexp.MustCompile(`squeezed attention: \d+ keys clustered into (\d+) centroids and (\d+) coarse centroids \(hierarchical: each step scores ` +
-		`the coarse ones and (\d+) centroids under the best\) in [0-9.]+s, calibrated in [0-9.]+s, window \d+; sparsity 0\.70: threshold \S+ ` +
+		`the coarse ones and (\d+) centroids under the best\) \(the dropped keys attended through them and their clusters' mean values\) in [0-9.]+s, calibrated in [0-9.]+s, window \d+; sparsity 0\.70: threshold \S+ ` +
 		`keeps 0\.(2[89]|3[01])\d of the clustered keys .*mean kept fraction 0\.\d+ \(centroids counted\)`)
 	m := line.FindStringSubmatch(errs)
 	if m == nil {
@@ -129,7 +129,7 @@ func TestGenerateSqueezeHierarchical(t *testing.T) {
 	if code != 0 || out2 != out || !strings.Contains(errs, "coarse centroids (hierarchical") || !strings.Contains(errs, "loaded from the disk cache") {
 		t.Fatalf("second run: exit %d, stdout %q (first %q), not loaded from the disk cache: %s", code, out2, out, errs)
 	}
-	code, _, errs = runCLI(t, "", append(base, "-no-cache", "-squeeze-budget", "0.3", "-squeeze-coarse-keep", "0.5")...)
+	code, _, errs = runCLI(t, "", append(base, "-no-cache", "-squeeze-budget", "0.3", "-squeeze-coarse-keep", "0.5", "-squeeze-remainder=false")...)
 	budget := regexp.MustCompile(`squeezed attention: \d+ keys clustered into 77 centroids and 15 coarse centroids \(hierarchical: each step scores ` +
 		`the coarse ones and 39 centroids under the best\) in [0-9.]+s, window \d+, budget \d+ keys; mean kept fraction 0\.\d+`)
 	if code != 0 || !budget.MatchString(errs) {
@@ -155,7 +155,6 @@ func TestGenerateSqueezeFlags(t *testing.T) {
 		{"mass with a budget", []string{"-context-file", ctxFile, "-squeeze-budget", "0.3", "-squeeze-mass"}, "-squeeze-mass needs -squeeze-sparsity"},
 		{"mass and hierarchical", []string{"-context-file", ctxFile, "-squeeze-sparsity", "0.7", "-squeeze-hierarchical", "-squeeze-mass"}, "flat index only"},
 		{"remainder without a mode", []string{"-context-file", ctxFile, "-squeeze-remainder"}, "-squeeze-remainder needs -squeeze-sparsity or -squeeze-budget"},
-		{"remainder and hierarchical", []string{"-context-file", ctxFile, "-squeeze-budget", "0.3", "-squeeze-hierarchical", "-squeeze-remainder"}, "the remainder works over a flat index only"},
 		{"coarse keep above 1", []string{"-context-file", ctxFile, "-squeeze-budget", "0.3", "-squeeze-hierarchical", "-squeeze-coarse-keep", "2"}, "coarse keep fraction 2"},
 	}
 	for _, tc := range tests {
