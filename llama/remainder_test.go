@@ -45,31 +45,21 @@ func TestRemainderDecode(t *testing.T) {
 			if mass || sparsity != 0.9 {
 				continue
 			}
-			if hier {
-				// A hierarchical index loaded from its blobs recomputes its means and mean sums: the same logits.
-				blobs, err := p.SqueezeBlobs()
-				if err != nil {
-					t.Fatal(err)
-				}
-				q := reloadedPrefix(t, r, p, ids[:calibCtx], opts, blobs)
-				if len(q.sq.meanSums) != r.cfg.NumHiddenLayers {
-					t.Fatalf("loaded hierarchical index: %d layers of mean sums", len(q.sq.meanSums))
-				}
-				checkLoadedIndex(t, p, q, blobs, feed[:4])
-				q.Free()
-				continue
-			}
-			// Storage: an index loaded from its blobs recomputes the same means and gives the same logits.
+			// Storage: an index loaded from its blobs recomputes the same means (and a hierarchical one's mean
+			// sums) and gives the same logits.
 			blobs, err := p.SqueezeBlobs()
 			if err != nil {
 				t.Fatal(err)
 			}
 			q := reloadedPrefix(t, r, p, ids[:calibCtx], opts, blobs)
-			if len(q.sq.means) != r.cfg.NumHiddenLayers {
-				t.Fatalf("loaded index: %d layers of means", len(q.sq.means))
+			if len(q.sq.means) != r.cfg.NumHiddenLayers || hier != (len(q.sq.meanSums) == r.cfg.NumHiddenLayers) {
+				t.Fatalf("%s: loaded index: %d layers of means, %d of mean sums", name, len(q.sq.means), len(q.sq.meanSums))
 			}
 			checkLoadedIndex(t, p, q, blobs, feed[:4])
 			q.Free()
+			if hier {
+				continue
+			}
 			// Every key kept: a threshold below every score, lists holding all keys.
 			p.sq.threshold = -1
 			p.sq.maxKept = bucket64(p.sq.capacity) + bucket64(100)
