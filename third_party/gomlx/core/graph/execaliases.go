@@ -588,4 +588,3 @@ func MustNewExec2[F ExecGraphFnTwoOutputs](backend compute.Backend, graphFn F) *
 func MustNewExec3[F ExecGraphFnThreeOutputs](backend compute.Backend, graphFn F) *ExecThreeOutputs {
 	return &ExecThreeOutputs{Exec: MustNewExec(backend, graphFn)}
 }
-

@@ -440,7 +440,6 @@ func (ni *nodeInputsCall) CloneWithInputs(originalNode *Node, newInputs ...*Node
 	return node
 }
 
-
 // Call a function with the given inputs.
 //
 // The function f must be from the same graph.

@@ -64,7 +64,6 @@ func (ni *nodeInputsSort) CloneWithInputs(originalNode *Node, newInputs ...*Node
 	return node
 }
 
-
 // Sort sorts a single tensor along the specified axis.
 //
 // This is a simplified version of SortFunc that doesn't require a comparator closure.
