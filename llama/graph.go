@@ -352,7 +352,7 @@ var noSplitK = os.Getenv("SQLLM_NO_SPLITK") != ""
 // The squeezed path's attention products split the same way (squeeze.SplitKValues), and off with them.
 // SQLLM_SQUEEZE_PASSES=1 makes the squeezed selection search its boundary in passes on accelerators too
 // (squeeze.NoAllPairs). SQLLM_SQUEEZE_PAGED=1 attends a decode step's kept keys with the paged Triton kernel
-// (squeeze.Paged; off by default: slower in the engine's step for now, see squeeze/paged.go).
+// (squeeze.Paged; off by default until the GQA shapes are measured with it, see squeeze/paged.go).
 func init() {
 	squeeze.NoSplitK = noSplitK
 	squeeze.NoAllPairs = os.Getenv("SQLLM_SQUEEZE_PASSES") != ""

@@ -59,8 +59,8 @@ type SqueezeOptions struct {
 	// calibrated so that the observation window's queries, one token at a time as decode steps select,
 	// keep 1 - Sparsity of the clustered keys on average (squeeze.SelectKeysMass). A head whose attention is
 	// spread over many keys (the first layer's) then keeps many, and a sharp head few; the global threshold
-	// keeps about the same fraction in every layer and drops most of a spread head's attention. Each layer
-	// gets a static kept-list size of its own from the calibration. Flat index only.
+	// keeps about the same fraction in every layer and drops most of a spread head's attention. The
+	// calibration sets one static kept-list size for every layer (the busiest layer's). Flat index only.
 	Mass bool
 	// Remainder attends the keys a step drops approximately instead of leaving them out: each cluster
 	// stands for its dropped keys as one key, its centroid, weighted by their number, with the mean of its
@@ -499,7 +499,7 @@ func squeezedAttention(c *Config, q, ctxK, ctxV, dynK, dynV, dynMask *Node, sq *
 		Clustered: sq.clustered, Window: sq.window, Budget: sq.budget, Threshold: sq.threshold, Mass: sq.mass, MaxKept: sq.maxKept,
 		Means: sq.means, MeanSums: sq.meanSums})
 	// With ix.Means, the dropped keys too, approximately (SqueezeOptions.Remainder).
-	if squeeze.UsesPaged(qg, ctxK, sq.kernel) {
+	if squeeze.UsesPaged(qg, ctxK, ctxV, sq.kernel) {
 		// With the paged kernel in the graph, XLA fused the dynamic segment's scores with the cache update
 		// that writes dynK/dynV into one reduction kernel of 152 µs a layer (10 µs otherwise; H200, LLaMA-2-7B
 		// shape, traced in session 8): the barrier makes the scores read the updated cache instead.
@@ -809,10 +809,10 @@ func (r *Runner) setClusterOrder(idx *squeezeIndex) error {
 
 // stepExecSqueezed returns the compiled step for sequences over a squeezed prefix. A flat and a
 // hierarchical index share it when their inputs per layer are the same (their shapes differ: unpackIndex,
-// so each compiles its own); with the remainder a hierarchical index takes one more (its mean sums).
+// so each compiles its own); the remainder adds the means, and a hierarchical index's mean sums too.
 func (r *Runner) stepExecSqueezed(sq *squeezeIndex, allLogits, deviceToken, large bool) (*graph.Exec, error) {
-	key := fmt.Sprintf("step/%s/%v/calibrated=%v/mass=%v/remainder=%v/inputs=%d/device_token=%v/large=%v", sq.listKey(), allLogits,
-		sq.calibrated(), sq.opts.Mass, sq.opts.Remainder, sq.inputsPerLayer(), deviceToken, large)
+	key := fmt.Sprintf("step/%s/%v/calibrated=%v/mass=%v/inputs=%d/device_token=%v/large=%v", sq.listKey(), allLogits,
+		sq.calibrated(), sq.opts.Mass, sq.inputsPerLayer(), deviceToken, large)
 	return r.namedExec(key, func() (*graph.Exec, error) {
 		return r.newExec(stepKind{allLogits: allLogits, hasCtx: true, deviceToken: deviceToken, large: large}, sq)
 	})

@@ -46,10 +46,10 @@ const (
 )
 
 // Paged makes KernelAuto use the paged kernel for decode steps where there is one; the engine sets it from
-// SQLLM_SQUEEZE_PAGED=1. It is off by default: alone the kernel attends the kept keys 1.8× faster than XLA's
-// gathers (attention-only benchmark, H200, LLaMA-2-7B shape, 32K), but in the engine's CUDA-graph decode step
-// XLA then fuses the dynamic segment's attention with the cache update into one slow kernel (152 µs a layer
-// against 10) and the step gets slower (11.8 against 8.9 ms; BENCHMARKS.md, session 8).
+// SQLLM_SQUEEZE_PAGED=1. Measured on an H200 (BENCHMARKS.md, session 8), LLaMA-2-7B shape at 32K: the kept
+// keys' attention 1.8× faster than XLA's gathers, the whole decode step 7.21 against 8.13 ms (with the
+// optimization barrier in llama's squeezedAttention). It is off by default because the LLaMA-3-8B (GQA) shape
+// was slower with it in the attention-only benchmark and has not been measured in the engine.
 var Paged bool
 
 var (
@@ -95,12 +95,22 @@ var pagedAvailable = func(g *Graph) bool {
 	return g.Backend().String() != "go" && HasCustomCall(g)
 }
 
-// UsesPaged says whether AttendKept (and AttendSelected) with this kernel choice runs the paged kernel for
-// queries q [H, M, D] over keys [H, S, D].
-func UsesPaged(q, keys *Node, kernel Kernel) bool {
+// pagedKernel is the backend_config of the paged kernel for queries q [H, M, D] over keys and values
+// [H, S, D], or "" where there is none (the pure-Go backend, keys or values not bfloat16, M >
+// PagedMaxQueries, a head dim other than 64 or 128).
+func pagedKernel(q, keys, values *Node) string {
 	m, d := q.Shape().Dimensions[1], q.Shape().Dimensions[2]
-	return (kernel == KernelPaged || (kernel == KernelAuto && Paged)) && m <= PagedMaxQueries &&
-		keys.DType() == dtypes.BFloat16 && pagedAvailable(q.Graph()) && pagedConfig(m, d) != ""
+	bf16 := dtypes.BFloat16
+	if m > PagedMaxQueries || keys.DType() != bf16 || values.DType() != bf16 || !pagedAvailable(q.Graph()) {
+		return ""
+	}
+	return pagedConfig(m, d)
+}
+
+// UsesPaged says whether AttendKept (and AttendSelected) with this kernel choice runs the paged kernel for
+// queries q [H, M, D] over keys and values [H, S, D].
+func UsesPaged(q, keys, values *Node, kernel Kernel) bool {
+	return (kernel == KernelPaged || (kernel == KernelAuto && Paged)) && pagedKernel(q, keys, values) != ""
 }
 
 // SparseAttentionPaged is SparseAttention through the fused paged kernel: q [H, M, D] attends to the rows
@@ -112,11 +122,7 @@ func SparseAttentionPaged(q, keys, values, idx, valid *Node, scale float64) (p P
 	h, m, d := q.Shape().Dimensions[0], q.Shape().Dimensions[1], q.Shape().Dimensions[2]
 	s := keys.Shape().Dimensions[1]
 	b := idx.Shape().Dimensions[1]
-	bf16 := dtypes.BFloat16
-	if m > PagedMaxQueries || keys.DType() != bf16 || values.DType() != bf16 || !pagedAvailable(g) {
-		return p, false
-	}
-	cfg := pagedConfig(m, d)
+	cfg := pagedKernel(q, keys, values)
 	if cfg == "" {
 		return p, false
 	}
@@ -132,14 +138,15 @@ func SparseAttentionPaged(q, keys, values, idx, valid *Node, scale float64) (p P
 	}
 	programs := h * ns
 	outs := pagedCall(cfg, programs, []*Node{
-		ConvertDType(q, bf16), Reshape(gidx, h*bp), Reshape(keys, h*s, d), Reshape(values, h*s, d),
+		ConvertDType(q, dtypes.BFloat16), Reshape(gidx, h*bp), Reshape(keys, h*s, d), Reshape(values, h*s, d),
 		Const(g, []int32{int32(iters), int32(ns)}), Const(g, []float32{float32(scale)}),
 	}, []shapes.Shape{shapes.Make(dtypes.Float32, programs, m, d), shapes.Make(dtypes.Float32, programs, m)})
 	return mergeSplits(Reshape(outs[0], h, ns, m, d), Reshape(outs[1], h, ns, m)), true
 }
 
 // mergeSplits merges the partials o [H, NS, M, D], lse [H, NS, M] of a head's splits by log-sum-exp (as
-// Merge, over NS at once): Out [H, M, D], LSE [H, M, 1]; -Inf where no split saw a key.
+// Merge, over NS at once): Out [H, M, D], LSE [H, M, 1]; -1e30 (negInf) where no split saw a key (the kernel
+// writes -Inf for a split that saw none).
 func mergeSplits(o, lse *Node) Partial {
 	g := o.Graph()
 	f32 := dtypes.Float32
