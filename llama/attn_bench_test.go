@@ -62,6 +62,7 @@ var (
 	abCheck    = flag.Bool("attnbench.check", true, "first check every variant against dense attention with every key kept (small context)")
 	abParallel = flag.Int("attnbench.parallel", 4, "executables compiled concurrently")
 	abVariants = flag.String("attnbench.variants", "", "comma list of variants to run (default all; see abVariantList)")
+	abGraphs   = flag.Bool("attnbench.graphs", true, "compile the decode executables for command buffers (CUDA graphs on XLA), as the engine compiles its decode steps")
 	abOut      = flag.String("attnbench.out", "", "also write the Markdown report to this file")
 	abBackend  = flag.String("attnbench.backend", "auto", "backend: auto, xla or go")
 )
@@ -116,6 +117,25 @@ var abVariantList = []abVariant{
 	{name: "lookup-engine", lookupOnly: true, about: "lookup alone, the former engine selection (ClusterScores → KeyScores → BudgetMaskN → Compact)"},
 	{name: "lookup-new", lookupOnly: true, about: "lookup alone, proposed (squeeze.Select: ClusterScores → SelectKeys)"},
 	{name: "lookup-sorted", lookupOnly: true, sorted: true, about: "lookup alone, proposed, sorted layout"},
+	{name: "sq-engine-paged-sort", phases: "decode", about: "sq-engine-paged with the boundary found by a sort (squeeze.SearchSort)"},
+	{name: "sq-engine-paged-passes", phases: "decode", about: "sq-engine-paged with the boundary found in passes (squeeze.SearchPasses)"},
+	{name: "lookup-scores", lookupOnly: true, about: "lookup stage 1 alone: the cluster scores (squeeze.ClusterScores)"},
+	{name: "lookup-lo", lookupOnly: true, about: "lookup stages 1-2: cluster scores and the budget's boundary (squeeze.Boundary, SearchAuto)"},
+	{name: "lookup-lo-passes", lookupOnly: true, about: "lookup stages 1-2, the boundary in passes (SearchPasses)"},
+	{name: "lookup-lo-sort", lookupOnly: true, about: "lookup stages 1-2, the boundary by a sort (SearchSort)"},
+	{name: "lookup-passes", lookupOnly: true, about: "lookup-new with the boundary in passes (SearchPasses)"},
+	{name: "lookup-sort", lookupOnly: true, about: "lookup-new with the boundary by a sort (SearchSort)"},
+}
+
+// abSearch is the boundary search a variant's name asks for.
+func abSearch(name string) squeeze.Search {
+	switch {
+	case strings.HasSuffix(name, "-sort"):
+		return squeeze.SearchSort
+	case strings.HasSuffix(name, "-passes"):
+		return squeeze.SearchPasses
+	}
+	return squeeze.SearchAuto
 }
 
 // abParams are one configuration's sizes.
@@ -332,7 +352,7 @@ func buildVariant(b compute.Backend, p abParams, v abVariant) (*graph.Exec, erro
 	n, heads, hd, kvh, group := p.n(), p.shape.heads, p.shape.headDim, p.shape.kvHeads, c.GroupSize()
 	t := p.input
 	scale := squeeze.Scale(hd)
-	return NewExec(b, func(g *Graph, in []*Node) []*Node {
+	e, err := NewExec(b, func(g *Graph, in []*Node) []*Node {
 		q0 := in[0] // [n, heads, hd]
 		sc := in[1]
 		scalar := func(i int) *Node { return Reshape(Slice(sc, AxisRange(i, i+1))) }
@@ -350,7 +370,7 @@ func buildVariant(b compute.Backend, p abParams, v abVariant) (*graph.Exec, erro
 		}
 		index := func(l int) squeeze.LayerIndex {
 			ix := squeeze.LayerIndex{Centroids: buf(l, 5), Counts: buf(l, 6), Starts: buf(l, 8), Order: buf(l, 9),
-				Clustered: clustered, Window: window, Budget: budget, MaxKept: p.maxKept}
+				Clustered: clustered, Window: window, Budget: budget, MaxKept: p.maxKept, Search: abSearch(v.name)}
 			if v.sorted {
 				ix.Order = nil
 			}
@@ -379,10 +399,10 @@ func buildVariant(b compute.Backend, p abParams, v abVariant) (*graph.Exec, erro
 				if o == nil {
 					panic(errAbUnsupported)
 				}
-			case "sq-engine", "sq-engine-paged":
+			case "sq-engine", "sq-engine-paged", "sq-engine-paged-sort", "sq-engine-paged-passes":
 				sl := &squeezeLayer{centroids: buf(l, 4), counts: buf(l, 6), starts: buf(l, 8), order: buf(l, 9),
-					clustered: clustered, window: window, budget: budget, maxKept: p.maxKept}
-				if v.name == "sq-engine-paged" {
+					clustered: clustered, window: window, budget: budget, maxKept: p.maxKept, search: abSearch(v.name)}
+				if strings.HasPrefix(v.name, "sq-engine-paged") {
 					sl.kernel = squeeze.KernelPaged
 				}
 				o = squeezedAttention(c, q, ctxK, ctxV, dynK, dynV, dynMask, sl)
@@ -391,9 +411,14 @@ func buildVariant(b compute.Backend, p abParams, v abVariant) (*graph.Exec, erro
 			case "lookup-engine":
 				idx := engineLookup(qgOf(q), buf(l, 4), buf(l, 6), buf(l, 7), clustered, window, budget, p.maxKept, scale)
 				o = lookupDependency(idx, n, heads*hd, q.DType())
-			case "lookup-new", "lookup-sorted":
+			case "lookup-new", "lookup-sorted", "lookup-passes", "lookup-sort":
 				idx, _, _ := squeeze.Select(qgOf(q), index(l), scale)
 				o = lookupDependency(idx, n, heads*hd, q.DType())
+			case "lookup-scores":
+				o = lookupDependency(squeeze.ClusterScores(qgOf(q), buf(l, 5), buf(l, 6), scale), n, heads*hd, q.DType())
+			case "lookup-lo", "lookup-lo-passes", "lookup-lo-sort":
+				scores := squeeze.ClusterScores(qgOf(q), buf(l, 5), buf(l, 6), scale)
+				o = lookupDependency(squeeze.Boundary(scores, buf(l, 6), budget, abSearch(v.name)), n, heads*hd, q.DType())
 			default:
 				panic(fmt.Errorf("unknown variant %q", v.name))
 			}
@@ -409,6 +434,16 @@ func buildVariant(b compute.Backend, p abParams, v abVariant) (*graph.Exec, erro
 		}
 		return []*Node{check, ConvertDType(last, dtypes.Float32)}
 	})
+	if err != nil {
+		return nil, err
+	}
+	// The engine compiles a decode step for command buffers (CUDA graphs; Runner.newExec, graphName): so does
+	// the benchmark's decode, unless -attnbench.graphs=false.
+	name := "attnbench_" + strings.ReplaceAll(v.name, "-", "_")
+	if p.decode && *abGraphs {
+		name = graphName(name, stepKind{})
+	}
+	return e.WithName(name), nil
 }
 
 var errAbUnsupported = errors.New("not available on this backend")

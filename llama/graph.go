@@ -351,13 +351,20 @@ var noSplitK = os.Getenv("SQLLM_NO_SPLITK") != ""
 
 // The squeezed path's attention products split the same way (squeeze.SplitKValues), and off with them.
 // SQLLM_SQUEEZE_PASSES=1 makes the squeezed selection search its boundary in passes on accelerators too
-// (squeeze.NoAllPairs). SQLLM_SQUEEZE_PAGED=1 attends a decode step's kept keys with the paged Triton kernel
-// (squeeze.Paged; off by default until the GQA shapes are measured with it, see squeeze/paged.go).
+// (squeeze.NoAllPairs); SQLLM_SQUEEZE_SEARCH=passes|allpairs|sort picks the search (squeeze.Search) for
+// measuring them. SQLLM_SQUEEZE_PAGED picks when a decode step's kept keys go through the paged Triton kernel
+// (squeeze.Paged): 1 wherever there is one, 0 never, unset for one query row per KV head on a backend that
+// passed squeeze.ProbePaged (see squeeze/paged.go).
 func init() {
 	squeeze.NoSplitK = noSplitK
 	squeeze.NoAllPairs = os.Getenv("SQLLM_SQUEEZE_PASSES") != ""
-	squeeze.Paged = os.Getenv("SQLLM_SQUEEZE_PAGED") == "1"
+	squeeze.Paged = map[string]squeeze.PagedMode{"1": squeeze.PagedOn, "0": squeeze.PagedOff}[os.Getenv("SQLLM_SQUEEZE_PAGED")]
+	squeezeSearch = map[string]squeeze.Search{"passes": squeeze.SearchPasses, "allpairs": squeeze.SearchAllPairs,
+		"sort": squeeze.SearchSort}[os.Getenv("SQLLM_SQUEEZE_SEARCH")]
 }
+
+// squeezeSearch is the squeezed selection's boundary search (SQLLM_SQUEEZE_SEARCH; zero: squeeze.SearchAuto).
+var squeezeSearch squeeze.Search
 
 // weightValues is probs [numKVHeads, rows, capacity] · values [numKVHeads, capacity, headDim] (in the
 // probabilities' dtype). For a decode step on XLA (few query rows, a long segment) it is computed in split

@@ -16,6 +16,7 @@ import (
 	"github.com/gomlx/gomlx/core/tensors"
 
 	"github.com/squeezeai/sqllm/model"
+	"github.com/squeezeai/sqllm/squeeze"
 )
 
 // Options tune how a Runner executes the model.
@@ -296,6 +297,9 @@ func (r *Runner) newExec(kind stepKind, sq *squeezeIndex) (*graph.Exec, error) {
 	allLogits := kind.allLogits
 	c := r.cfg
 	nw := len(r.weights.Tensors)
+	if sq != nil && squeeze.Paged == squeeze.PagedAuto {
+		squeeze.ProbePaged(r.backend) // once per backend, before a graph that may take the paged kernel is built
+	}
 	L := c.NumHiddenLayers
 	fn := func(g *graph.Graph, in []*graph.Node) []*graph.Node {
 		w := unpackWeights(c, in[:nw])

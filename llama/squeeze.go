@@ -1,6 +1,7 @@
 package llama
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -266,6 +267,8 @@ type squeezeLayer struct {
 	// kernel is how the kept keys are attended (zero: squeeze.KernelAuto, the engine's choice; the attention
 	// benchmark sets others).
 	kernel squeeze.Kernel
+	// search is how the selection finds its boundary (zero: squeezeSearch, from SQLLM_SQUEEZE_SEARCH).
+	search squeeze.Search
 	// keptKeys is set by squeezedAttention: the step's kept clustered keys over the layer's KV heads
 	// (scalar int32), which the step returns summed over the layers (Sequence.SqueezeKept).
 	keptKeys *Node
@@ -289,6 +292,9 @@ type SqueezeInfo struct {
 	// ScoredCentroids the number of fine centroids a step scores: Centroids for a flat index, the static
 	// slots of the best coarse clusters' children (⌈CoarseKeep·Centroids⌉) for a hierarchical one.
 	CoarseCentroids, ScoredCentroids int
+	// PagedDecode says whether decode steps attend the kept keys with the paged Triton kernel (squeeze.PagedFor)
+	// rather than XLA's gathers.
+	PagedDecode bool
 	// KeptFraction is the fraction of the fixed context's keys read per step, the centroids a step scores
 	// counted as keys: (kept clustered keys + window + CoarseCentroids + ScoredCentroids) / context keys.
 	// Fixed-budget mode: exact (flat). Calibrated mode: with the kept keys of the calibration queries
@@ -430,6 +436,7 @@ func (p *Prefix) SqueezeInfo() (info SqueezeInfo, ok bool) {
 	return SqueezeInfo{Options: sq.opts, ListSizes: slices.Clone(sq.layerKept), Clustered: sq.clustered, Window: sq.window, Budget: sq.budget,
 		Centroids: sq.k, CoarseCentroids: sq.k1, ScoredCentroids: sq.slots,
 		KeptFraction: sq.readFraction(kept),
+		PagedDecode:  squeeze.PagedFor(p.r.backend, p.r.cfg.GroupSize(), p.r.cfg.HeadDim, p.r.DType()),
 		Threshold:    sq.threshold, CalibratedKept: sq.calibratedKept,
 		ClusterTime: sq.clusterTime, CalibrateTime: sq.calibrateTime, LoadTime: sq.loadTime, Loaded: sq.loaded}, true
 }
@@ -497,7 +504,7 @@ func squeezedAttention(c *Config, q, ctxK, ctxV, dynK, dynV, dynMask *Node, sq *
 	// list's free slots: the best of them when more pass); then the observation window.
 	ix := unpackIndex(squeeze.LayerIndex{Centroids: sq.centroids, Counts: sq.counts, Starts: sq.starts, Order: sq.order,
 		Clustered: sq.clustered, Window: sq.window, Budget: sq.budget, Threshold: sq.threshold, Mass: sq.mass, MaxKept: sq.maxKept,
-		Means: sq.means, MeanSums: sq.meanSums})
+		Means: sq.means, MeanSums: sq.meanSums, Search: cmp.Or(sq.search, squeezeSearch)})
 	// With ix.Means, the dropped keys too, approximately (SqueezeOptions.Remainder).
 	if squeeze.UsesPaged(qg, ctxK, ctxV, sq.kernel) {
 		// With the paged kernel in the graph, XLA fused the dynamic segment's scores with the cache update

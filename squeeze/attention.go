@@ -24,6 +24,9 @@ type LayerIndex struct {
 	// clusters until their estimated attention mass reaches it.
 	Mass    bool
 	MaxKept int // static size of the kept-key lists (≥ Budget + Window)
+	// Search is how the selection finds the budget's boundary among the clusters (SearchAuto: see there; a
+	// hierarchical index searches in passes then).
+	Search Search
 	// Means [H, K, D] is each cluster's mean value (ClusterMeans). Set, Attend attends the keys a step
 	// drops approximately (RemainderAttention) instead of leaving them out. A hierarchical index needs
 	// MeanSums too (HierarchicalMeanSums of Means and Counts).
@@ -82,22 +85,25 @@ func selectLookup(qg *Node, ix LayerIndex, scale float64) (sel selection) {
 		sel.logP, sel.logZ = logClusterProbZ(qg, ix.Centroids, ix.Counts, scale)
 		scores, counts, starts = ReduceMean(Exp(sel.logP), 1), ix.Counts, ix.Starts // [H, K]: ClusterScores
 	}
-	// The fine selection of a hierarchical index searches in passes: through XLA on an H100 the all-pairs
-	// boundary (boundary) made llama's TestHierarchicalPrefix keep a little less than every key at budget 1
+	// The fine selection of a hierarchical index searches in passes by default: through XLA on an H100 the
+	// all-pairs boundary made llama's TestHierarchicalPrefix keep a little less than every key at budget 1
 	// (relative logit error 3.2e-4 against 1.0e-6 in passes, SQLLM_SQUEEZE_PASSES=1; session 5), which the
 	// pure-Go backend does not reproduce with either search. Not understood yet; the flat index's all-pairs
 	// search passes the same check (TestSqueezedPrefix, 1.7e-6).
-	allPairsOK := ix.CoarseCentroids == nil
+	search := ix.Search
+	if search == SearchAuto && ix.CoarseCentroids != nil {
+		search = SearchPasses
+	}
 	var taken *Node
 	switch {
 	case ix.Threshold != nil && ix.Mass:
 		sel.idx, sel.valid, sel.kept, taken = selectKeysMass(scores, counts, starts, ix.Order, ix.Threshold, ix.Budget, ix.Clustered,
-			ix.Window, ix.MaxKept, allPairsOK)
+			ix.Window, ix.MaxKept, search)
 	case ix.Threshold != nil:
 		sel.idx, sel.valid, sel.kept, taken = selectKeysThreshold(scores, counts, starts, ix.Order, ix.Threshold, ix.Budget, ix.Clustered,
-			ix.Window, ix.MaxKept, allPairsOK)
+			ix.Window, ix.MaxKept, search)
 	default:
-		sel.idx, sel.valid, sel.kept, taken = selectKeys(scores, counts, starts, ix.Order, ix.Budget, ix.Clustered, ix.Window, ix.MaxKept, allPairsOK)
+		sel.idx, sel.valid, sel.kept, taken = selectKeys(scores, counts, starts, ix.Order, ix.Budget, ix.Clustered, ix.Window, ix.MaxKept, search)
 	}
 	sel.dropped = MaxScalar(Sub(ConvertDType(counts, dtypes.Float32), ConvertDType(taken, dtypes.Float32)), 0)
 	return sel
@@ -163,8 +169,8 @@ type Kernel int
 
 const (
 	// KernelAuto: the fused flash attention for steps of at least FusedMinQueries query rows per KV head
-	// where the backend has it (a user input), with Paged set the paged kernel for steps of at most
-	// PagedMaxQueries (decode) where there is one, else KernelEinsum.
+	// where the backend has it (a user input), the paged kernel for decode steps as Paged says (by default
+	// for one query row per KV head, on a backend that passed ProbePaged), else KernelEinsum.
 	KernelAuto Kernel = iota
 	// KernelEinsum gathers the kept rows and attends with two batched products (SparseAttention).
 	KernelEinsum
@@ -175,8 +181,7 @@ const (
 	// attention).
 	KernelFused
 	// KernelPaged is SparseAttentionPaged, the fused Triton kernel (falls back to KernelEinsum where there
-	// is none). KernelAuto uses it, when Paged is set, for steps of at most PagedMaxQueries query rows per
-	// KV head (decode).
+	// is none). KernelAuto uses it as Paged says.
 	KernelPaged
 )
 
@@ -209,7 +214,7 @@ func AttendKept(qg, keys, values, idx, valid, kept *Node, scale float64, kernel 
 		if p, ok := SparseAttentionFused(qg, keys, values, idx, kept, scale); ok {
 			return p
 		}
-	case kernel == KernelPaged || (kernel == KernelAuto && Paged && m <= PagedMaxQueries):
+	case kernel == KernelPaged || (kernel == KernelAuto && autoPaged(qg)):
 		if p, ok := SparseAttentionPaged(qg, keys, values, idx, valid, scale); ok {
 			return p
 		}

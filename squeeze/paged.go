@@ -10,9 +10,11 @@ import (
 	"strconv"
 	"sync"
 
+	"github.com/gomlx/compute"
 	"github.com/gomlx/compute/dtypes"
 	"github.com/gomlx/compute/shapes"
 	. "github.com/gomlx/gomlx/core/graph" //nolint:revive // graph code reads best with the ops unqualified.
+	"github.com/gomlx/gomlx/support/exceptions"
 )
 
 // The paged sparse read: on a GPU, a decode step's kept keys are attended by one fused Triton kernel that
@@ -45,12 +47,74 @@ const (
 	tritonCall  = "__gpu$xla.gpu.triton"
 )
 
-// Paged makes KernelAuto use the paged kernel for decode steps where there is one; the engine sets it from
-// SQLLM_SQUEEZE_PAGED=1. Measured on an H200 (BENCHMARKS.md, session 8), LLaMA-2-7B shape at 32K: the kept
-// keys' attention 1.8× faster than XLA's gathers, the whole decode step 7.21 against 8.13 ms (with the
-// optimization barrier in llama's squeezedAttention). It is off by default because the LLaMA-3-8B (GQA) shape
-// was slower with it in the attention-only benchmark and has not been measured in the engine.
-var Paged bool
+// PagedMode says when KernelAuto attends a step's kept keys with the paged kernel (Paged).
+type PagedMode int
+
+const (
+	// PagedAuto: for steps of at most PagedAutoMaxQueries query rows per KV head (the decode step of a model
+	// without grouped-query attention), on a backend that passed ProbePaged.
+	PagedAuto PagedMode = iota
+	PagedOff            // never
+	PagedOn             // for steps of at most PagedMaxQueries query rows per KV head, wherever there is a kernel
+)
+
+// Paged is KernelAuto's use of the paged kernel; the engine sets it from SQLLM_SQUEEZE_PAGED (1: PagedOn, 0:
+// PagedOff, unset: PagedAuto).
+//
+// Measured on an H200 (BENCHMARKS.md, sessions 8 and 9), the attention benchmark's decode with command buffers,
+// µs a layer with the paged kernel against XLA's gathers: LLaMA-2-7B shape (one query row per KV head) 116 against
+// 156 at 32K and 233 against 402 at 128K; the engine's whole decode step at 32K 7.21 against 8.13 ms (session 8)
+// and 7.33 against 8.19 and 8.49 (session 9; one earlier call of session 9 had 10.64 against 9.83, every squeezed
+// run of that call slow). LLaMA-3-8B shape (four rows per KV head): 76.5 against 68.3 at 32K and 207 against 190
+// at 128K, slower. Hence PagedAutoMaxQueries = 1.
+var Paged PagedMode
+
+// PagedAutoMaxQueries is the most query rows per KV head for which PagedAuto takes the paged kernel.
+const PagedAutoMaxQueries = 1
+
+// pagedProbed holds ProbePaged's result per backend (compute.Backend → bool).
+var pagedProbed sync.Map
+
+// ProbePaged compiles and runs a small case through the paged kernel on b, once per backend, and says whether
+// it ran and agreed with SparseAttention. An XLA plugin that cannot read the embedded kernels (another jax's
+// bytecode) fails here, so PagedAuto falls back to XLA's gathers instead of failing a step's compilation. On a
+// backend without the kernel (the pure-Go one) it is false at once.
+func ProbePaged(b compute.Backend) bool {
+	if v, ok := pagedProbed.Load(b); ok {
+		return v.(bool)
+	}
+	ok := probePaged(b)
+	pagedProbed.Store(b, ok)
+	return ok
+}
+
+func probePaged(b compute.Backend) (ok bool) {
+	const h, s, d, n = 2, 96, 64, 40
+	err := exceptions.TryCatch[error](func() {
+		out := MustExecOnceN(b, func(g *Graph) []*Node {
+			if !pagedAvailable(g) {
+				return []*Node{Const(g, float32(-1))}
+			}
+			bf := dtypes.BFloat16
+			x := Iota(g, shapes.Make(dtypes.Float32, h, s, d), 1)
+			keys := ConvertDType(Cos(MulScalar(Add(x, Iota(g, shapes.Make(dtypes.Float32, h, s, d), 2)), 0.37)), bf)
+			values := ConvertDType(Sin(MulScalar(Add(x, Iota(g, shapes.Make(dtypes.Float32, h, s, d), 2)), 0.11)), bf)
+			q := Cos(MulScalar(Iota(g, shapes.Make(dtypes.Float32, h, 1, d), 2), 0.5))
+			idx := ModScalar(MulScalar(Iota(g, shapes.Make(dtypes.Int32, h, n), 1), 7), s)
+			valid := LessThan(Iota(g, shapes.Make(dtypes.Int32, h, n), 1), Const(g, [][]int32{{n}, {n - 9}}))
+			p, done := SparseAttentionPaged(q, keys, values, idx, valid, 0.125)
+			if !done {
+				return []*Node{Const(g, float32(-1))}
+			}
+			want := SparseAttention(q, keys, values, idx, valid, 0.125)
+			diff := Max(ReduceAllMax(Abs(Sub(p.Out, want.Out))), ReduceAllMax(Abs(Sub(p.LSE, want.LSE))))
+			return []*Node{diff}
+		})
+		diff := out[0].Value().(float32)
+		ok = diff >= 0 && diff < 1e-2
+	})
+	return err == nil && ok
+}
 
 var (
 	pagedMu   sync.Mutex
@@ -110,7 +174,38 @@ func pagedKernel(q, keys, values *Node) string {
 // UsesPaged says whether AttendKept (and AttendSelected) with this kernel choice runs the paged kernel for
 // queries q [H, M, D] over keys and values [H, S, D].
 func UsesPaged(q, keys, values *Node, kernel Kernel) bool {
-	return (kernel == KernelPaged || (kernel == KernelAuto && Paged)) && pagedKernel(q, keys, values) != ""
+	return (kernel == KernelPaged || (kernel == KernelAuto && autoPaged(q))) && pagedKernel(q, keys, values) != ""
+}
+
+// PagedFor says whether KernelAuto takes the paged kernel for a step of m query rows per KV head, head dim d,
+// keys and values of the given dtype, on backend b (under PagedAuto it runs ProbePaged once).
+func PagedFor(b compute.Backend, m, d int, dtype dtypes.DType) bool {
+	if dtype != dtypes.BFloat16 || m > PagedMaxQueries || pagedConfig(m, d) == "" {
+		return false
+	}
+	switch Paged {
+	case PagedOn:
+		return b.String() != "go"
+	case PagedAuto:
+		return m <= PagedAutoMaxQueries && ProbePaged(b)
+	}
+	return false
+}
+
+// autoPaged says whether KernelAuto takes the paged kernel for queries q [H, M, D] (Paged).
+func autoPaged(q *Node) bool {
+	m := q.Shape().Dimensions[1]
+	switch Paged {
+	case PagedOn:
+		return m <= PagedMaxQueries
+	case PagedAuto:
+		if m > PagedAutoMaxQueries {
+			return false
+		}
+		v, ok := pagedProbed.Load(q.Graph().Backend())
+		return ok && v.(bool)
+	}
+	return false
 }
 
 // SparseAttentionPaged is SparseAttention through the fused paged kernel: q [H, M, D] attends to the rows

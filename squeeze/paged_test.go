@@ -1,6 +1,7 @@
 package squeeze
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -160,11 +161,13 @@ func TestPagedFallbacks(t *testing.T) {
 	}
 }
 
-// TestAttendKeptPaged: KernelAuto takes the paged kernel for a decode step only with Paged set, KernelPaged
-// always, and neither for a step of more query rows than the kernels take.
+// TestAttendKeptPaged: KernelAuto takes the paged kernel for a decode step as Paged says (PagedAuto: one query
+// row per KV head, once the backend passed ProbePaged), KernelPaged always, and neither for a step of more query
+// rows than the kernels take.
 func TestAttendKeptPaged(t *testing.T) {
 	saveCall, saveAvail, savePaged := pagedCall, pagedAvailable, Paged
 	defer func() { pagedCall, pagedAvailable, Paged = saveCall, saveAvail, savePaged }()
+	defer pagedProbed.Delete(testBackend())
 	calls := 0
 	emu := emulatePaged(t)
 	pagedCall = func(cfg string, programs int, ops []*Node, outs []shapes.Shape) []*Node {
@@ -173,13 +176,16 @@ func TestAttendKeptPaged(t *testing.T) {
 	}
 	pagedAvailable = func(*Graph) bool { return true }
 	for _, c := range []struct {
-		paged  bool
+		paged  PagedMode
+		probed bool
 		kernel Kernel
 		m      int
 		want   int
-	}{{false, KernelAuto, 1, 0}, {true, KernelAuto, 1, 1}, {false, KernelPaged, 4, 1}, {true, KernelAuto, 12, 0},
-		{true, KernelEinsum, 1, 0}} {
+	}{{PagedOff, true, KernelAuto, 1, 0}, {PagedOn, false, KernelAuto, 1, 1}, {PagedOff, false, KernelPaged, 4, 1},
+		{PagedOn, true, KernelAuto, 12, 0}, {PagedOn, true, KernelEinsum, 1, 0}, {PagedOn, false, KernelAuto, 4, 1},
+		{PagedAuto, false, KernelAuto, 1, 0}, {PagedAuto, true, KernelAuto, 1, 1}, {PagedAuto, true, KernelAuto, 4, 0}} {
 		Paged, calls = c.paged, 0
+		pagedProbed.Store(testBackend(), c.probed)
 		MustExecOnceN(testBackend(), func(q *Node) []*Node {
 			g := q.Graph()
 			kv := ConvertDType(Iota(g, shapes.Make(dtypes.Float32, 2, 64, 64), 1), dtypes.BFloat16)
@@ -188,7 +194,45 @@ func TestAttendKeptPaged(t *testing.T) {
 			return []*Node{AttendKept(q, kv, kv, idx, valid, ReduceSum(ConvertDType(valid, dtypes.Int32), 1), 0.1, c.kernel).Out}
 		}, tensors.FromShape(shapes.Make(dtypes.Float32, 2, c.m, 64)))
 		if calls != c.want {
-			t.Errorf("Paged=%v kernel %d M=%d: %d paged calls, want %d", c.paged, c.kernel, c.m, calls, c.want)
+			t.Errorf("Paged=%v probed=%v kernel %d M=%d: %d paged calls, want %d", c.paged, c.probed, c.kernel, c.m, calls, c.want)
 		}
+	}
+}
+
+// TestProbePaged: the probe passes with a kernel that computes what SparseAttention does (the emulation), and
+// fails where the backend has no kernel, where the kernel's results differ, and where it cannot be compiled.
+func TestProbePaged(t *testing.T) {
+	saveCall, saveAvail := pagedCall, pagedAvailable
+	defer func() { pagedCall, pagedAvailable = saveCall, saveAvail }()
+	if probePaged(testBackend()) {
+		t.Errorf("probe passed on the %s backend, which has no paged kernel", testBackend())
+	}
+	emu := emulatePaged(t)
+	pagedAvailable = func(*Graph) bool { return true }
+	pagedCall = emu
+	if !probePaged(testBackend()) {
+		t.Errorf("probe failed with the emulated kernel")
+	}
+	pagedCall = func(cfg string, programs int, ops []*Node, outs []shapes.Shape) []*Node {
+		r := emu(cfg, programs, ops, outs)
+		return []*Node{MulScalar(r[0], 1.1), r[1]} // wrong outputs
+	}
+	if probePaged(testBackend()) {
+		t.Errorf("probe passed with a kernel whose outputs differ")
+	}
+	pagedCall = func(string, int, []*Node, []shapes.Shape) []*Node {
+		panic(errors.New("custom call: cannot parse the kernel's bytecode")) // as a compilation failure surfaces
+	}
+	if probePaged(testBackend()) {
+		t.Errorf("probe passed with a kernel that fails")
+	}
+	defer pagedProbed.Delete(testBackend())
+	pagedCall = emu
+	if !ProbePaged(testBackend()) {
+		t.Fatalf("ProbePaged failed with the emulated kernel")
+	}
+	pagedCall = nil // the result is kept per backend: no second run
+	if !ProbePaged(testBackend()) {
+		t.Errorf("ProbePaged's second call differs")
 	}
 }

@@ -41,8 +41,8 @@ var testWays int
 const allPairs = -1
 
 // allPairsMaxK is the largest number of clusters whose boundary an accelerator finds by comparing all
-// pairs of clusters (boundaryBits: one fused [H, K, K] reduction) instead of budgetBits' passes (6 passes
-// of 3 dependent small kernels each with 64 ways). At K = 2048 that is 4M comparisons per head. Traced on
+// pairs of clusters (boundaryBits: one fused [H, K, K] reduction) instead of a sort (boundarySort; before
+// session 9, budgetBits' passes: 6 passes of 3 dependent small kernels each with 64 ways). At K = 2048 that is 4M comparisons per head. Traced on
 // an H100 (LLaMA-2-7B shape, 32K context, K = 1638): budgetBits took 5 passes of 2.7 + 1.3 + 1.2 µs of
 // kernels a layer (scripts/gpu/trace_squeeze.sh).
 const allPairsMaxK = 2048
@@ -51,14 +51,67 @@ const allPairsMaxK = 2048
 // all-pairs comparison gains; the engine sets it from SQLLM_SQUEEZE_PASSES.
 var NoAllPairs bool
 
-// boundary is budgetBits' lo for SelectKeys: through boundaryBits where searchWays says allPairs, or on an
-// accelerator for K ≤ allPairsMaxK; else budgetBits. Both give the same lo (see boundaryBits).
-func boundary(bits, counts, budget *Node) *Node {
+// Search is how the selection finds the budget's boundary score among a head's clusters (LayerIndex.Search).
+// Every search finds the same boundary.
+type Search int
+
+const (
+	// SearchAuto: on an accelerator the all-pairs comparison up to allPairsMaxK clusters and the sort above
+	// (the passes with NoAllPairs), on the pure-Go backend bisection. Measured on an H200 (session 9,
+	// attention benchmark, 10% budget, µs a layer for the boundary alone): K = 1638 (32K context)
+	// all-pairs 21, sort 28, passes 124; K = 6554 (128K) sort 80, passes 183.
+	SearchAuto     Search = iota
+	SearchPasses          // budgetBits: passes of searchWays candidate thresholds (bisection on the pure-Go backend)
+	SearchAllPairs        // boundaryBits: one [H, K, K] comparison
+	SearchSort            // boundarySort: the clusters sorted by score, then a cumulative sum of their counts
+)
+
+// boundary is budgetBits' lo for SelectKeys with the given search (see Search); all give the same lo.
+func boundary(bits, counts, budget *Node, search Search) *Node {
 	ways := searchWays(bits.Graph())
-	if ways == allPairs || (ways > 2 && testWays == 0 && !NoAllPairs && bits.Shape().Dimensions[1] <= allPairsMaxK) {
+	switch search {
+	case SearchPasses:
+		return budgetBits(bits, counts, budget, max(2, ways))
+	case SearchAllPairs:
 		return MaxScalar(boundaryBits(bits, counts, budget), 0)
+	case SearchSort:
+		return boundarySort(bits, counts, budget)
+	}
+	switch {
+	case ways == allPairs || (ways > 2 && testWays == 0 && !NoAllPairs && bits.Shape().Dimensions[1] <= allPairsMaxK):
+		return MaxScalar(boundaryBits(bits, counts, budget), 0)
+	case ways > 2 && testWays == 0 && !NoAllPairs:
+		return boundarySort(bits, counts, budget)
 	}
 	return budgetBits(bits, counts, budget, ways)
+}
+
+// Boundary is the float bits lo [H, 1] of the budget-th largest key score when each cluster's score
+// (scores [H, K] ≥ 0) stands for all its keys (counts [H, K]), found with the given search: the first half
+// of SelectKeys, for measuring it alone. budget is a scalar int32 node.
+func Boundary(scores, counts, budget *Node, search Search) *Node {
+	return boundary(ScoreBits(scores), ConvertDType(counts, dtypes.Int32), budget, search)
+}
+
+// boundarySort is boundaryBits through a sort: the clusters in decreasing order of score, the running sum
+// of their counts; lo is the largest score whose running sum reaches the budget (0 when none does). Within a
+// run of tied scores the last one's running sum counts them all, as boundaryBits' sum does.
+func boundarySort(bits, counts, budget *Node) *Node {
+	g := bits.Graph()
+	h, k := bits.Shape().Dimensions[0], bits.Shape().Dimensions[1]
+	neg := Neg(bits) // bits ≥ 0: ascending -bits is descending bits
+	desc := NewClosure(g, func(g *Graph) []*Node {
+		lhs := Parameter(g, "lhs_key", shapes.Make(dtypes.Int32))
+		rhs := Parameter(g, "rhs_key", shapes.Make(dtypes.Int32))
+		_ = Parameter(g, "lhs_count", shapes.Make(counts.DType()))
+		_ = Parameter(g, "rhs_count", shapes.Make(counts.DType()))
+		return []*Node{LessThan(lhs, rhs)}
+	})
+	sorted := SortFunc(desc, 1, false, neg, counts)
+	cum := CumSum(sorted[1], 1) // [H, K]
+	ok := GreaterOrEqual(cum, BroadcastToDims(ConvertDType(budget, counts.DType()), h, k))
+	lo := ReduceAndKeep(Where(ok, Neg(sorted[0]), Scalar(g, dtypes.Int32, -1)), ReduceMax, 1)
+	return MaxScalar(lo, 0)
 }
 
 // maxScoreBits bounds the bits of a non-negative float32 score (+Inf is 0x7f800000).
@@ -135,21 +188,16 @@ func PermuteRows(x, order *Node) *Node { return GatherRows(x, order) }
 // budget, clustered and window are scalar int32 nodes; b is the static list size (bucketed, at least
 // budget+window; keys beyond it are dropped, the window's last).
 func SelectKeys(scores, counts, starts, order, budget, clustered, window *Node, b int) (idx, valid, kept *Node) {
-	idx, valid, kept, _ = selectKeys(scores, counts, starts, order, budget, clustered, window, b, true)
+	idx, valid, kept, _ = selectKeys(scores, counts, starts, order, budget, clustered, window, b, SearchAuto)
 	return idx, valid, kept
 }
 
-// selectKeys is SelectKeys; allPairsOK false keeps the search in passes (budgetBits) on accelerators too.
-// taken [H, K] int32 is the number of each cluster's keys in the list.
-func selectKeys(scores, counts, starts, order, budget, clustered, window *Node, b int, allPairsOK bool) (idx, valid, kept, taken *Node) {
+// selectKeys is SelectKeys with the given boundary search. taken [H, K] int32 is the number of each
+// cluster's keys in the list.
+func selectKeys(scores, counts, starts, order, budget, clustered, window *Node, b int, search Search) (idx, valid, kept, taken *Node) {
 	bits := ScoreBits(scores)
 	n := ConvertDType(counts, dtypes.Int32)
-	var lo *Node // [H, 1]
-	if allPairsOK {
-		lo = boundary(bits, n, budget)
-	} else {
-		lo = budgetBits(bits, n, budget, max(2, searchWays(bits.Graph())))
-	}
+	lo := boundary(bits, n, budget, search) // [H, 1]
 	h, k := bits.Shape().Dimensions[0], bits.Shape().Dimensions[1]
 	loB := BroadcastToDims(lo, h, k)
 	strict := Where(GreaterThan(bits, loB), n, ZerosLike(n)) // clusters above the boundary: all their keys
@@ -161,15 +209,15 @@ func selectKeys(scores, counts, starts, order, budget, clustered, window *Node, 
 // above the threshold (a scalar float32), at most budget of them (the best ones when more pass: the
 // static list has room for budget + window), then the window. The number kept varies per head.
 func SelectKeysThreshold(scores, counts, starts, order, threshold, budget, clustered, window *Node, b int) (idx, valid, kept *Node) {
-	idx, valid, kept, _ = selectKeysThreshold(scores, counts, starts, order, threshold, budget, clustered, window, b, true)
+	idx, valid, kept, _ = selectKeysThreshold(scores, counts, starts, order, threshold, budget, clustered, window, b, SearchAuto)
 	return idx, valid, kept
 }
 
-func selectKeysThreshold(scores, counts, starts, order, threshold, budget, clustered, window *Node, b int, allPairsOK bool) (idx, valid, kept, taken *Node) {
+func selectKeysThreshold(scores, counts, starts, order, threshold, budget, clustered, window *Node, b int, search Search) (idx, valid, kept, taken *Node) {
 	s := ConvertDType(scores, dtypes.Float32)
 	above := GreaterThan(s, BroadcastToDims(ConvertDType(threshold, dtypes.Float32), s.Shape().Dimensions...))
 	// A cluster below the threshold weighs nothing: the budget search and the runs skip it.
-	return selectKeys(scores, Where(above, counts, ZerosLike(counts)), starts, order, budget, clustered, window, b, allPairsOK)
+	return selectKeys(scores, Where(above, counts, ZerosLike(counts)), starts, order, budget, clustered, window, b, search)
 }
 
 // SelectKeysMass is SelectKeys in the attention-mass mode: per head, the clusters in decreasing order of
@@ -181,29 +229,24 @@ func selectKeysThreshold(scores, counts, starts, order, threshold, budget, clust
 // kept; a target above the total mass (rounding, or a hierarchical index's unscored clusters) keeps them
 // all.
 func SelectKeysMass(scores, counts, starts, order, target, budget, clustered, window *Node, b int) (idx, valid, kept *Node) {
-	idx, valid, kept, _ = selectKeysMass(scores, counts, starts, order, target, budget, clustered, window, b, true)
+	idx, valid, kept, _ = selectKeysMass(scores, counts, starts, order, target, budget, clustered, window, b, SearchAuto)
 	return idx, valid, kept
 }
 
-func selectKeysMass(scores, counts, starts, order, target, budget, clustered, window *Node, b int, allPairsOK bool) (idx, valid, kept, taken *Node) {
-	keep := massKeep(scores, counts, target, allPairsOK)
-	return selectKeys(scores, Where(keep, counts, ZerosLike(counts)), starts, order, budget, clustered, window, b, allPairsOK)
+func selectKeysMass(scores, counts, starts, order, target, budget, clustered, window *Node, b int, search Search) (idx, valid, kept, taken *Node) {
+	keep := massKeep(scores, counts, target, search)
+	return selectKeys(scores, Where(keep, counts, ZerosLike(counts)), starts, order, budget, clustered, window, b, search)
 }
 
 // massKeep is SelectKeysMass' cluster mask [H, K]: the clusters whose score is at least the largest
 // score lo with mass(score ≥ lo) ≥ target (all of them when the total mass is below the target).
-func massKeep(scores, counts, target *Node, allPairsOK bool) *Node {
+func massKeep(scores, counts, target *Node, search Search) *Node {
 	f32 := dtypes.Float32
 	s := ConvertDType(scores, f32)
 	bits := ScoreBits(s)
 	mass := Mul(Where(GreaterThan(s, ZerosLike(s)), s, ZerosLike(s)), ConvertDType(counts, f32)) // [H, K]
 	t := ConvertDType(target, f32)
-	var lo *Node // [H, 1]
-	if allPairsOK {
-		lo = boundary(bits, mass, t)
-	} else {
-		lo = budgetBits(bits, mass, t, max(2, searchWays(bits.Graph())))
-	}
+	lo := boundary(bits, mass, t, search) // [H, 1]
 	return GreaterOrEqual(bits, BroadcastToDims(lo, bits.Shape().Dimensions...))
 }
 

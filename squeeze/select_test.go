@@ -97,11 +97,15 @@ func TestSelectKeysMatchesBudgetMask(t *testing.T) {
 	const h, s, k, clustered, window = 3, 203, 17, 180, 20
 	rng := rand.New(rand.NewPCG(11, 12))
 	c := newSelectCase(rng, h, s, k, clustered, window, true)
-	for _, tc := range []struct{ budget, ways int }{{1, 0}, {9, 0}, {37, 0}, {90, 0}, {179, 0}, {180, 0}, {250, 0},
-		{1, 64}, {37, 64}, {90, 64}, {180, 64}, {250, 64},
-		{1, allPairs}, {37, allPairs}, {90, allPairs}, {180, allPairs}, {250, allPairs}} {
+	for _, tc := range []struct {
+		budget, ways int
+		search       Search
+	}{{1, 0, 0}, {9, 0, 0}, {37, 0, 0}, {90, 0, 0}, {179, 0, 0}, {180, 0, 0}, {250, 0, 0},
+		{1, 64, 0}, {37, 64, 0}, {90, 64, 0}, {180, 64, 0}, {250, 64, 0},
+		{1, allPairs, 0}, {37, allPairs, 0}, {90, allPairs, 0}, {180, allPairs, 0}, {250, allPairs, 0},
+		{1, 0, SearchSort}, {37, 0, SearchSort}, {180, 0, SearchSort}, {250, 0, SearchSort}} {
 		budget := tc.budget
-		t.Run(fmt.Sprintf("budget=%d/ways=%d", budget, tc.ways), func(t *testing.T) {
+		t.Run(fmt.Sprintf("budget=%d/ways=%d/search=%d", budget, tc.ways, tc.search), func(t *testing.T) {
 			testWays = tc.ways
 			defer func() { testWays = 0 }()
 			b := 64 * ((min(budget, clustered) + window + 63) / 64)
@@ -111,10 +115,10 @@ func TestSelectKeysMatchesBudgetMask(t *testing.T) {
 				bud, cl, win := Const(g, int32(budget)), Const(g, int32(clustered)), Const(g, int32(window))
 				ref := ConvertDType(referenceMask(scores, labels, bud, cl, win), dtypes.Int32)
 				order, starts := ClusterOrder(labels, counts, cl)
-				idx, valid, kept := SelectKeys(scores, counts, starts, order, bud, cl, win, b)
+				idx, valid, kept, _ := selectKeys(scores, counts, starts, order, bud, cl, win, b, tc.search)
 				got := listMask(idx, valid, s)
 				// Sorted layout: row i holds key order[i]; its selection maps back through order.
-				sIdx, sValid, _ := SelectKeys(scores, counts, starts, nil, bud, cl, win, b)
+				sIdx, sValid, _, _ := selectKeys(scores, counts, starts, nil, bud, cl, win, b, tc.search)
 				sorted := listMask(takeAlong(order, sIdx), sValid, s)
 				return []*Node{ref, got, sorted, kept, ConvertDType(valid, dtypes.Int32)}
 			}, labels, scores, counts)
@@ -151,14 +155,18 @@ func TestSelectKeysTies(t *testing.T) {
 	rng := rand.New(rand.NewPCG(13, 14))
 	c := newSelectCase(rng, h, s, k, clustered, window, false)
 	labels, scores, counts := c.tensors()
-	for _, tc := range []struct{ budget, ways int }{{5, 0}, {33, 0}, {70, 0}, {139, 0}, {5, allPairs}, {33, allPairs}, {70, allPairs}, {139, allPairs}} {
+	for _, tc := range []struct {
+		budget, ways int
+		search       Search
+	}{{5, 0, 0}, {33, 0, 0}, {70, 0, 0}, {139, 0, 0}, {5, allPairs, 0}, {33, allPairs, 0}, {70, allPairs, 0}, {139, allPairs, 0},
+		{5, 0, SearchSort}, {33, 0, SearchSort}, {70, 0, SearchSort}, {139, 0, SearchSort}} {
 		budget := tc.budget
 		testWays = tc.ways
 		out := MustExecOnceN(testBackend(), func(labels, scores, counts *Node) []*Node {
 			g := labels.Graph()
 			bud, cl, win := Const(g, int32(budget)), Const(g, int32(clustered)), Const(g, int32(window))
 			order, starts := ClusterOrder(labels, counts, cl)
-			idx, valid, _ := SelectKeys(scores, counts, starts, order, bud, cl, win, 256)
+			idx, valid, _, _ := selectKeys(scores, counts, starts, order, bud, cl, win, 256, tc.search)
 			return []*Node{listMask(idx, valid, s)}
 		}, labels, scores, counts)
 		testWays = 0
@@ -301,11 +309,19 @@ func TestBudgetBits(t *testing.T) {
 		cnt[i] = int32(rng.IntN(5))
 	}
 	for _, tc := range []struct{ budget, ways int32 }{{1, 2}, {7, 2}, {40, 2}, {100, 2}, {1000, 2},
-		{1, 64}, {7, 64}, {40, 64}, {100, 64}, {1000, 64}, {1, 256}, {40, 256}, {100, 256}, {1000, 256}, {40, 3}} {
+		{1, 64}, {7, 64}, {40, 64}, {100, 64}, {1000, 64}, {1, 256}, {40, 256}, {100, 256}, {1000, 256}, {40, 3},
+		// ways 0 and -1: the all-pairs comparison and the sort (boundary's other searches)
+		{1, 0}, {7, 0}, {40, 0}, {100, 0}, {1000, 0}, {1, -1}, {7, -1}, {40, -1}, {100, -1}, {1000, -1}} {
 		budget := tc.budget
 		out := MustExecOnceN(testBackend(), func(g *Graph) []*Node {
-			s := Const(g, sc)
-			return []*Node{budgetBits(ScoreBits(Reshape(s, h, k)), Reshape(Const(g, cnt), h, k), Const(g, budget), int(tc.ways))}
+			bits, counts, bud := ScoreBits(Reshape(Const(g, sc), h, k)), Reshape(Const(g, cnt), h, k), Const(g, budget)
+			switch tc.ways {
+			case 0:
+				return []*Node{boundary(bits, counts, bud, SearchAllPairs)}
+			case -1:
+				return []*Node{boundary(bits, counts, bud, SearchSort)}
+			}
+			return []*Node{budgetBits(bits, counts, bud, int(tc.ways))}
 		})
 		got := tensors.MustCopyFlatData[int32](out[0])
 		for hh := range h {

@@ -333,6 +333,9 @@ func squeezed(ctx context.Context, w io.Writer, m *engine.Model, name string, le
 				if info.Options.Remainder {
 					mode += ", remainder"
 				}
+				if info.PagedDecode {
+					mode += ", paged kernel"
+				}
 				kept = fmt.Sprintf("%.3f", info.KeptFraction)
 				clus = fmt.Sprintf("%.2f", info.ClusterTime.Seconds())
 				if info.Loaded {

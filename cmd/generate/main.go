@@ -377,6 +377,15 @@ func squeezeReport(info llama.SqueezeInfo) string {
 		made = fmt.Sprintf("index of %d keys in %s loaded from the disk cache in %.3fs", info.Clustered,
 			centroids, info.LoadTime.Seconds())
 	}
+	report := indexReport(info, made)
+	if info.PagedDecode {
+		report += "; decode reads the kept keys with the paged Triton kernel"
+	}
+	return report
+}
+
+// indexReport is squeezeReport's text for an index made (or loaded) as `made` says.
+func indexReport(info llama.SqueezeInfo, made string) string {
 	if info.Options.Calibrated() {
 		calibrated := ""
 		if !info.Loaded {
