@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/gomlx/compute/dtypes"
+	"github.com/gomlx/gomlx/core/tensors"
 )
 
 // TestSqueezedPrefix: with every key kept (budget 1), a squeezed prefix gives the dense logits; with a
@@ -108,6 +109,59 @@ func TestSqueezeKept(t *testing.T) {
 		}
 		if !(kept > windowOnly && kept < p.sq.readFraction(float64(p.sq.clustered))) {
 			t.Errorf("%v: measured %.4f outside (%.4f, %.4f)", opts, kept, windowOnly, p.sq.readFraction(float64(p.sq.clustered)))
+		}
+	}
+}
+
+// TestSqueezedInputBF16: a bfloat16 model's user-input step of many query rows per KV head multiplies the
+// centroids in bfloat16 (squeezedAttention), which is exact only because every stored centroid, flat or
+// coarse, is a bfloat16 value: checked here bit by bit. With every key kept the step's logits are then the
+// dense ones up to bfloat16 rounding, for a flat and a hierarchical index.
+func TestSqueezedInputBF16(t *testing.T) {
+	cases, err := loadGolden()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := cases[3].IDs[:640]
+	const ctxLen = 600 // then a 40-token input: 120 query rows per KV head (squeeze.FusedMinQueries: 64)
+	r := testRunner(t, dtypes.BFloat16, Options{})
+	dense := r.NewSequence()
+	want, err := dense.AppendAllLogits(context.Background(), ids)
+	dense.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, opts := range []SqueezeOptions{{Budget: 1}, {Budget: 1, Hierarchical: true, CoarseKeep: 1}} {
+		p, err := r.Prefill(context.Background(), ids[:ctxLen])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Squeeze(context.Background(), opts); err != nil {
+			t.Fatal(err)
+		}
+		for l, c := range p.sq.centroids {
+			vals, err := tensors.CopyFlatData[float32](c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, v := range vals {
+				if math.Float32bits(v)&0xffff != 0 {
+					t.Fatalf("%+v: layer %d centroid value %d = %g is not a bfloat16 value", opts, l, i, v)
+				}
+			}
+		}
+		s := p.NewSequence()
+		got, err := s.Append(context.Background(), ids[ctxLen:])
+		s.Close()
+		p.Free()
+		if err != nil {
+			t.Fatal(err)
+		}
+		last := want[len(ids)-1]
+		rel := maxDiff(got, last) / maxAbs(last)
+		t.Logf("%+v: 40-token input over a squeezed 600-token prefix, last logits relative difference to dense %.2e", opts, rel)
+		if rel > 5e-2 || argmax(got) != argmax(last) {
+			t.Errorf("%+v: last logits differ from dense by %.2e (relative), top-1 %d against %d", opts, rel, argmax(got), argmax(last))
 		}
 	}
 }

@@ -204,7 +204,7 @@ func hierarchicalLookup(qg *Node, ix LayerIndex, scale float64) hierLookup {
 	k1, f := ix.CoarseCounts.Shape().Dimensions[1], ix.FineSlots
 
 	// Level 1: every coarse centroid's estimated probability, count-weighted as the fine ones.
-	lc := MulScalar(product("hmd,hkd->hmk", qg, ix.CoarseCentroids), scale) // [H, M, K1]
+	lc := MulScalar(centroidLogits(qg, ix.CoarseCentroids), scale) // [H, M, K1]
 	cc := ConvertDType(ix.CoarseCounts, f32)
 	wc, nonEmptyC := weightedLogits(lc, cc)
 	coarseScores := ReduceMean(Exp(Where(nonEmptyC, Sub(lc, logSumExp(wc, -1)), Scalar(g, f32, negInf))), 1) // [H, K1]
@@ -239,10 +239,10 @@ func hierarchicalLookup(qg *Node, ix LayerIndex, scale float64) hierLookup {
 		last := Add(Slice(starts, AxisRange(), AxisElem(k-1)), ConvertDType(Slice(fineCounts, AxisRange(), AxisElem(k-1)), i32))
 		return Where(LessThan(j, Scalar(g, i32, k)), takeAlong(starts, MinScalar(j, k-1)), BroadcastToDims(last, h, k1))
 	}
-	scored := ConvertDType(Sub(keysBefore(Add(first, taken)), keysBefore(first)), f32)  // [H, K1]
-	unscored := MaxScalar(Sub(cc, scored), 0)                                           // [H, K1]
-	rest, nonEmptyRest := weightedLogits(lc, unscored)                                  // [H, M, K1]
-	lf := MulScalar(product("hmd,hkd->hmk", qg, GatherRows(ix.Centroids, fine)), scale) // [H, M, F]
+	scored := ConvertDType(Sub(keysBefore(Add(first, taken)), keysBefore(first)), f32) // [H, K1]
+	unscored := MaxScalar(Sub(cc, scored), 0)                                          // [H, K1]
+	rest, nonEmptyRest := weightedLogits(lc, unscored)                                 // [H, M, K1]
+	lf := MulScalar(centroidLogits(qg, GatherRows(ix.Centroids, fine)), scale)         // [H, M, F]
 	wf, nonEmptyF := weightedLogits(lf, counts)
 	logZ := logAddExp(logSumExp(wf, -1), logSumExp(rest, -1)) // [H, M, 1]
 	logPF := Where(nonEmptyF, Sub(lf, logZ), Scalar(g, f32, negInf))

@@ -138,9 +138,9 @@ func LogClusterProb(q, centroids, counts *Node, scale float64) *Node {
 
 // logClusterProbZ is LogClusterProb and its normaliser log Z = log Σ_j N_j exp(q·C_j·scale) [H, M, 1].
 func logClusterProbZ(q, centroids, counts *Node, scale float64) (logP, logZ *Node) {
-	logits := MulScalar(product("hmd,hkd->hmk", q, centroids), scale) // [H, M, K] float32
-	weighted, nonEmpty := weightedLogits(logits, counts)              // [H, M, K]: log N_c + logit
-	logZ = logSumExp(weighted, -1)                                    // [H, M, 1]
+	logits := MulScalar(centroidLogits(q, centroids), scale) // [H, M, K] float32
+	weighted, nonEmpty := weightedLogits(logits, counts)     // [H, M, K]: log N_c + logit
+	logZ = logSumExp(weighted, -1)                           // [H, M, 1]
 	return Where(nonEmpty, Sub(logits, logZ), Scalar(q.Graph(), dtypes.Float32, negInf)), logZ
 }
 
@@ -358,6 +358,13 @@ func product(equation string, a, b *Node) *Node {
 		return ConvertDType(ConvertDType(Einsum(equation, ConvertDType(a, f32), ConvertDType(b, f32)), a.DType()), f32)
 	}
 	return ConvertDType(Einsum(equation, a, b), f32)
+}
+
+// centroidLogits are the products q·c of queries q [H, M, D] and centroids c [H, K, D]: [H, M, K] float32,
+// accumulated in float32 whatever the operands' dtype (half-precision operands of one dtype use the device's
+// half-precision products; the centroids are bfloat16 values, so that is exact for bfloat16 queries).
+func centroidLogits(q, c *Node) *Node {
+	return productF32(q, c, [][2]int{{2, 2}}, [][2]int{{0, 0}})
 }
 
 // productF32 is EinsumAxes (output axes: batch, then a's free axes, then b's) with float32 operands, or
