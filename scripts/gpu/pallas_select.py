@@ -1,0 +1,209 @@
+"""Round 7 (written in session 9, NOT RUN YET): the selection as two small kernels instead of XLA's ~10 (boundary
+search, cumulative sums, a binary search per slot). Session 9 measured XLA's boundary at 34 µs a layer (7B shape,
+32K, all-pairs) / 62 µs (128K, sort) and its index list at 23 / 50 µs, with command buffers (BENCHMARKS.md).
+
+- select_a, grid (H,): one program per KV head. The budget's boundary lo over the head's cluster-score bits
+  (bisection: 31 passes over [Kp]), then each cluster's taken keys w (all of a cluster above lo; of the clusters
+  tied at lo, keys in cluster order until the budget) and their inclusive running sum: ends [H·Kp], w [H·Kp],
+  total [H]. The list is in cluster order (the XLA path lists strict clusters first, then tied ones: the same keys).
+- select_b, grid (H·NT,): one program per R slots of a head's list. Each slot's cluster by a binary search over
+  the head's ends (gathers), then its row (the cluster's run start + offset, through order unless the keys are
+  stored sorted), the window rows after the clusters' keys, -1 after that: gidx [H·Bp] in the paged kernel's
+  format (h·S + row), which squeeze.SparseAttentionPaged consumes as is.
+
+Checks both against squeeze.selectKeys' jnp twin (pallas_squeeze2.select_reference) on the cases of round 5 (ties,
+budgets above the total, both layouts), times them, and exports configs (EXPORT=1) for Kp = 256 .. 16384.
+Run on the GPU machine: python3 scripts/gpu/pallas_select.py (appends to $OUT/pallas.md).
+"""
+import functools
+import os
+import sys
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pallas_squeeze as ps  # noqa: E402
+import pallas_squeeze2 as p2  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax import lax  # noqa: E402
+from jax.experimental import pallas as pl  # noqa: E402
+
+F32, I32 = jnp.float32, jnp.int32
+say = ps.say
+R = int(os.environ.get("SEL_R", "256"))  # slots per select_b program
+
+
+@functools.lru_cache(maxsize=None)
+def make_select_a(kp, h_static=8, num_warps=4):
+    """bits, counts [H·Kp] int32 (padding clusters: bits 0, counts 0); prm [2] int32: budget, unused.
+    Outputs ends [H·Kp], w [H·Kp], total [H] int32."""
+
+    def kernel(bits_ref, counts_ref, prm_ref, ends_ref, w_ref, total_ref):
+        h = pl.program_id(0)
+        budget = prm_ref[0]
+        bits = bits_ref[pl.ds(h * kp, kp)]
+        cnt = counts_ref[pl.ds(h * kp, kp)]
+        lo = ps.budget_lo(bits, cnt, budget)  # 31 bisection passes; 0 when the total is below the budget
+        strict = jnp.where(bits > lo, cnt, 0)
+        ties = jnp.where(bits == lo, cnt, 0)
+        room = jnp.maximum(budget - jnp.sum(strict), 0)
+        before = jnp.cumsum(ties) - ties
+        w = strict + jnp.clip(room - before, 0, ties)
+        ends = jnp.cumsum(w)
+        ends_ref[pl.ds(h * kp, kp)] = ends
+        w_ref[pl.ds(h * kp, kp)] = w
+        total_ref[h] = jnp.sum(w)
+
+    return pl.pallas_call(
+        kernel,
+        out_shape=(jax.ShapeDtypeStruct((h_static * kp,), I32), jax.ShapeDtypeStruct((h_static * kp,), I32),
+                   jax.ShapeDtypeStruct((h_static,), I32)),
+        grid=(h_static,), compiler_params=ps.compiler_params(num_warps, 1))
+
+
+@functools.lru_cache(maxsize=None)
+def make_select_b(kp, sorted_layout, h_static=8, bp_static=4096, s_static=1 << 16, p_static=64, num_warps=4):
+    """ends, w, starts [H·Kp] int32, total [H] int32, order [H·S] int32 (local rows; unused when sorted_layout);
+    prm [8] int32: S, clustered, window, B (valid slots at most), Bp (slots per head in gidx), NT (programs per
+    head), unused ×2. Output gidx [H·Bp] int32."""
+    steps = max(1, (kp - 1).bit_length()) + 1
+
+    def kernel(ends_ref, w_ref, starts_ref, total_ref, order_ref, prm_ref, gidx_ref):
+        pid = pl.program_id(0)
+        s_rows, clustered, window, b_max, bp, nt = (prm_ref[i] for i in range(6))
+        h = pid // nt
+        t = pid % nt
+        base = h * kp
+        slot = t * R + jnp.arange(R, dtype=I32)
+        total = total_ref[h]
+        lo = jnp.zeros((R,), I32)
+        hi = jnp.full((R,), kp, I32)
+
+        def body(_, carry):
+            lo, hi = carry
+            active = lo < hi
+            mid = jnp.minimum((lo + hi) // 2, kp - 1)
+            right = ends_ref[base + mid] <= slot  # cluster mid ends at or before the slot
+            return jnp.where(active & right, mid + 1, lo), jnp.where(active & ~right, mid, hi)
+
+        c, _ = lax.fori_loop(0, steps, body, (lo, hi))
+        c = jnp.minimum(c, kp - 1)
+        first = ends_ref[base + c] - w_ref[base + c]  # the cluster's first slot in the list
+        pos = starts_ref[base + c] + (slot - first)  # its position in cluster order
+        if sorted_layout:
+            row = pos
+        else:
+            row = order_ref[h * s_rows + jnp.clip(pos, 0, s_rows - 1)]
+        kept = jnp.minimum(total + window, b_max)
+        row = jnp.where(slot < total, row, clustered + (slot - total))
+        g = jnp.where(slot < kept, h * s_rows + row, -1)
+        gidx_ref[pl.ds(h * bp + t * R, R)] = g
+
+    return pl.pallas_call(
+        kernel, out_shape=jax.ShapeDtypeStruct((h_static * bp_static,), I32),
+        grid=(p_static,), compiler_params=ps.compiler_params(num_warps, 1))
+
+
+def select_call(bits, counts, starts, order, budget, clustered, window, b_max, kp, s_rows):
+    """gidx [H·Bp] (Bp = b_max rounded up to R), kept [H], w [H, K]."""
+    h, k = bits.shape
+    pad = ((0, 0), (0, kp - k))
+    a = make_select_a(kp, h)
+    ends, w, total = a(jnp.pad(bits, pad).reshape(-1), jnp.pad(counts, pad).reshape(-1), jnp.array([budget, 0], I32))
+    nt = -(-b_max // R)
+    bp = nt * R
+    b = make_select_b(kp, order is None, h, bp, s_rows, h * nt)
+    ordf = order.reshape(-1) if order is not None else jnp.zeros((1,), I32)
+    prm = jnp.array([s_rows, clustered, window, b_max, bp, nt, 0, 0], I32)
+    gidx = b(ends, w, jnp.pad(starts, pad).reshape(-1), total, ordf, prm)
+    kept = jnp.minimum(total + window, b_max)
+    return gidx, kept, w.reshape(h, kp)[:, :k]
+
+
+def round7():
+    say(f"\n## round 7 (selection in two kernels, R={R}): jax {jax.__version__}, {jax.devices()}")
+    ok_all = True
+    for case, (h, s_rows, k, kp, budget, window, b_max) in enumerate((
+            (3, 1000, 40, 64, 300, 16, 320), (2, 1000, 40, 64, 5000, 16, 1024),
+            (32, 32768, 1638, 2048, 3266, 100, 3392), (8, 32768, 1638, 2048, 3266, 100, 3392),
+            (4, 131072, 6554, 8192, 13097, 100, 13248))):
+        key = jax.random.PRNGKey(100 + case)
+        k1, k2, k3 = jax.random.split(key, 3)
+        clustered = s_rows - window
+        labels = jax.random.randint(k1, (h, clustered), 0, k)
+        counts = jax.vmap(lambda x: jnp.bincount(x, length=k))(labels).astype(I32)
+        starts = (jnp.cumsum(counts, axis=1) - counts).astype(I32)
+        sc = jnp.floor(jax.random.uniform(k2, (h, k)) * 50) / 50.0 * (jax.random.uniform(k3, (h, k)) > 0.2)
+        bits = lax.bitcast_convert_type(sc.astype(F32), I32)
+        order = jax.vmap(lambda x: jnp.argsort(jnp.concatenate([x, jnp.full((window,), k)]), stable=True))(labels).astype(I32)
+        for sorted_layout in (True, False):
+            od = None if sorted_layout else order
+            try:
+                gidx, kept, w = select_call(bits, counts, starts, od, budget, clustered, window, b_max, kp, s_rows)
+                idx, valid, rkept, rtaken = p2.select_reference(bits, counts, starts, od, budget, clustered, window, b_max)
+                bp = gidx.shape[0] // h
+                got = jnp.sort(gidx.reshape(h, bp), axis=1)
+                ref = jnp.where(valid, idx + (jnp.arange(h, dtype=I32) * s_rows)[:, None], -1)
+                ref = jnp.sort(jnp.pad(ref, ((0, 0), (0, bp - b_max)), constant_values=-1), axis=1)
+                ok = bool(jnp.all(got == ref)) and bool(jnp.all(kept == rkept)) and bool(jnp.all(w == rtaken))
+                ok_all &= ok
+                say(f"select2 check {case} (H={h} S={s_rows} K={k} budget={budget} B={b_max} sorted={sorted_layout}): "
+                    f"{'OK' if ok else 'FAIL'} (rows differing {int(jnp.sum(got != ref))}, kept {int(jnp.sum(kept != rkept))}, "
+                    f"taken {int(jnp.sum(w != rtaken))})")
+            except Exception:  # noqa: BLE001
+                ok_all = False
+                say(f"select2 check {case} sorted={sorted_layout}: FAILED\n```\n{traceback.format_exc()[-2500:]}\n```")
+    # speed, chained over layers: the two kernels alone (the cluster scores given), 7B / 8B shapes at 32K and 128K
+    for label, hkv, t, kcl, kp, layers in (("LLaMA-2-7B 32K", 32, 32768, 1638, 2048, 16), ("LLaMA-3-8B 32K", 8, 32768, 1638, 2048, 16),
+                                           ("LLaMA-2-7B 128K", 32, 131072, 6554, 8192, 16), ("LLaMA-3-8B 128K", 8, 131072, 6554, 8192, 16)):
+        try:
+            window = 100
+            clustered = t - window
+            budget = int(0.1 * clustered)
+            b_max = -(-(budget + window) // 64) * 64
+            ks = jax.random.split(jax.random.PRNGKey(7), layers)
+            bitss, cnts, stss, ords = [], [], [], []
+            for i in range(layers):
+                k1, k2 = jax.random.split(ks[i])
+                labels = jax.random.randint(k1, (hkv, clustered), 0, kcl)
+                c = jax.vmap(lambda x: jnp.bincount(x, length=kcl))(labels).astype(I32)
+                cnts.append(c)
+                stss.append((jnp.cumsum(c, axis=1) - c).astype(I32))
+                bitss.append(lax.bitcast_convert_type(jax.random.uniform(k2, (hkv, kcl), F32), I32))
+                ords.append(jax.vmap(lambda x: jnp.argsort(jnp.concatenate([x, jnp.full((window,), kcl)]), stable=True))(labels).astype(I32))
+
+            def chain(bits0, *per_layer):
+                acc = jnp.int32(0)
+                for b_, c_, s_, o_ in zip(*per_layer):
+                    g, kept, w = select_call(b_ + acc * 0, c_, s_, o_, budget, clustered, window, b_max, kp, t)
+                    acc = acc + g[0] + kept[0]
+                return acc
+
+            f = jax.jit(chain)
+            tt = ps.timeit(f, (bitss[0], bitss, cnts, stss, ords))
+            t_empty = ps.timeit(jax.jit(lambda x: x[0, 0] + 1), (bitss[0],))
+            say(f"| {label} | two selection kernels, order layout | {(tt - t_empty) / layers * 1e6:.1f} µs a layer |")
+        except Exception:  # noqa: BLE001
+            say(f"{label}: timing FAILED\n```\n{traceback.format_exc()[-2500:]}\n```")
+    if os.environ.get("EXPORT"):
+        outdir = os.path.join(ps.OUT, "kernels")
+        os.makedirs(outdir, exist_ok=True)
+        for kp in (256, 512, 1024, 2048, 4096, 8192, 16384):
+            nw = 8 if kp >= 4096 else 4
+            a = make_select_a(kp, 8, nw)
+            args = (jax.ShapeDtypeStruct((8 * kp,), I32), jax.ShapeDtypeStruct((8 * kp,), I32), jax.ShapeDtypeStruct((2,), I32))
+            with open(os.path.join(outdir, f"select_a_k{kp}.cfg"), "w") as fh:
+                fh.write(p2.extract_config(jax.jit(a).lower(*args).as_text()))
+            for sorted_layout in (True, False):
+                b = make_select_b(kp, sorted_layout)
+                args = (jax.ShapeDtypeStruct((8 * kp,), I32), jax.ShapeDtypeStruct((8 * kp,), I32), jax.ShapeDtypeStruct((8 * kp,), I32),
+                        jax.ShapeDtypeStruct((8,), I32), jax.ShapeDtypeStruct((1 << 16,), I32), jax.ShapeDtypeStruct((8,), I32))
+                with open(os.path.join(outdir, f"select_b_k{kp}_r{R}_{'sorted' if sorted_layout else 'order'}.cfg"), "w") as fh:
+                    fh.write(p2.extract_config(jax.jit(b).lower(*args).as_text()))
+        say(f"wrote {len(os.listdir(outdir))} selection kernel configs to {outdir}")
+    say(f"round 7 checks {'passed' if ok_all else 'FAILED'}")
+
+
+if __name__ == "__main__":
+    round7()
