@@ -128,15 +128,7 @@ def round7():
             (3, 1000, 40, 64, 300, 16, 320), (2, 1000, 40, 64, 5000, 16, 1024),
             (32, 32768, 1638, 2048, 3266, 100, 3392), (8, 32768, 1638, 2048, 3266, 100, 3392),
             (4, 131072, 6554, 8192, 13097, 100, 13248))):
-        key = jax.random.PRNGKey(100 + case)
-        k1, k2, k3 = jax.random.split(key, 3)
-        clustered = s_rows - window
-        labels = jax.random.randint(k1, (h, clustered), 0, k)
-        counts = jax.vmap(lambda x: jnp.bincount(x, length=k))(labels).astype(I32)
-        starts = (jnp.cumsum(counts, axis=1) - counts).astype(I32)
-        sc = jnp.floor(jax.random.uniform(k2, (h, k)) * 50) / 50.0 * (jax.random.uniform(k3, (h, k)) > 0.2)
-        bits = lax.bitcast_convert_type(sc.astype(F32), I32)
-        order = jax.vmap(lambda x: jnp.argsort(jnp.concatenate([x, jnp.full((window,), k)]), stable=True))(labels).astype(I32)
+        clustered, counts, starts, bits, order = p2.select_case(case, h, s_rows, k, window)
         for sorted_layout in (True, False):
             od = None if sorted_layout else order
             try:

@@ -188,6 +188,29 @@ def make_data(key, hkv, g, d, t, k_clusters, kp, window, dtype=jnp.bfloat16):
     return q, cent, counts, lab, kk, vv
 
 
+def chain_layers(layer_fn):
+    """A jitted chain of layers: layer_fn(q, *args of one layer) → [H, G, D] float32; each layer's query depends
+    on the previous layer's output (so none is skipped), the outputs summed."""
+    def f(q, *per_layer):
+        acc = jnp.zeros(q.shape, F32)
+        qq = q
+        for args in zip(*per_layer):
+            out = layer_fn(qq, *args)
+            acc = acc + out
+            qq = (q.astype(F32) + 1e-6 * out).astype(q.dtype)
+        return acc
+    return jax.jit(f)
+
+
+def dense_layer(scale):
+    """Dense attention of q [H, G, D] over keys/values [H, T, D] (bf16 products, float32 accumulation)."""
+    def layer(qq, kk, vv):
+        sc = jnp.einsum("hgd,htd->hgt", qq, kk, preferred_element_type=F32) * scale
+        p = jax.nn.softmax(sc, axis=-1)
+        return jnp.einsum("hgt,htd->hgd", p.astype(kk.dtype), vv, preferred_element_type=F32)
+    return layer
+
+
 def timeit(f, args, n=30):
     r = f(*args)
     jax.block_until_ready(r)
@@ -231,26 +254,13 @@ def bench(label, hkv, g, d, t, k_clusters, kp, window, frac, layers, configs, ga
     vvs = [x[5] for x in data]
     bud = jnp.array([budget], jnp.int32)
 
-    def dense_layer(qq, kk, vv):
-        sc = jnp.einsum("hgd,htd->hgt", qq, kk, preferred_element_type=F32) * scale
-        p = jax.nn.softmax(sc, axis=-1)
-        return jnp.einsum("hgt,htd->hgd", p.astype(kk.dtype), vv, preferred_element_type=F32)
+    dense = dense_layer(scale)
 
-    def chain(layer_fn):
-        def f(q, *per_layer):
-            acc = jnp.zeros(q.shape, F32)
-            qq = q
-            for args in zip(*per_layer):
-                out = layer_fn(qq, *args)
-                acc = acc + out
-                qq = (q.astype(F32) + 1e-6 * out).astype(q.dtype)
-            return acc
-
-        return jax.jit(f)
+    chain = chain_layers
 
     empty = jax.jit(lambda q, *a: q.astype(F32) + 1.0)
     t_empty = timeit(empty, (q,))
-    t_dense = timeit(chain(dense_layer), (q, kks, vvs))
+    t_dense = timeit(chain(dense), (q, kks, vvs))
     per = lambda tt: (tt - t_empty) / layers * 1e6
     kv_bytes = 2 * hkv * t * d * 2
     say(f"\n### {label}: H={hkv} G={g} D={d} T={t} K={k_clusters} (Kp={kp}) budget {budget} ({frac}) window {window}, "

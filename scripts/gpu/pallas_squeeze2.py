@@ -150,21 +150,9 @@ def run(label, hkv, g, d, t, kcl, kp, window, frac, layers, paged_cfgs, sorted_c
     t_empty = ps.timeit(jax.jit(lambda q, *a: q.astype(F32) + 1.0), (q,))
     per = lambda tt: (tt - t_empty) / layers * 1e6
 
-    def chain(layer_fn):
-        def f(q, *per_layer):
-            acc = jnp.zeros(q.shape, F32)
-            qq = q
-            for args in zip(*per_layer):
-                out = layer_fn(qq, *args)
-                acc = acc + out
-                qq = (q.astype(F32) + 1e-6 * out).astype(q.dtype)
-            return acc
-        return jax.jit(f)
+    chain = ps.chain_layers
 
-    def dense_layer(qq, kk, vv):
-        sc = jnp.einsum("hgd,htd->hgt", qq, kk, preferred_element_type=F32) * scale
-        p = jax.nn.softmax(sc, axis=-1)
-        return jnp.einsum("hgt,htd->hgd", p.astype(kk.dtype), vv, preferred_element_type=F32)
+    dense_layer = ps.dense_layer(scale)
 
     dd = per(ps.timeit(chain(dense_layer), (q, kks, vvs)))
     kv = 2 * hkv * t * d * 2
@@ -360,21 +348,9 @@ def round3():
         t_empty = ps.timeit(jax.jit(lambda q, *a: q.astype(F32) + 1.0), (q,))
         per = lambda tt: (tt - t_empty) / layers * 1e6
 
-        def chain(layer_fn):
-            def f(q, *per_layer):
-                acc = jnp.zeros(q.shape, F32)
-                qq = q
-                for args in zip(*per_layer):
-                    out = layer_fn(qq, *args)
-                    acc = acc + out
-                    qq = (q.astype(F32) + 1e-6 * out).astype(q.dtype)
-                return acc
-            return jax.jit(f)
+        chain = ps.chain_layers
 
-        def dense_layer(qq, kk, vv):
-            sc = jnp.einsum("hgd,htd->hgt", qq, kk, preferred_element_type=F32) * scale
-            p = jax.nn.softmax(sc, axis=-1)
-            return jnp.einsum("hgt,htd->hgd", p.astype(kk.dtype), vv, preferred_element_type=F32)
+        dense_layer = ps.dense_layer(scale)
 
         dd = per(ps.timeit(chain(dense_layer), (q, kks, vvs)))
         say(f"\n### round 3, {label}: dense {dd:.1f} µs/layer, kept rows/head ≤ {nkept}, list size {bsz}")
@@ -547,6 +523,21 @@ def select_reference(bits, counts, starts, order, budget, clustered, window, b_m
     return idx, valid, kept, tk[:, :k] + tk[:, k:]
 
 
+def select_case(case, h, s_rows, k, window):
+    """A selection check's inputs: random labels of s_rows - window keys over k clusters, their counts and starts,
+    scores with ties (quantised probabilities, some zero) as float bits, and the keys' cluster order."""
+    key = jax.random.PRNGKey(100 + case)
+    k1, k2, k3 = jax.random.split(key, 3)
+    clustered = s_rows - window
+    labels = jax.random.randint(k1, (h, clustered), 0, k)
+    counts = jax.vmap(lambda x: jnp.bincount(x, length=k))(labels).astype(I32)
+    starts = (jnp.cumsum(counts, axis=1) - counts).astype(I32)
+    sc = jnp.floor(jax.random.uniform(k2, (h, k)) * 50) / 50.0 * (jax.random.uniform(k3, (h, k)) > 0.2)
+    bits = lax.bitcast_convert_type(sc.astype(F32), I32)
+    order = jax.vmap(lambda x: jnp.argsort(jnp.concatenate([x, jnp.full((window,), k)]), stable=True))(labels).astype(I32)
+    return clustered, counts, starts, bits, order
+
+
 def round5():
     say(f"\n## round 5 (selection kernel): jax {jax.__version__}, {jax.devices()}")
     ok_all = True
@@ -555,16 +546,7 @@ def round5():
             (3, 1000, 40, 64, 300, 16, 320, 2), (2, 1000, 40, 64, 5000, 16, 1024, 3),
             (32, 32768, 1638, 2048, 3266, 100, 3392, 16), (8, 32768, 1638, 2048, 3266, 100, 3392, 8),
             (4, 131072, 6554, 8192, 13097, 100, 13248, 16))):
-        key = jax.random.PRNGKey(100 + case)
-        k1, k2, k3 = jax.random.split(key, 3)
-        clustered = s_rows - window
-        labels = jax.random.randint(k1, (h, clustered), 0, k)
-        counts = jax.vmap(lambda x: jnp.bincount(x, length=k))(labels).astype(I32)
-        starts = (jnp.cumsum(counts, axis=1) - counts).astype(I32)
-        # scores with ties: quantised probabilities, some zero
-        sc = jnp.floor(jax.random.uniform(k2, (h, k)) * 50) / 50.0 * (jax.random.uniform(k3, (h, k)) > 0.2)
-        bits = lax.bitcast_convert_type(sc.astype(F32), I32)
-        order = jax.vmap(lambda x: jnp.argsort(jnp.concatenate([x, jnp.full((window,), k)]), stable=True))(labels).astype(I32)
+        clustered, counts, starts, bits, order = select_case(case, h, s_rows, k, window)
         for sorted_layout in (True, False):
             od = None if sorted_layout else order
             bp = -(-b_max // 32) * 32
@@ -600,21 +582,9 @@ def round5():
         t_empty = ps.timeit(jax.jit(lambda q, *a: q.astype(F32) + 1.0), (q,))
         per = lambda tt: (tt - t_empty) / layers * 1e6
 
-        def chain(layer_fn):
-            def f(q, *per_layer):
-                acc = jnp.zeros(q.shape, F32)
-                qq = q
-                for args in zip(*per_layer):
-                    out = layer_fn(qq, *args)
-                    acc = acc + out
-                    qq = (q.astype(F32) + 1e-6 * out).astype(q.dtype)
-                return acc
-            return jax.jit(f)
+        chain = ps.chain_layers
 
-        def dense_layer(qq, kk, vv):
-            sc = jnp.einsum("hgd,htd->hgt", qq, kk, preferred_element_type=F32) * scale
-            p = jax.nn.softmax(sc, axis=-1)
-            return jnp.einsum("hgt,htd->hgd", p.astype(kk.dtype), vv, preferred_element_type=F32)
+        dense_layer = ps.dense_layer(scale)
 
         kern = make_paged_dyn(g, d, 32, hkv * t, hkv * ns, hkv, jnp.bfloat16)
         prm_p = jnp.array([iters, ns], I32)

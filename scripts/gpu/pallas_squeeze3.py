@@ -156,30 +156,14 @@ def bench(label, hkv, g, t, kcl, kp, layers, combos):
     t_empty = ps.timeit(jax.jit(lambda q, *a: q.astype(F32) + 1.0), (q,))
     per = lambda tt: (tt - t_empty) / layers * 1e6
 
-    def chain(layer_fn):
-        def f(q, *per_layer):
-            acc = jnp.zeros(q.shape, F32)
-            qq = q
-            for args in zip(*per_layer):
-                out = layer_fn(qq, *args)
-                acc = acc + out
-                qq = (q.astype(F32) + 1e-6 * out).astype(q.dtype)
-            return acc
-        return jax.jit(f)
-
-    def dense_layer(qq, kk, vv):
-        sc = jnp.einsum("hgd,htd->hgt", qq, kk, preferred_element_type=F32) * scale
-        p = jax.nn.softmax(sc, axis=-1)
-        return jnp.einsum("hgt,htd->hgd", p.astype(kk.dtype), vv, preferred_element_type=F32)
-
-    dd = per(ps.timeit(chain(dense_layer), (q, kks, vvs)))
+    dd = per(ps.timeit(ps.chain_layers(ps.dense_layer(scale)), (q, kks, vvs)))
     nkept = int(jnp.max(jnp.sum(keep0, axis=1)))
     bsz = -(-nkept // 64) * 64
     idxs = [p2.kept_index(ps.reference(q, b_, x[2], x[3], x[4], x[5], budget, scale, kp)[2], bsz) if i == 0 else None
             for i, (b_, x) in enumerate(zip(bits, data))]
     idxs = [idxs[0]] + [p2.kept_index(jnp.where(x[3] == kp, True, jnp.take_along_axis(b_, jnp.minimum(x[3], kp - 1), axis=1) >= lo[:, None])
                                       & (x[3] <= kp), bsz) for b_, x, lo in zip(bits[1:], data[1:], los[1:])]
-    tp = per(ps.timeit(chain(lambda qq, ix, k, v: p2.paged_dyn_call(qq, ix, k, v, 32, 32, scale)[0]), (q, idxs, kks, vvs)))
+    tp = per(ps.timeit(ps.chain_layers(lambda qq, ix, k, v: p2.paged_dyn_call(qq, ix, k, v, 32, 32, scale)[0]), (q, idxs, kks, vvs)))
     say(f"\n### round 6, {label}: dense {dd:.1f} µs/layer; paged kernel over the list (R=32 NS=32) {tp:.1f} µs "
         f"({dd/tp:.2f}×); kept rows/head ≤ {nkept}")
     say("| cluster-run kernel | layout | max err out | max err lse | µs/layer | × dense | × paged |")
@@ -198,7 +182,7 @@ def bench(label, hkv, g, t, kcl, kp, layers, combos):
                 if layout == "permuted":
                     tt = float("nan")
                 else:
-                    tt = per(ps.timeit(chain(lambda qq, w, s, k, v: cpaged_call(qq, w, s, ident, k, v, ns, cpp, r, scale, srt, nw)[0]),
+                    tt = per(ps.timeit(ps.chain_layers(lambda qq, w, s, k, v: cpaged_call(qq, w, s, ident, k, v, ns, cpp, r, scale, srt, nw)[0]),
                                        (q, [x[0] for x in wsts], [x[1] for x in wsts], kks, vvs)))
                 say(f"| R={r} CPP={cpp} warps={nw} (NS={ns}) | {layout} | {e1:.1e} | {e2:.1e} | {tt:.1f} | {dd/tt:.2f} | {tp/tt:.2f} |")
             except Exception:  # noqa: BLE001
