@@ -180,30 +180,28 @@ func UsesPaged(q, keys, values *Node, kernel Kernel) bool {
 // PagedFor says whether KernelAuto takes the paged kernel for a step of m query rows per KV head, head dim d,
 // keys and values of the given dtype, on backend b (under PagedAuto it runs ProbePaged once).
 func PagedFor(b compute.Backend, m, d int, dtype dtypes.DType) bool {
-	if dtype != dtypes.BFloat16 || m > PagedMaxQueries || pagedConfig(m, d) == "" {
+	if dtype != dtypes.BFloat16 || m > PagedMaxQueries || pagedConfig(m, d) == "" || b.String() == "go" {
 		return false
 	}
-	switch Paged {
-	case PagedOn:
-		return b.String() != "go"
-	case PagedAuto:
-		return m <= PagedAutoMaxQueries && ProbePaged(b)
-	}
-	return false
+	return pagedWanted(m, func() bool { return ProbePaged(b) })
 }
 
-// autoPaged says whether KernelAuto takes the paged kernel for queries q [H, M, D] (Paged).
+// autoPaged says whether KernelAuto takes the paged kernel for queries q [H, M, D] (Paged); under PagedAuto the
+// backend must have passed ProbePaged already (graphs are not compiled while one is built).
 func autoPaged(q *Node) bool {
-	m := q.Shape().Dimensions[1]
+	return pagedWanted(q.Shape().Dimensions[1], func() bool {
+		v, ok := pagedProbed.Load(q.Graph().Backend())
+		return ok && v.(bool)
+	})
+}
+
+// pagedWanted is Paged's answer for m query rows per KV head; probed reports the backend's ProbePaged result.
+func pagedWanted(m int, probed func() bool) bool {
 	switch Paged {
 	case PagedOn:
 		return m <= PagedMaxQueries
 	case PagedAuto:
-		if m > PagedAutoMaxQueries {
-			return false
-		}
-		v, ok := pagedProbed.Load(q.Graph().Backend())
-		return ok && v.(bool)
+		return m <= PagedAutoMaxQueries && probed()
 	}
 	return false
 }

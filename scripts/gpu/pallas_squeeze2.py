@@ -51,6 +51,14 @@ def _finish(o_ref, lse_ref, h, s, carry, g):
         lse_ref[h, s, gi] = jnp.where(ls[gi] > 0, ms[gi] + jnp.log(jnp.maximum(ls[gi], 1e-30)), -jnp.inf)
 
 
+def _finish_program(o_ref, lse_ref, pid, carry, g):
+    """_finish for kernels whose outputs are indexed by program: o [P, G, D], lse [P, G]."""
+    ms, ls, accs = carry
+    for gi in range(g):
+        o_ref[pid, gi, :] = accs[gi] / jnp.maximum(ls[gi], 1e-30)
+        lse_ref[pid, gi] = jnp.where(ls[gi] > 0, ms[gi] + jnp.log(jnp.maximum(ls[gi], 1e-30)), -jnp.inf)
+
+
 def _init(g, d):
     return (tuple(jnp.float32(NEG) for _ in range(g)), tuple(jnp.float32(0) for _ in range(g)),
             tuple(jnp.zeros((d,), F32) for _ in range(g)))
@@ -244,10 +252,7 @@ def make_paged_dyn(g, d, r, n, p, hq, dtype=jnp.bfloat16, num_warps=4, num_stage
             v = v_ref[ixc, :].astype(F32)
             return _online(q_rows, k, v, keep, scale, carry)
 
-        ms, ls, accs = lax.fori_loop(0, iters, body, _init(g, d))
-        for gi in range(g):
-            o_ref[pid, gi, :] = accs[gi] / jnp.maximum(ls[gi], 1e-30)
-            lse_ref[pid, gi] = jnp.where(ls[gi] > 0, ms[gi] + jnp.log(jnp.maximum(ls[gi], 1e-30)), -jnp.inf)
+        _finish_program(o_ref, lse_ref, pid, lax.fori_loop(0, iters, body, _init(g, d)), g)
 
     return pl.pallas_call(
         kernel,

@@ -61,10 +61,7 @@ def make_cpaged(g, d, r, cpp, n, p, hq, sorted_layout=False, dtype=jnp.bfloat16,
 
             return lax.fori_loop(0, (wc + r - 1) // r, tile, carry)
 
-        ms, ls, accs = lax.fori_loop(0, cpp, cluster, p2._init(g, d))
-        for gi in range(g):
-            o_ref[pid, gi, :] = accs[gi] / jnp.maximum(ls[gi], 1e-30)
-            lse_ref[pid, gi] = jnp.where(ls[gi] > 0, ms[gi] + jnp.log(jnp.maximum(ls[gi], 1e-30)), -jnp.inf)
+        p2._finish_program(o_ref, lse_ref, pid, lax.fori_loop(0, cpp, cluster, p2._init(g, d)), g)
 
     return pl.pallas_call(
         kernel,
