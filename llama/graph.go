@@ -1,6 +1,8 @@
 package llama
 
 import (
+	"fmt"
+	"maps"
 	"math"
 	"os"
 	"slices"
@@ -358,9 +360,22 @@ var noSplitK = os.Getenv("SQLLM_NO_SPLITK") != ""
 func init() {
 	squeeze.NoSplitK = noSplitK
 	squeeze.NoAllPairs = os.Getenv("SQLLM_SQUEEZE_PASSES") != ""
-	squeeze.Paged = map[string]squeeze.PagedMode{"1": squeeze.PagedOn, "0": squeeze.PagedOff}[os.Getenv("SQLLM_SQUEEZE_PAGED")]
-	squeezeSearch = map[string]squeeze.Search{"passes": squeeze.SearchPasses, "allpairs": squeeze.SearchAllPairs,
-		"sort": squeeze.SearchSort}[os.Getenv("SQLLM_SQUEEZE_SEARCH")]
+	squeeze.Paged = envChoice("SQLLM_SQUEEZE_PAGED", map[string]squeeze.PagedMode{"": squeeze.PagedAuto, "1": squeeze.PagedOn,
+		"0": squeeze.PagedOff})
+	squeezeSearch = envChoice("SQLLM_SQUEEZE_SEARCH", map[string]squeeze.Search{"": squeeze.SearchAuto,
+		"passes": squeeze.SearchPasses, "allpairs": squeeze.SearchAllPairs, "sort": squeeze.SearchSort})
+}
+
+// envChoice is the value the environment variable name selects among choices (the key "" is the default). A value
+// it does not know is named on stderr, with the ones it knows, and the default is used.
+func envChoice[T any](name string, choices map[string]T) T {
+	v := os.Getenv(name)
+	if c, ok := choices[v]; ok {
+		return c
+	}
+	known := slices.Sorted(maps.Keys(choices))
+	fmt.Fprintf(os.Stderr, "llama: ignoring %s=%q: not one of %q (unset: the default)\n", name, v, known[1:])
+	return choices[""]
 }
 
 // squeezeSearch is the squeezed selection's boundary search (SQLLM_SQUEEZE_SEARCH; zero: squeeze.SearchAuto).

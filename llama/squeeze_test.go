@@ -165,3 +165,17 @@ func TestSqueezedInputBF16(t *testing.T) {
 		}
 	}
 }
+
+// TestEnvChoice: an environment switch takes the values it knows, and an unknown one falls back to the default.
+func TestEnvChoice(t *testing.T) {
+	choices := map[string]int{"": 0, "a": 1, "b": 2}
+	for _, c := range []struct {
+		v    string
+		want int
+	}{{"", 0}, {"a", 1}, {"b", 2}, {"yes", 0}} {
+		t.Setenv("SQLLM_TEST_CHOICE", c.v)
+		if got := envChoice("SQLLM_TEST_CHOICE", choices); got != c.want {
+			t.Errorf("SQLLM_TEST_CHOICE=%q: %d, want %d", c.v, got, c.want)
+		}
+	}
+}
