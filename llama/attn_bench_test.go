@@ -26,6 +26,7 @@ package llama
 // run of rows.
 
 import (
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
@@ -64,6 +65,7 @@ var (
 	abVariants = flag.String("attnbench.variants", "", "comma list of variants to run (default all; see abVariantList)")
 	abGraphs   = flag.Bool("attnbench.graphs", true, "compile the decode executables for command buffers (CUDA graphs on XLA), as the engine compiles its decode steps")
 	abOut      = flag.String("attnbench.out", "", "also write the Markdown report to this file")
+	abSelCheck = flag.Bool("attnbench.selcheck", false, "check layer 0's selection, XLA's and the selection kernels', against the exact budget selection computed on the host from the device's cluster scores (each phase)")
 	abBackend  = flag.String("attnbench.backend", "auto", "backend: auto, xla or go")
 )
 
@@ -108,7 +110,7 @@ var abVariantList = []abVariant{
 	{name: "empty", about: "call overhead: same inputs, no attention"},
 	{name: "dense", about: "engine dense attention (llama.attention, the decomposed graph)"},
 	{name: "dense-fused", phases: "input", about: "engine dense attention of a prefill step (llama.fusedAttention: cuDNN flash; what the engine runs for ≥64 tokens)"},
-	{name: "sq-engine", about: "engine squeezed attention (llama.squeezedAttention: squeeze.Attend, cluster-level selection, float32 centroids, masked dense dyn part)"},
+	{name: "sq-engine", about: "engine squeezed attention (llama.squeezedAttention: squeeze.Attend, cluster-level selection, centroids in the model's dtype as the engine keeps them, masked dense dyn part)"},
 	{name: "sq-engine-paged", phases: "decode", about: "engine squeezed attention, the kept keys through the paged Triton kernel (squeeze.KernelPaged; SQLLM_SQUEEZE_PAGED=1 in the engine)"},
 	{name: "sq-new", about: "proposed: squeeze.Attend (cluster-level SelectKeys, bf16 centroids; einsum decode / fused-flash input)"},
 	{name: "sq-new-reduce", phases: "decode", about: "proposed, sparse part as fusable multiply-reduce (squeeze.KernelReduce)"},
@@ -119,12 +121,15 @@ var abVariantList = []abVariant{
 	{name: "lookup-sorted", lookupOnly: true, sorted: true, about: "lookup alone, proposed, sorted layout"},
 	{name: "sq-engine-paged-sort", phases: "decode", about: "sq-engine-paged with the boundary found by a sort (squeeze.SearchSort)"},
 	{name: "sq-engine-paged-passes", phases: "decode", about: "sq-engine-paged with the boundary found in passes (squeeze.SearchPasses)"},
+	{name: "sq-engine-sel", about: "sq-engine with the selection in the two selection Triton kernels (squeeze.SelectOn; the other sq-engine variants select with XLA's ops)"},
+	{name: "sq-engine-paged-sel", phases: "decode", about: "sq-engine-paged with the selection kernels, whose list the paged kernel reads as it is (the engine's default on a GPU that passed the probes)"},
 	{name: "lookup-scores", lookupOnly: true, about: "lookup stage 1 alone: the cluster scores (squeeze.ClusterScores)"},
 	{name: "lookup-lo", lookupOnly: true, about: "lookup stages 1-2: cluster scores and the budget's boundary (squeeze.Boundary, SearchAuto)"},
 	{name: "lookup-lo-passes", lookupOnly: true, about: "lookup stages 1-2, the boundary in passes (SearchPasses)"},
 	{name: "lookup-lo-sort", lookupOnly: true, about: "lookup stages 1-2, the boundary by a sort (SearchSort)"},
 	{name: "lookup-passes", lookupOnly: true, about: "lookup-new with the boundary in passes (SearchPasses)"},
 	{name: "lookup-sort", lookupOnly: true, about: "lookup-new with the boundary by a sort (SearchSort)"},
+	{name: "lookup-sel", lookupOnly: true, about: "lookup alone with the selection kernels (squeeze.SelectRows, SelectOn): cluster scores, then the two kernels' list"},
 }
 
 // abSearch is the boundary search a variant's name asks for.
@@ -136,6 +141,14 @@ func abSearch(name string) squeeze.Search {
 		return squeeze.SearchPasses
 	}
 	return squeeze.SearchAuto
+}
+
+// abSelect is a variant's selection: in the selection kernels for the "-sel" variants, XLA's ops for the others.
+func abSelect(name string) squeeze.SelectMode {
+	if strings.HasSuffix(name, "-sel") {
+		return squeeze.SelectOn
+	}
+	return squeeze.SelectOff
 }
 
 // abParams are one configuration's sizes.
@@ -370,7 +383,7 @@ func buildVariant(b compute.Backend, p abParams, v abVariant) (*graph.Exec, erro
 		}
 		index := func(l int) squeeze.LayerIndex {
 			ix := squeeze.LayerIndex{Centroids: buf(l, 5), Counts: buf(l, 6), Starts: buf(l, 8), Order: buf(l, 9),
-				Clustered: clustered, Window: window, Budget: budget, MaxKept: p.maxKept, Search: abSearch(v.name)}
+				Clustered: clustered, Window: window, Budget: budget, MaxKept: p.maxKept, Search: abSearch(v.name), Select: abSelect(v.name)}
 			if v.sorted {
 				ix.Order = nil
 			}
@@ -399,9 +412,14 @@ func buildVariant(b compute.Backend, p abParams, v abVariant) (*graph.Exec, erro
 				if o == nil {
 					panic(errAbUnsupported)
 				}
-			case "sq-engine", "sq-engine-paged", "sq-engine-paged-sort", "sq-engine-paged-passes":
-				sl := &squeezeLayer{centroids: buf(l, 4), counts: buf(l, 6), starts: buf(l, 8), order: buf(l, 9),
-					clustered: clustered, window: window, budget: budget, maxKept: p.maxKept, search: abSearch(v.name)}
+			case "sq-engine", "sq-engine-paged", "sq-engine-paged-sort", "sq-engine-paged-passes", "sq-engine-sel", "sq-engine-paged-sel":
+				cent := buf(l, 4) // the engine's centroids: bfloat16 for a bfloat16 model (centroidDType)
+				if p.dtype == dtypes.BFloat16 {
+					cent = buf(l, 5)
+				}
+				sl := &squeezeLayer{centroids: cent, counts: buf(l, 6), starts: buf(l, 8), order: buf(l, 9),
+					clustered: clustered, window: window, budget: budget, maxKept: p.maxKept, search: abSearch(v.name),
+					selectMode: abSelect(v.name)}
 				if strings.HasPrefix(v.name, "sq-engine-paged") {
 					sl.kernel = squeeze.KernelPaged
 				}
@@ -413,6 +431,11 @@ func buildVariant(b compute.Backend, p abParams, v abVariant) (*graph.Exec, erro
 				o = lookupDependency(idx, n, heads*hd, q.DType())
 			case "lookup-new", "lookup-sorted", "lookup-passes", "lookup-sort":
 				idx, _, _ := squeeze.Select(qgOf(q), index(l), scale)
+				o = lookupDependency(idx, n, heads*hd, q.DType())
+			case "lookup-sel":
+				ix := index(l)
+				ix.Select = squeeze.SelectOn
+				idx, _, _, _ := squeeze.SelectRows(qgOf(q), ix, scale, p.ctx)
 				o = lookupDependency(idx, n, heads*hd, q.DType())
 			case "lookup-scores":
 				o = lookupDependency(squeeze.ClusterScores(qgOf(q), buf(l, 5), buf(l, 6), scale), n, heads*hd, q.DType())
@@ -750,8 +773,12 @@ func TestAttentionBench(t *testing.T) {
 			for _, ph := range strings.Split(*abPhases, ",") {
 				p.decode = strings.TrimSpace(ph) == "decode"
 				log(" phase %s:", p.phase())
+				if *abSelCheck {
+					selCheck(be.Backend, p, d, log)
+				}
 				res := runConfig(t, be.Backend, p, d, reps, log)
 				rows = append(rows, abRow{p: p, res: res})
+				logSelDiffs(res, log)
 			}
 			if *abCluster && (tiny || (shape.name == "LLaMA-2-7B" && ctxLen == 32768)) && p.nbuf >= min(p.layers, 32) {
 				keys := d.ctxK // clustering reads only the keys: free the rest first
@@ -810,7 +837,7 @@ var abOfficial = map[string]string{"32768/decode": "0.54", "32768/input": "0.61"
 
 func writeTables(rows []abRow, md func(string, ...any)) {
 	md("\n### Per variant (ms per call of all layers; per layer = (call − empty call) / layers)\n")
-	md("| shape | context | phase | variant | ms per call | µs per layer | vs engine dense | kept K+V GB/s |")
+	md("| shape | context | phase | variant | ms per call | µs per layer | vs engine dense (per layer) | K+V GB/s (kept, or all for dense; per layer) |")
 	md("|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
 		empty := r.get("empty")
@@ -828,21 +855,26 @@ func writeTables(rows []abRow, md func(string, ...any)) {
 			}
 			pl := r.perLayer(&x, empty)
 			vs, bw := "", ""
-			if base != nil && !x.variant.lookupOnly && x.variant.name != "empty" {
-				vs = fmt.Sprintf("%.2f×", float64(base.median)/float64(x.median))
+			// Ratios and bandwidths of the attention's time a layer ((call − empty call) / layers), as the text
+			// quotes them; before session 10 this column was the ratio of whole calls, fixed cost included.
+			if base != nil && !x.variant.lookupOnly && x.variant.name != "empty" && pl > 0 {
+				vs = fmt.Sprintf("%.2f×", r.perLayer(base, empty)/pl)
 			}
-			switch {
-			case strings.HasPrefix(x.variant.name, "dense"):
-				bw = abGBs(allBytes/x.median.Seconds()) + " (all K+V)"
-			case strings.HasPrefix(x.variant.name, "sq-"):
-				bw = abGBs(keptBytes / x.median.Seconds())
+			if pl > 0 {
+				layers := float64(r.p.layers)
+				switch {
+				case strings.HasPrefix(x.variant.name, "dense"):
+					bw = abGBs(allBytes/layers/(pl*1e-6)) + " (all K+V)"
+				case strings.HasPrefix(x.variant.name, "sq-"):
+					bw = abGBs(keptBytes / layers / (pl * 1e-6))
+				}
 			}
 			md("| %s | %d | %s | %s | %.3f | %.1f | %s | %s |", r.p.shape.name, r.p.ctx, r.p.phase(), x.variant.name,
 				ms(x.median), pl, vs, bw)
 		}
 	}
 	md("\n### Summary (issue 4: squeezed attention at least 4× below the engine's dense attention)\n")
-	md("| shape | context | phase | engine dense (µs/layer) | squeezed today (µs/layer, speed-up) | best proposed (µs/layer, speed-up) | its lookup (µs/layer, share) | its sparse read (GB/s of kept K+V over squeezed − lookup) | official kernels, 7B, H200 (µs/layer) |")
+	md("| shape | context | phase | engine dense (µs/layer) | squeezed, the engine's default path (µs/layer, speed-up) | best proposed (µs/layer, speed-up) | its lookup (µs/layer, share) | its sparse read (GB/s of kept K+V over squeezed − lookup) | official kernels, 7B, H200 (µs/layer) |")
 	md("|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
 		empty := r.get("empty")
@@ -886,11 +918,27 @@ func writeTables(rows []abRow, md func(string, ...any)) {
 			}
 		}
 		md("| %s | %d | %s | %.1f (%s) | %s | %s | %s | %s | %s |", r.p.shape.name, r.p.ctx, r.p.phase(), bl,
-			base.variant.name, cell(r.get("sq-engine")), cell(best), lookup, bw, official)
+			base.variant.name, cell(r.engineDefault()), cell(best), lookup, bw, official)
 	}
 	md("\nLayers beyond the distinct K/V buffers reuse them cyclically (see the log: \"layers over N distinct K/V buffers\"). " +
 		"Lookup = centroid scores + selection to index lists (no attention); its share is of the same path's squeezed time. " +
 		"The engine dense baseline is the fused (cuDNN flash) path for the user input where the backend has it, as the engine runs it.")
+}
+
+// engineDefault is the squeezed variant that runs as the engine runs by default on a GPU that passed its probes:
+// the selection kernels, and for the decode of a model without grouped-query attention the paged kernel
+// (squeeze.PagedAuto); the first of those present, else sq-engine.
+func (r abRow) engineDefault() *abResult {
+	names := []string{"sq-engine-sel", "sq-engine"}
+	if r.p.decode && r.p.shape.heads == r.p.shape.kvHeads {
+		names = []string{"sq-engine-paged-sel", "sq-engine-sel", "sq-engine-paged", "sq-engine"}
+	}
+	for _, n := range names {
+		if x := r.get(n); x != nil && x.err == nil {
+			return x
+		}
+	}
+	return nil
 }
 
 // baseline is the engine's dense attention as the engine runs it: fused for a user input where available.
@@ -1000,7 +1048,8 @@ func checkGraphs(t testing.TB, b compute.Backend, shapesList []string, tiny bool
 			if err != nil {
 				t.Fatalf("check data: %v", err)
 			}
-			p.variantsFilter = []string{"dense", "dense-fused", "sq-engine", "sq-new", "sq-new-reduce", "sq-sorted"}
+			p.variantsFilter = []string{"dense", "dense-fused", "sq-engine", "sq-new", "sq-new-reduce", "sq-sorted", "sq-engine-paged",
+				"sq-engine-sel", "sq-engine-paged-sel"}
 			log("check %s %s, every key kept:", shape.name, p.phase())
 			res := runConfig(t, b, p, d, 1, log)
 			d.free()
@@ -1029,6 +1078,121 @@ func checkGraphs(t testing.TB, b compute.Backend, shapesList []string, tiny bool
 					md("| %s | %s | %s vs %s | %.1e |", shape.name, p.phase(), r.variant.name, ref.variant.name, diff/scale)
 				}
 			}
+		}
+	}
+}
+
+// selCheck checks layer 0's selection of one phase (the benchmark's queries, budget mode), XLA's
+// (squeeze.SelectDropped) and the selection kernels' (squeeze.SelectRows, SelectOn), against the exact selection
+// computed on the host from the cluster scores the device computed (squeeze.ClusterScores): per head the clusters
+// above the budget's boundary score whole, then those at the boundary in cluster order until the budget. It logs
+// the (head, cluster) pairs whose taken keys differ and the heads whose kept count differs, for each.
+func selCheck(b compute.Backend, p abParams, d *abData, log func(string, ...any)) {
+	c := p.shape.config(1)
+	n, kvh, group, hd := p.n(), p.shape.kvHeads, c.GroupSize(), p.shape.headDim
+	scale := squeeze.Scale(hd)
+	q := d.qInput
+	if p.decode {
+		q = d.qDecode
+	}
+	err := abTry(func() error {
+		out := MustExecOnceN(b, func(q, sc, cent, counts, starts, order *Node) []*Node {
+			scalar := func(i int) *Node { return Reshape(Slice(sc, AxisRange(i, i+1))) }
+			qg := Reshape(TransposeAllAxes(Reshape(q, n, kvh, group, hd), 1, 0, 2, 3), kvh, n*group, hd)
+			ix := squeeze.LayerIndex{Centroids: cent, Counts: counts, Starts: starts, Order: order, Clustered: scalar(0),
+				Window: scalar(1), Budget: scalar(2), MaxKept: p.maxKept, Select: squeeze.SelectOff}
+			idxX, validX, keptX, dropX := squeeze.SelectDropped(qg, ix, scale)
+			ix.Select = squeeze.SelectOn
+			idxK, validK, keptK, dropK := squeeze.SelectRows(qg, ix, scale, p.ctx)
+			// The rows each list holds, as [H, S] counts: the (head, row) pairs where they differ.
+			mask := func(idx, valid *Node) *Node {
+				g := idx.Graph()
+				h, b := idx.Shape().Dimensions[0], idx.Shape().Dimensions[1]
+				at := Concatenate([]*Node{Iota(g, shapes.Make(dtypes.Int32, h, b, 1), 0), ExpandAxes(idx, -1)}, -1)
+				return ScatterSum(Zeros(g, shapes.Make(dtypes.Int32, h, p.ctx)), at, ConvertDType(valid, dtypes.Int32), false, false)
+			}
+			rowDiff := ReduceAllSum(ConvertDType(NotEqual(mask(idxX, validX), mask(idxK, validK)), dtypes.Int32))
+			return []*Node{squeeze.ClusterScores(qg, cent, counts, scale), ConvertDType(counts, dtypes.Float32), keptX, dropX, keptK, dropK, rowDiff}
+		}, q, d.scalars, d.cent16[0], d.counts[0], d.starts[0], d.order[0])
+		scores, counts := tensors.MustCopyFlatData[float32](out[0]), tensors.MustCopyFlatData[float32](out[1])
+		k := p.k
+		want := make([]float32, kvh*k) // taken keys per cluster
+		wantKept := make([]int32, kvh)
+		for h := range kvh {
+			ids := make([]int, k)
+			for i := range ids {
+				ids[i] = i
+			}
+			sc := scores[h*k : (h+1)*k]
+			slices.SortStableFunc(ids, func(a, b int) int { return cmp.Compare(sc[b], sc[a]) })
+			// The boundary: the score of the cluster in which the running count reaches the budget.
+			run, lo := 0, float32(0)
+			for _, i := range ids {
+				run += int(counts[h*k+i])
+				if run >= p.budget {
+					lo = sc[i]
+					break
+				}
+			}
+			room := p.budget
+			for i := range k {
+				if sc[i] > lo {
+					want[h*k+i] = counts[h*k+i]
+					room -= int(counts[h*k+i])
+				}
+			}
+			for i := range k {
+				if sc[i] == lo {
+					tk := min(max(room, 0), int(counts[h*k+i]))
+					want[h*k+i] = float32(tk)
+					room -= tk
+				}
+			}
+			wantKept[h] = int32(min(p.budget-max(room, 0)+p.window, p.maxKept))
+		}
+		for i, name := range []string{"XLA", "kernels"} {
+			kept, dropped := tensors.MustCopyFlatData[int32](out[2+2*i]), tensors.MustCopyFlatData[float32](out[3+2*i])
+			bad, badKept := 0, 0
+			for j := range want {
+				if counts[j]-dropped[j] != want[j] {
+					bad++
+				}
+			}
+			for h := range kvh {
+				if kept[h] != wantKept[h] {
+					badKept++
+				}
+			}
+			log("  selcheck %s %s: %d of %d (head, cluster) taken counts differ from the exact selection, %d of %d heads' kept counts (kept[0] %d, exact %d)",
+				p.phase(), name, bad, len(want), badKept, kvh, kept[0], wantKept[0])
+		}
+		log("  selcheck %s: the two lists' rows differ at %d (head, row) pairs", p.phase(), out[6].Value().(int32))
+		return nil
+	})
+	if err != nil {
+		log("  selcheck %s failed: %v", p.phase(), abShort(err))
+	}
+}
+
+// logSelDiffs logs how far each "-sel" variant's last output (the selection kernels) is from its counterpart's
+// without them (XLA's selection: the same keys, listed in another order), relative to the counterpart's largest
+// value: a check of the kernels at the benchmark's own shapes and budget.
+func logSelDiffs(res []abResult, log func(string, ...any)) {
+	for _, r := range res {
+		name, ok := strings.CutSuffix(r.variant.name, "-sel")
+		if !ok || r.err != nil {
+			continue
+		}
+		for _, o := range res {
+			if o.variant.name != name || o.err != nil || len(o.lastOut) != len(r.lastOut) {
+				continue
+			}
+			diff, scale := 0.0, 0.0
+			for i := range o.lastOut {
+				diff = math.Max(diff, math.Abs(float64(r.lastOut[i]-o.lastOut[i])))
+				scale = math.Max(scale, math.Abs(float64(o.lastOut[i])))
+			}
+			log("  check %s vs %s: max |difference| / max |value| = %.1e", r.variant.name, name, diff/scale)
 		}
 	}
 }

@@ -111,10 +111,10 @@ func (p *Prefix) calibrationCall(exec *graph.Exec, idx *squeezeIndex) ([]*tensor
 
 // calibrateExec returns the executable of the calibration forward. Inputs: the weights, the RoPE
 // inverse frequencies, one int32 vector [window tokens..., clustered], then per layer the context's keys
-// and values [numKVHeads, ctxCap, headDim] and the index's centroids, counts and starts (packed for a
-// hierarchical index: see unpackIndex). Outputs: per layer the fine clusters' scores [numKVHeads, K]
-// float32 (-Inf: not scored by a hierarchical index) (and the window's logits [window, vocab] with
-// withLogits).
+// and values [numKVHeads, ctxCap, headDim] and the index's centroids (centroidDType), counts and starts
+// (packed for a hierarchical index: see unpackIndex). Outputs: per layer the fine clusters' scores
+// [numKVHeads, K] float32 (-Inf: not scored by a hierarchical index) (and the window's logits
+// [window, vocab] with withLogits).
 func (r *Runner) calibrateExec(withLogits bool) (*graph.Exec, error) {
 	return r.calibrateExecMode(withLogits, false)
 }
@@ -141,7 +141,7 @@ func (r *Runner) calibrateExecMode(withLogits, mass bool) (*graph.Exec, error) {
 			scale := 1 / math.Sqrt(float64(c.HeadDim))
 			var out []*Node
 			for l, q := range queries {
-				ix := unpackIndex(squeeze.LayerIndex{Centroids: centroids[l], Counts: counts[l], Starts: starts[l]})
+				ix := unpackIndex(squeeze.LayerIndex{Centroids: lookupCentroids(centroids[l], q.DType()), Counts: counts[l], Starts: starts[l]})
 				if mass {
 					out = append(out, massCurve(c, groupQueries(c, q), ix, scale))
 					continue

@@ -356,7 +356,10 @@ var noSplitK = os.Getenv("SQLLM_NO_SPLITK") != ""
 // (squeeze.NoAllPairs); SQLLM_SQUEEZE_SEARCH=passes|allpairs|sort picks the search (squeeze.Search) for
 // measuring them. SQLLM_SQUEEZE_PAGED picks when a decode step's kept keys go through the paged Triton kernel
 // (squeeze.Paged): 1 wherever there is one, 0 never, unset for one query row per KV head on a backend that
-// passed squeeze.ProbePaged (see squeeze/paged.go).
+// passed squeeze.ProbePaged (see squeeze/paged.go). SQLLM_SQUEEZE_SELECT picks when the selection (boundary and
+// kept list) runs in the two selection Triton kernels (squeeze.SelectKernels): 1 wherever there are kernels, 0
+// never (XLA's selection, whose boundary search SQLLM_SQUEEZE_SEARCH picks), unset on a backend that passed
+// squeeze.ProbeSelect (see squeeze/selectk.go).
 func init() {
 	squeeze.NoSplitK = noSplitK
 	squeeze.NoAllPairs = os.Getenv("SQLLM_SQUEEZE_PASSES") != ""
@@ -364,6 +367,8 @@ func init() {
 		"0": squeeze.PagedOff})
 	squeezeSearch = envChoice("SQLLM_SQUEEZE_SEARCH", map[string]squeeze.Search{"": squeeze.SearchAuto,
 		"passes": squeeze.SearchPasses, "allpairs": squeeze.SearchAllPairs, "sort": squeeze.SearchSort})
+	squeeze.SelectKernels = envChoice("SQLLM_SQUEEZE_SELECT", map[string]squeeze.SelectMode{"": squeeze.SelectAuto,
+		"1": squeeze.SelectOn, "0": squeeze.SelectOff})
 }
 
 // envChoice is the value the environment variable name selects among choices (the key "" is the default). A value

@@ -300,6 +300,9 @@ func (r *Runner) newExec(kind stepKind, sq *squeezeIndex) (*graph.Exec, error) {
 	if sq != nil && squeeze.Paged == squeeze.PagedAuto {
 		squeeze.ProbePaged(r.backend) // once per backend, before a graph that may take the paged kernel is built
 	}
+	if sq != nil && squeeze.SelectKernels == squeeze.SelectAuto && r.backend.String() != "go" {
+		squeeze.ProbeSelect(r.backend) // likewise for the selection kernels
+	}
 	L := c.NumHiddenLayers
 	fn := func(g *graph.Graph, in []*graph.Node) []*graph.Node {
 		w := unpackWeights(c, in[:nw])

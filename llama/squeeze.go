@@ -180,9 +180,10 @@ type squeezeIndex struct {
 	k1, slots int
 	capacity  int // the prefix's KV capacity (the static shapes follow it)
 	// centroids are rounded to bfloat16 (their storage dtype) right after clustering, so that an index
-	// loaded from disk is bit for bit the one computed. A hierarchical index packs its coarse level into
-	// centroids, counts and starts (see unpackIndex).
-	centroids []*tensors.Tensor // per layer [numKVHeads, K(+K1), headDim] float32
+	// loaded from disk is bit for bit the one computed; a bfloat16 model keeps them as bfloat16 tensors,
+	// a float32 model as float32 ones (Runner.centroidDType). A hierarchical index packs its coarse level
+	// into centroids, counts and starts (see unpackIndex).
+	centroids []*tensors.Tensor // per layer [numKVHeads, K(+K1), headDim] bfloat16 or float32
 	counts    []*tensors.Tensor // per layer [numKVHeads, K(+2·K1)] float32
 	labels    []*tensors.Tensor // per layer [numKVHeads, capacity] int32 (rows ≥ clustered: 0 or unused)
 	// starts and order are the keys sorted by cluster (squeeze.ClusterOrder of labels and counts), for the
@@ -254,7 +255,7 @@ func (sq *squeezeIndex) listKey() string {
 
 // squeezeLayer are one layer's index nodes inside a step graph.
 type squeezeLayer struct {
-	centroids, counts         *Node // [numKVHeads, K, headDim] float32, [numKVHeads, K] float32 (or packed: unpackIndex)
+	centroids, counts         *Node // [numKVHeads, K, headDim] bfloat16 or float32 (centroidDType), [numKVHeads, K] float32 (or packed: unpackIndex)
 	starts, order             *Node // [numKVHeads, K], [numKVHeads, ctxCap] int32 (squeeze.ClusterOrder)
 	means                     *Node // [numKVHeads, K, headDim]: the clusters' mean values (Remainder); nil: off
 	meanSums                  *Node // [numKVHeads, K+1, headDim]: a hierarchical index's (Remainder); nil: flat
@@ -269,6 +270,9 @@ type squeezeLayer struct {
 	kernel squeeze.Kernel
 	// search is how the selection finds its boundary (zero: squeezeSearch, from SQLLM_SQUEEZE_SEARCH).
 	search squeeze.Search
+	// selectMode is when the selection runs in the selection kernels (zero: squeeze.SelectKernels, from
+	// SQLLM_SQUEEZE_SELECT; the attention benchmark sets others).
+	selectMode squeeze.SelectMode
 	// keptKeys is set by squeezedAttention: the step's kept clustered keys over the layer's KV heads
 	// (scalar int32), which the step returns summed over the layers (Sequence.SqueezeKept).
 	keptKeys *Node
@@ -295,6 +299,9 @@ type SqueezeInfo struct {
 	// PagedDecode says whether decode steps attend the kept keys with the paged Triton kernel (squeeze.PagedFor)
 	// rather than XLA's gathers.
 	PagedDecode bool
+	// SelectKernels says whether steps select their kept keys with the selection Triton kernels
+	// (squeeze.SelectFor) rather than XLA's ops.
+	SelectKernels bool
 	// KeptFraction is the fraction of the fixed context's keys read per step, the centroids a step scores
 	// counted as keys: (kept clustered keys + window + CoarseCentroids + ScoredCentroids) / context keys.
 	// Fixed-budget mode: exact (flat). Calibrated mode: with the kept keys of the calibration queries
@@ -435,9 +442,10 @@ func (p *Prefix) SqueezeInfo() (info SqueezeInfo, ok bool) {
 	}
 	return SqueezeInfo{Options: sq.opts, ListSizes: slices.Clone(sq.layerKept), Clustered: sq.clustered, Window: sq.window, Budget: sq.budget,
 		Centroids: sq.k, CoarseCentroids: sq.k1, ScoredCentroids: sq.slots,
-		KeptFraction: sq.readFraction(kept),
-		PagedDecode:  squeeze.PagedFor(p.r.backend, p.r.cfg.GroupSize(), p.r.cfg.HeadDim, p.r.DType()),
-		Threshold:    sq.threshold, CalibratedKept: sq.calibratedKept,
+		KeptFraction:  sq.readFraction(kept),
+		PagedDecode:   squeeze.PagedFor(p.r.backend, p.r.cfg.GroupSize(), p.r.cfg.HeadDim, p.r.DType()),
+		SelectKernels: squeeze.SelectFor(p.r.backend, sq.slots),
+		Threshold:     sq.threshold, CalibratedKept: sq.calibratedKept,
 		ClusterTime: sq.clusterTime, CalibrateTime: sq.calibrateTime, LoadTime: sq.loadTime, Loaded: sq.loaded}, true
 }
 
@@ -502,20 +510,19 @@ func squeezedAttention(c *Config, q, ctxK, ctxV, dynK, dynV, dynMask *Node, sq *
 	// Selection at the cluster level (squeeze.SelectKeys / SelectKeysThreshold): in fixed-budget mode the
 	// budget's best keys; in calibrated mode the clusters above the threshold, at most budget keys (the
 	// list's free slots: the best of them when more pass); then the observation window.
-	// The centroids are bfloat16 values kept as float32. A step of many query rows (a user input) multiplies
-	// them with the queries in the queries' half precision (exact: both are bfloat16 values, accumulated in
-	// float32). In the attention benchmark (H200, session 9, 10% budget) this path with float32 centroids took
-	// 542 µs a layer for a 512-token input over a 32K context of the LLaMA-2-7B shape and 1,590 at 128K, against
-	// 313 and 868 with bfloat16 centroids (and fused attention over the input's own tokens); at 128K the float32
-	// product is 27 GFLOP a layer. This conversion has not been measured inside the engine yet. A decode step
-	// keeps them float32: converting them every step would read more than its small product saves.
-	centroids := sq.centroids
-	if q.DType() == dtypes.BFloat16 && n*group >= squeeze.FusedMinQueries {
-		centroids = ConvertDType(centroids, dtypes.BFloat16)
-	}
+	// The centroids are bfloat16 values, and the index keeps a bfloat16 model's in bfloat16
+	// (Runner.centroidDType), so every step, decode steps included, reads half the bytes of float32 ones for
+	// the lookup (at 128K context of the LLaMA-2-7B shape, 54 MB a layer instead of 107) and multiplies them
+	// with the queries in bfloat16, accumulated in float32 (exact products: both are bfloat16 values). In the
+	// attention benchmark (H200, session 9, 10% budget) a user input's step with float32 centroids took 542 µs
+	// a layer for a 512-token input over a 32K context of the LLaMA-2-7B shape and 1,590 at 128K, against 313
+	// and 868 with bfloat16 centroids (and fused attention over the input's own tokens). The speed of the
+	// bfloat16 index inside the engine, decode steps especially, is not measured yet on the GPU. Centroids of
+	// another dtype than the queries' are multiplied in float32 (lookupCentroids).
+	centroids := lookupCentroids(sq.centroids, q.DType())
 	ix := unpackIndex(squeeze.LayerIndex{Centroids: centroids, Counts: sq.counts, Starts: sq.starts, Order: sq.order,
 		Clustered: sq.clustered, Window: sq.window, Budget: sq.budget, Threshold: sq.threshold, Mass: sq.mass, MaxKept: sq.maxKept,
-		Means: sq.means, MeanSums: sq.meanSums, Search: cmp.Or(sq.search, squeezeSearch)})
+		Means: sq.means, MeanSums: sq.meanSums, Search: cmp.Or(sq.search, squeezeSearch), Select: sq.selectMode})
 	// With ix.Means, the dropped keys too, approximately (SqueezeOptions.Remainder).
 	if squeeze.UsesPaged(qg, ctxK, ctxV, sq.kernel) {
 		// With the paged kernel in the graph, XLA fused the dynamic segment's scores with the cache update
@@ -530,6 +537,17 @@ func squeezedAttention(c *Config, q, ctxK, ctxV, dynK, dynV, dynMask *Node, sq *
 	sq.keptKeys = ReduceSum(MaxScalar(Sub(kept, BroadcastToDims(ConvertDType(sq.window, dtypes.Int32), kept.Shape().Dimensions...)), 0))
 	out = TransposeAllAxes(Reshape(ConvertDType(out, q.DType()), kvh, n, group, hd), 1, 0, 2, 3)
 	return Reshape(out, n, c.NumAttentionHeads*hd)
+}
+
+// lookupCentroids returns an index's centroids as a lookup with queries of dtype qd multiplies them: as
+// stored when their dtype is the queries' (a bfloat16 model's bfloat16 centroids: a half-precision product
+// accumulated in float32), else as float32 (exact: the centroids are bfloat16 values), so that a float32
+// query is never multiplied in half precision.
+func lookupCentroids(centroids *Node, qd dtypes.DType) *Node {
+	if centroids.DType() == qd {
+		return centroids
+	}
+	return ConvertDType(centroids, dtypes.Float32)
 }
 
 // The packed hierarchical index. The runner hands each layer's index to the step graph as four tensors
@@ -682,8 +700,9 @@ func (r *Runner) callHeadBatched(exec *graph.Exec, hb int, perHead []*tensors.Te
 
 // clusterExec returns the executable that clusters one layer's keys ([numKVHeads, capacity, headDim],
 // the first `clustered` rows) into k clusters, and with k1 > 0 their centroids into k1 coarse clusters
-// (a hierarchical index scoring `slots` fine centroids per step). Outputs: centroids, counts, labels, and
-// the cluster order's starts and order (squeeze.ClusterOrder), packed as unpackIndex reads them.
+// (a hierarchical index scoring `slots` fine centroids per step). Outputs: centroids (bfloat16 values, in
+// centroidDType), counts, labels, and the cluster order's starts and order (squeeze.ClusterOrder), packed
+// as unpackIndex reads them.
 func (r *Runner) clusterExec(k, k1, slots, iters int) (*graph.Exec, error) {
 	return r.clusterExecHeads(k, k1, slots, iters, r.cfg.NumKeyValueHeads)
 }
@@ -692,6 +711,7 @@ func (r *Runner) clusterExec(k, k1, slots, iters int) (*graph.Exec, error) {
 // with the first head (int32; callHeadBatched).
 func (r *Runner) clusterExecHeads(k, k1, slots, iters, hb int) (*graph.Exec, error) {
 	key := fmt.Sprintf("cluster/%d/%d/%d/%d/heads=%d", k, k1, slots, iters, hb)
+	cdt := r.centroidDType() // the centroids' output dtype: their bfloat16 values convert to it exactly
 	return r.namedExec(key, func() (*graph.Exec, error) {
 		e, err := graph.NewExec(r.backend, func(g *Graph, in []*Node) []*Node {
 			in = headSlice(in, hb)
@@ -699,12 +719,12 @@ func (r *Runner) clusterExecHeads(k, k1, slots, iters, hb int) (*graph.Exec, err
 			if k1 == 0 {
 				c, labels, counts := squeeze.KMeansMasked(keys, clustered, k, iters)
 				order, starts := squeeze.ClusterOrder(labels, counts, clustered)
-				return []*Node{roundBF16(c), counts, labels, starts, order}
+				return []*Node{ConvertDType(roundBF16(c), cdt), counts, labels, starts, order}
 			}
 			hi := squeeze.KMeansHierarchical(keys, clustered, k, k1, iters)
 			order, starts := squeeze.ClusterOrder(hi.Labels, hi.Counts, clustered)
 			h := keys.Shape().Dimensions[0]
-			c := Concatenate([]*Node{roundBF16(hi.Centroids), roundBF16(hi.CoarseCentroids)}, 1)
+			c := ConvertDType(Concatenate([]*Node{roundBF16(hi.Centroids), roundBF16(hi.CoarseCentroids)}, 1), cdt)
 			counts := Concatenate([]*Node{hi.Counts, hi.CoarseCounts, ConvertDType(hi.Children, dtypes.Float32)}, 1)
 			starts = Concatenate([]*Node{starts, Zeros(keys.Graph(), shapes.Make(dtypes.Int32, h, slots))}, 1)
 			return []*Node{c, counts, hi.Labels, starts, order}
@@ -714,6 +734,16 @@ func (r *Runner) clusterExecHeads(k, k1, slots, iters, hb int) (*graph.Exec, err
 		}
 		return e.WithName(key).SetMaxCache(maxCompiled), nil
 	})
+}
+
+// centroidDType is the dtype of the squeeze index's centroid tensors: bfloat16 for a bfloat16 model (they
+// are bfloat16 values, see roundBF16, so nothing is lost, and every lookup reads half the bytes), float32
+// otherwise.
+func (r *Runner) centroidDType() dtypes.DType {
+	if r.DType() == dtypes.BFloat16 {
+		return dtypes.BFloat16
+	}
+	return dtypes.Float32
 }
 
 // roundBF16 rounds float32 values to the nearest bfloat16 (ties to even; the centroids' storage precision),

@@ -7,13 +7,16 @@ import (
 	"math"
 	"time"
 
+	"github.com/gomlx/compute/dtypes"
+	"github.com/gomlx/compute/dtypes/bfloat16"
 	"github.com/gomlx/gomlx/core/tensors"
 )
 
 // Storage of a prefix's squeeze index, in compact dtypes, as blobs for the prefix cache: per layer
 //
 //	centroids [numKVHeads, K, headDim]   bf16 (the index rounds them to bf16 when it clusters, so the
-//	                                     stored index is bit for bit the computed one)
+//	                                     stored index is bit for bit the computed one; they load in
+//	                                     the model's centroidDType: bfloat16 or float32)
 //	counts    [numKVHeads, K]            i32
 //	labels    [numKVHeads, clustered]    i16 when K ≤ 32767, else i32
 //
@@ -102,24 +105,12 @@ func (p *Prefix) SqueezeBlobs() ([][]byte, error) {
 	}
 	c := p.r.cfg
 	kvh, hd, k, k1 := c.NumKeyValueHeads, c.HeadDim, sq.k, sq.k1
-	// cols cuts columns [from, to) of each head's rows of width w out of a packed [numKVHeads, w, ...] array.
-	cols := func(x []float32, w, from, to, inner int) []float32 {
-		out := make([]float32, 0, kvh*(to-from)*inner)
-		for h := range kvh {
-			out = append(out, x[(h*w+from)*inner:(h*w+to)*inner]...)
+	bf16 := func(bits []uint16) []byte {
+		b := make([]byte, 0, 2*len(bits))
+		for _, x := range bits {
+			b = binary.LittleEndian.AppendUint16(b, x)
 		}
-		return out
-	}
-	bf16 := func(l int, x []float32) ([]byte, error) {
-		b := make([]byte, 0, 2*len(x))
-		for i, v := range x {
-			bits := math.Float32bits(v)
-			if bits&0xffff != 0 {
-				return nil, fmt.Errorf("llama: internal error: layer %d centroid value %d (%g) is not a bfloat16", l, i, v)
-			}
-			b = binary.LittleEndian.AppendUint16(b, uint16(bits>>16))
-		}
-		return b, nil
+		return b
 	}
 	i32 := func(x []float32) []byte {
 		b := make([]byte, 0, 4*len(x))
@@ -130,23 +121,21 @@ func (p *Prefix) SqueezeBlobs() ([][]byte, error) {
 	}
 	var blobs [][]byte
 	for l := range c.NumHiddenLayers {
-		cent, err := tensors.CopyFlatData[float32](sq.centroids[l])
+		cent, err := centroidBits(l, sq.centroids[l])
 		if err != nil {
-			return nil, fmt.Errorf("llama: reading the squeeze index: %w", err)
+			return nil, err
 		}
 		counts, err := tensors.CopyFlatData[float32](sq.counts[l])
 		if err != nil {
 			return nil, fmt.Errorf("llama: reading the squeeze index: %w", err)
 		}
-		var coarse, children []float32
+		var coarse []uint16
+		var children []float32
 		if k1 > 0 { // packed: see unpackIndex
-			coarse, cent = cols(cent, k+k1, k, k+k1, hd), cols(cent, k+k1, 0, k, hd)
-			children, counts = cols(counts, k+2*k1, k+k1, k+2*k1, 1), cols(counts, k+2*k1, 0, k, 1)
+			coarse, cent = headCols(cent, kvh, k+k1, k, k+k1, hd), headCols(cent, kvh, k+k1, 0, k, hd)
+			children, counts = headCols(counts, kvh, k+2*k1, k+k1, k+2*k1, 1), headCols(counts, kvh, k+2*k1, 0, k, 1)
 		}
-		b, err := bf16(l, cent)
-		if err != nil {
-			return nil, err
-		}
+		b := bf16(cent)
 		cb := i32(counts)
 		labels, err := tensors.CopyFlatData[int32](sq.labels[l])
 		if err != nil {
@@ -166,11 +155,7 @@ func (p *Prefix) SqueezeBlobs() ([][]byte, error) {
 		}
 		blobs = append(blobs, b, cb, lb)
 		if k1 > 0 {
-			b, err := bf16(l, coarse)
-			if err != nil {
-				return nil, err
-			}
-			blobs = append(blobs, b, i32(children))
+			blobs = append(blobs, bf16(coarse), i32(children))
 		}
 	}
 	var params []byte
@@ -181,6 +166,57 @@ func (p *Prefix) SqueezeBlobs() ([][]byte, error) {
 		params = binary.LittleEndian.AppendUint64(params, math.Float64bits(float64(n)))
 	}
 	return append(blobs, params), nil
+}
+
+// headCols cuts columns [from, to) of each head's rows of width w out of a packed [kvh, w, inner] array.
+func headCols[T any](x []T, kvh, w, from, to, inner int) []T {
+	out := make([]T, 0, kvh*(to-from)*inner)
+	for h := range kvh {
+		out = append(out, x[(h*w+from)*inner:(h*w+to)*inner]...)
+	}
+	return out
+}
+
+// centroidBits reads layer l's centroid tensor (bfloat16, or float32 holding bfloat16 values:
+// centroidDType) as bfloat16 bit patterns.
+func centroidBits(l int, t *tensors.Tensor) ([]uint16, error) {
+	if t.DType() == dtypes.BFloat16 {
+		x, err := tensors.CopyFlatData[bfloat16.BFloat16](t)
+		if err != nil {
+			return nil, fmt.Errorf("llama: reading the squeeze index: %w", err)
+		}
+		bits := make([]uint16, len(x))
+		for i, v := range x {
+			bits[i] = v.Bits()
+		}
+		return bits, nil
+	}
+	x, err := tensors.CopyFlatData[float32](t)
+	if err != nil {
+		return nil, fmt.Errorf("llama: reading the squeeze index: %w", err)
+	}
+	bits := make([]uint16, len(x))
+	for i, v := range x {
+		b := math.Float32bits(v)
+		if b&0xffff != 0 {
+			return nil, fmt.Errorf("llama: internal error: layer %d centroid value %d (%g) is not a bfloat16", l, i, v)
+		}
+		bits[i] = uint16(b >> 16)
+	}
+	return bits, nil
+}
+
+// centroidTensor makes a layer's centroid tensor [kvh, a, hd] of dtype dt (centroidDType) from values that
+// are bfloat16 values (read from storage): exact in either dtype.
+func centroidTensor(x []float32, dt dtypes.DType, kvh, a, hd int) *tensors.Tensor {
+	if dt != dtypes.BFloat16 {
+		return tensors.FromFlatDataAndDimensions(x, kvh, a, hd)
+	}
+	b := make([]bfloat16.BFloat16, len(x))
+	for i, v := range x {
+		b[i] = bfloat16.FromBits(uint16(math.Float32bits(v) >> 16))
+	}
+	return tensors.FromFlatDataAndDimensions(b, kvh, a, hd)
 }
 
 // LoadSqueeze installs a stored squeeze index (SqueezeBlobs' output for the same tokens and options)
@@ -284,7 +320,7 @@ func (p *Prefix) LoadSqueeze(opts SqueezeOptions, blobs [][]byte) (err error) {
 				return err
 			}
 		}
-		ct, err := toDevice(tensors.FromFlatDataAndDimensions(cent, kvh, k+k1, hd))
+		ct, err := toDevice(centroidTensor(cent, r.centroidDType(), kvh, k+k1, hd))
 		if err != nil {
 			return err
 		}

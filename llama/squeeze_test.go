@@ -2,11 +2,17 @@ package llama
 
 import (
 	"context"
+	"fmt"
 	"math"
+	"slices"
 	"testing"
 
 	"github.com/gomlx/compute/dtypes"
+	"github.com/gomlx/compute/dtypes/bfloat16"
+	"github.com/gomlx/gomlx/core/graph"
 	"github.com/gomlx/gomlx/core/tensors"
+
+	"github.com/squeezeai/sqllm/squeeze"
 )
 
 // TestSqueezedPrefix: with every key kept (budget 1), a squeezed prefix gives the dense logits; with a
@@ -113,10 +119,14 @@ func TestSqueezeKept(t *testing.T) {
 	}
 }
 
-// TestSqueezedInputBF16: a bfloat16 model's user-input step of many query rows per KV head multiplies the
-// centroids in bfloat16 (squeezedAttention), which is exact only because every stored centroid, flat or
-// coarse, is a bfloat16 value: checked here bit by bit. With every key kept the step's logits are then the
-// dense ones up to bfloat16 rounding, for a flat and a hierarchical index.
+// TestSqueezedInputBF16: a bfloat16 model's index keeps its centroids, flat or coarse, as bfloat16 tensors
+// (centroidDType), holding exactly the bfloat16 values the float32 clustering rounds to (checked bit by bit
+// against it), so every step multiplies them with the queries in bfloat16 (squeezedAttention). With every
+// key kept the logits of a user input's step of many query rows per KV head and of decode steps are then
+// the dense ones (the decode steps': those over the dense prefix) up to bfloat16 rounding, for a flat and a
+// hierarchical index. A stored index (calibrated,
+// flat and hierarchical, with the remainder, and the attention-mass mode) loads back as bfloat16 tensors
+// of the same bits, stores back to the same blobs and decodes to the same logits.
 func TestSqueezedInputBF16(t *testing.T) {
 	cases, err := loadGolden()
 	if err != nil {
@@ -125,6 +135,9 @@ func TestSqueezedInputBF16(t *testing.T) {
 	ids := cases[3].IDs[:640]
 	const ctxLen = 600 // then a 40-token input: 120 query rows per KV head (squeeze.FusedMinQueries: 64)
 	r := testRunner(t, dtypes.BFloat16, Options{})
+	if r.centroidDType() != dtypes.BFloat16 {
+		t.Fatalf("a bfloat16 runner's centroid dtype is %s", r.centroidDType())
+	}
 	dense := r.NewSequence()
 	want, err := dense.AppendAllLogits(context.Background(), ids)
 	dense.Close()
@@ -136,34 +149,124 @@ func TestSqueezedInputBF16(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		denseSteps := decodeLogits(t, p, ids[ctxLen:ctxLen+4]) // decode steps over the dense prefix
 		if err := p.Squeeze(context.Background(), opts); err != nil {
 			t.Fatal(err)
 		}
-		for l, c := range p.sq.centroids {
-			vals, err := tensors.CopyFlatData[float32](c)
-			if err != nil {
-				t.Fatal(err)
+		got := bf16CentroidBits(t, p.sq)
+		for l, ref := range clusteredCentroidsF32(t, p) {
+			if len(ref) != len(got[l]) {
+				t.Fatalf("%+v: layer %d has %d centroid values, the float32 clustering %d", opts, l, len(got[l]), len(ref))
 			}
-			for i, v := range vals {
-				if math.Float32bits(v)&0xffff != 0 {
-					t.Fatalf("%+v: layer %d centroid value %d = %g is not a bfloat16 value", opts, l, i, v)
+			for i, v := range ref {
+				if b := math.Float32bits(v); b&0xffff != 0 || uint16(b>>16) != got[l][i] {
+					t.Fatalf("%+v: layer %d centroid value %d is %#04x, the float32 clustering's %g (%#08x)", opts, l, i, got[l][i], v, b)
 				}
 			}
 		}
 		s := p.NewSequence()
-		got, err := s.Append(context.Background(), ids[ctxLen:])
+		last, err := s.Append(context.Background(), ids[ctxLen:])
 		s.Close()
+		if err != nil {
+			p.Free()
+			t.Fatal(err)
+		}
+		steps := decodeLogits(t, p, ids[ctxLen:ctxLen+4]) // decode steps: a few query rows per KV head each
 		p.Free()
+		// The top-1 token must agree; for a decode step, or be within the tolerance of a tie in the dense
+		// logits (the fourth step's two best are one bfloat16 step apart, 9.875 and 9.9375, and swap, with
+		// float32 centroids as with bfloat16 ones: every key is kept, so the centroids do not change the logits).
+		check := func(what string, got, want []float32, ties bool) {
+			scale := maxAbs(want)
+			rel := maxDiff(got, want) / scale
+			t.Logf("%+v: %s, logits relative difference to dense %.2e", opts, what, rel)
+			top := argmax(got) == argmax(want) || (ties && float64(want[argmax(want)]-want[argmax(got)])/scale <= 5e-2)
+			if rel > 5e-2 || !top {
+				t.Errorf("%+v: %s: logits differ from dense by %.2e (relative), top-1 %d against %d", opts, what, rel, argmax(got), argmax(want))
+			}
+		}
+		check("40-token input over a squeezed 600-token prefix, last", last, want[len(ids)-1], false)
+		for i, row := range steps {
+			check(fmt.Sprintf("decode step %d (against the dense prefix's)", i), row, denseSteps[i], true)
+		}
+	}
+	for _, opts := range []SqueezeOptions{{Sparsity: 0.5, Remainder: true}, {Sparsity: 0.5, Hierarchical: true, Remainder: true},
+		{Sparsity: 0.5, Mass: true}} {
+		p, err := r.Prefill(context.Background(), ids[:ctxLen])
 		if err != nil {
 			t.Fatal(err)
 		}
-		last := want[len(ids)-1]
-		rel := maxDiff(got, last) / maxAbs(last)
-		t.Logf("%+v: 40-token input over a squeezed 600-token prefix, last logits relative difference to dense %.2e", opts, rel)
-		if rel > 5e-2 || argmax(got) != argmax(last) {
-			t.Errorf("%+v: last logits differ from dense by %.2e (relative), top-1 %d against %d", opts, rel, argmax(got), argmax(last))
+		blobs, _, _, _ := squeezeAndLayout(t, r, p, ctxLen, opts)
+		q := reloadedPrefix(t, r, p, ids[:ctxLen], opts, blobs)
+		a, b := bf16CentroidBits(t, p.sq), bf16CentroidBits(t, q.sq)
+		for l := range a {
+			if !slices.Equal(a[l], b[l]) {
+				t.Errorf("%+v: layer %d centroids differ after a save/load round trip", opts, l)
+			}
 		}
+		checkLoadedIndex(t, p, q, blobs, ids[ctxLen:ctxLen+3])
+		q.Free()
+		p.Free()
 	}
+}
+
+// bf16CentroidBits returns the bit patterns of an index's centroid tensors, failing the test unless they are
+// bfloat16 tensors.
+func bf16CentroidBits(t *testing.T, sq *squeezeIndex) [][]uint16 {
+	t.Helper()
+	var out [][]uint16
+	for l, c := range sq.centroids {
+		if c.DType() != dtypes.BFloat16 {
+			t.Fatalf("layer %d centroids are %s, want bfloat16", l, c.DType())
+		}
+		x, err := tensors.CopyFlatData[bfloat16.BFloat16](c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bits := make([]uint16, len(x))
+		for i, v := range x {
+			bits[i] = v.Bits()
+		}
+		out = append(out, bits)
+	}
+	return out
+}
+
+// clusteredCentroidsF32 clusters p's keys as p's index was (its options and geometry) and returns every
+// layer's centroids, packed as the index packs them, rounded to bfloat16 values (roundBF16) but kept float32:
+// what the index held before it kept a bfloat16 model's centroids in bfloat16.
+func clusteredCentroidsF32(t *testing.T, p *Prefix) [][]float32 {
+	t.Helper()
+	sq := p.sq
+	e, err := graph.NewExec(p.r.backend, func(keys, clustered *graph.Node) *graph.Node {
+		if sq.k1 == 0 {
+			c, _, _ := squeeze.KMeansMasked(keys, clustered, sq.k, sq.opts.Iterations)
+			return roundBF16(c)
+		}
+		hi := squeeze.KMeansHierarchical(keys, clustered, sq.k, sq.k1, sq.opts.Iterations)
+		return graph.Concatenate([]*graph.Node{roundBF16(hi.Centroids), roundBF16(hi.CoarseCentroids)}, 1)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Finalize()
+	var out [][]float32
+	for l := range p.kv.k {
+		res, err := e.Call(p.kv.k[l], int32(sq.clustered))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res[0].DType() != dtypes.Float32 {
+			t.Fatalf("the reference clustering gives %s centroids", res[0].DType())
+		}
+		x, err := tensors.CopyFlatData[float32](res[0])
+		res[0].FinalizeAll()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, x)
+	}
+	return out
 }
 
 // TestEnvChoice: an environment switch takes the values it knows, and an unknown one falls back to the default.

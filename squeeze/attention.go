@@ -25,8 +25,11 @@ type LayerIndex struct {
 	Mass    bool
 	MaxKept int // static size of the kept-key lists (≥ Budget + Window)
 	// Search is how the selection finds the budget's boundary among the clusters (SearchAuto: see there; a
-	// hierarchical index searches in passes then).
+	// hierarchical index searches in passes then) when XLA's ops select.
 	Search Search
+	// Select says when this index's selection runs in the selection kernels (selectk.go): SelectAuto (the zero
+	// value) as the package's SelectKernels says, SelectOff or SelectOn whatever it says.
+	Select SelectMode
 	// Means [H, K, D] is each cluster's mean value (ClusterMeans). Set, Attend attends the keys a step
 	// drops approximately (RemainderAttention) instead of leaving them out. A hierarchical index needs
 	// MeanSums too (HierarchicalMeanSums of Means and Counts).
@@ -61,7 +64,14 @@ func Select(qg *Node, ix LayerIndex, scale float64) (idx, valid, kept *Node) {
 // out (the cluster's count less its keys in the list), for RemainderAttention. With a hierarchical
 // index, dropped covers the scored fine slots' clusters only and is not meant for RemainderAttention.
 func SelectDropped(qg *Node, ix LayerIndex, scale float64) (idx, valid, kept, dropped *Node) {
-	s := selectLookup(qg, ix, scale)
+	s := selectLookup(qg, ix, scale, nil)
+	return s.idx, s.valid, s.kept, s.dropped
+}
+
+// SelectRows is SelectDropped for kept lists indexing keys of `rows` rows a head: through the selection kernels
+// where they run (ix.Select, SelectKernels; their list is in cluster order), else as SelectDropped.
+func SelectRows(qg *Node, ix LayerIndex, scale float64, rows int) (idx, valid, kept, dropped *Node) {
+	s := selectLookup(qg, ix, scale, &listPlan{s: rows})
 	return s.idx, s.valid, s.kept, s.dropped
 }
 
@@ -72,10 +82,22 @@ type selection struct {
 	// for a hierarchical index, whose lookup is hier.
 	logP, logZ *Node
 	hier       *hierLookup
+	// gidx [H·bp] is the selection kernels' list (selectKernelList; nil when XLA selected), which idx and
+	// valid are made from.
+	gidx *Node
+}
+
+// listPlan asks selectLookup for the selection kernels' list, where they run: s rows a head in the keys the
+// list indexes, its slots a head laid out for the paged kernel (paged) or just rounded up to the kernels'
+// programs.
+type listPlan struct {
+	s     int
+	paged bool
 }
 
 // selectLookup is SelectDropped, keeping a flat index's lookup for the remainder (remainderFromLookup).
-func selectLookup(qg *Node, ix LayerIndex, scale float64) (sel selection) {
+// With plan set and the selection kernels available (useSelectKernels), the list comes from them.
+func selectLookup(qg *Node, ix LayerIndex, scale float64, plan *listPlan) (sel selection) {
 	var scores, counts, starts *Node
 	if ix.CoarseCentroids != nil {
 		l := hierarchicalLookup(qg, ix, scale)
@@ -95,15 +117,33 @@ func selectLookup(qg *Node, ix LayerIndex, scale float64) (sel selection) {
 		search = SearchPasses
 	}
 	var taken *Node
-	switch {
-	case ix.Threshold != nil && ix.Mass:
-		sel.idx, sel.valid, sel.kept, taken = selectKeysMass(scores, counts, starts, ix.Order, ix.Threshold, ix.Budget, ix.Clustered,
-			ix.Window, ix.MaxKept, search)
-	case ix.Threshold != nil:
-		sel.idx, sel.valid, sel.kept, taken = selectKeysThreshold(scores, counts, starts, ix.Order, ix.Threshold, ix.Budget, ix.Clustered,
-			ix.Window, ix.MaxKept, search)
-	default:
-		sel.idx, sel.valid, sel.kept, taken = selectKeys(scores, counts, starts, ix.Order, ix.Budget, ix.Clustered, ix.Window, ix.MaxKept, search)
+	h, k := scores.Shape().Dimensions[0], scores.Shape().Dimensions[1]
+	if plan != nil && useSelectKernels(qg.Graph(), k, ix.Order == nil, ix.Select) {
+		// The same keys as selectKeys* below (they select from the same counts), in cluster order.
+		n := ConvertDType(counts, dtypes.Int32)
+		switch {
+		case ix.Threshold != nil && ix.Mass:
+			n = Where(massKeep(scores, counts, ix.Threshold, search), n, ZerosLike(n))
+		case ix.Threshold != nil:
+			n = Where(aboveThreshold(scores, ix.Threshold), n, ZerosLike(n))
+		}
+		bp := (ix.MaxKept + selectSlots - 1) / selectSlots * selectSlots
+		if plan.paged {
+			_, _, bp = pagedLayout(ix.MaxKept, selectSlots)
+		}
+		sel.gidx, sel.kept, taken = selectKernelList(ScoreBits(scores), n, starts, ix.Order, ix.Budget, ix.Clustered, ix.Window, ix.MaxKept, plan.s, bp)
+		sel.idx, sel.valid = listToIdx(sel.gidx, h, plan.s, ix.MaxKept)
+	} else {
+		switch {
+		case ix.Threshold != nil && ix.Mass:
+			sel.idx, sel.valid, sel.kept, taken = selectKeysMass(scores, counts, starts, ix.Order, ix.Threshold, ix.Budget, ix.Clustered,
+				ix.Window, ix.MaxKept, search)
+		case ix.Threshold != nil:
+			sel.idx, sel.valid, sel.kept, taken = selectKeysThreshold(scores, counts, starts, ix.Order, ix.Threshold, ix.Budget, ix.Clustered,
+				ix.Window, ix.MaxKept, search)
+		default:
+			sel.idx, sel.valid, sel.kept, taken = selectKeys(scores, counts, starts, ix.Order, ix.Budget, ix.Clustered, ix.Window, ix.MaxKept, search)
+		}
 	}
 	sel.dropped = MaxScalar(Sub(ConvertDType(counts, dtypes.Float32), ConvertDType(taken, dtypes.Float32)), 0)
 	return sel
@@ -112,8 +152,15 @@ func selectLookup(qg *Node, ix LayerIndex, scale float64) (sel selection) {
 // AttendSelected is SelectDropped, the kept keys' attention with the given kernel (AttendKept), and with
 // ix.Means set the remainder merged into it, from the same lookup; kept is Select's.
 func AttendSelected(qg, ctxK, ctxV *Node, ix LayerIndex, scale float64, kernel Kernel) (p Partial, kept *Node) {
-	s := selectLookup(qg, ix, scale)
-	p = AttendKept(qg, ctxK, ctxV, s.idx, s.valid, s.kept, scale, kernel)
+	plan := &listPlan{s: ctxK.Shape().Dimensions[1], paged: UsesPaged(qg, ctxK, ctxV, kernel)}
+	s := selectLookup(qg, ix, scale, plan)
+	if s.gidx != nil && plan.paged {
+		// The kernels' list is in the paged kernel's format and layout already.
+		ns, iters, _ := pagedLayout(ix.MaxKept, selectSlots)
+		p = pagedList(qg, ctxK, ctxV, s.gidx, ns, iters, scale, pagedKernel(qg, ctxK, ctxV))
+	} else {
+		p = AttendKept(qg, ctxK, ctxV, s.idx, s.valid, s.kept, scale, kernel)
+	}
 	switch {
 	case ix.Means == nil:
 	case s.hier != nil && ix.MeanSums == nil:

@@ -34,8 +34,8 @@ import (
 // at 32K against 163.6 for dense attention over every key (4.11×), 89.7 against 579.8 at 128K (6.46×);
 // XLA's gathers and products over the same list took 85.4 and 240.5 µs.
 
-//go:embed kernels/paged_*.cfg.gz
-var pagedFS embed.FS
+//go:embed kernels/paged_*.cfg.gz kernels/select_*.cfg.gz
+var kernelFS embed.FS
 
 // PagedMaxQueries is the most query rows per KV head (a decode step's group of query heads) that the
 // embedded paged kernels take.
@@ -125,14 +125,18 @@ var (
 // pagedConfig returns the embedded backend_config of the kernel for m query rows and head dim d ("" if
 // there is none).
 func pagedConfig(m, d int) string {
-	name := fmt.Sprintf("kernels/paged_g%d_d%d.cfg.gz", m, d)
+	return kernelConfig(fmt.Sprintf("kernels/paged_g%d_d%d.cfg.gz", m, d))
+}
+
+// kernelConfig returns the embedded backend_config of a kernel ("" if there is none or it has no launch grid).
+func kernelConfig(name string) string {
 	pagedMu.Lock()
 	defer pagedMu.Unlock()
 	if cfg, ok := pagedCfgs[name]; ok {
 		return cfg
 	}
 	cfg := ""
-	if z, err := pagedFS.ReadFile(name); err == nil {
+	if z, err := kernelFS.ReadFile(name); err == nil {
 		if r, err := gzip.NewReader(bytes.NewReader(z)); err == nil {
 			if b, err := io.ReadAll(r); err == nil && gridX.Match(b) {
 				cfg = string(b)
@@ -212,16 +216,14 @@ func pagedWanted(m int, probed func() bool) bool {
 // 128): use SparseAttention then.
 func SparseAttentionPaged(q, keys, values, idx, valid *Node, scale float64) (p Partial, ok bool) {
 	g := q.Graph()
-	h, m, d := q.Shape().Dimensions[0], q.Shape().Dimensions[1], q.Shape().Dimensions[2]
+	h := q.Shape().Dimensions[0]
 	s := keys.Shape().Dimensions[1]
 	b := idx.Shape().Dimensions[1]
 	cfg := pagedKernel(q, keys, values)
 	if cfg == "" {
 		return p, false
 	}
-	ns := min(pagedSplits, (b+pagedRows-1)/pagedRows)
-	iters := (b + ns*pagedRows - 1) / (ns * pagedRows)
-	bp := ns * iters * pagedRows
+	ns, iters, bp := pagedLayout(b, pagedRows)
 	// Global row numbers into keys and values seen as [H·S, D]; -1 marks an empty slot.
 	i32 := dtypes.Int32
 	base := MulScalar(Iota(g, shapes.Make(i32, h, b), 0), s)
@@ -229,12 +231,33 @@ func SparseAttentionPaged(q, keys, values, idx, valid *Node, scale float64) (p P
 	if bp > b {
 		gidx = Concatenate([]*Node{gidx, BroadcastToDims(Scalar(g, i32, -1), h, bp-b)}, 1)
 	}
+	return pagedList(q, keys, values, Reshape(gidx, h*bp), ns, iters, scale, cfg), true
+}
+
+// pagedLayout is the paged kernel's launch for lists of b slots a head: ns programs a head (splits), iters
+// tiles of pagedRows slots a program, bp = ns·iters·pagedRows slots a head, a multiple of align (a
+// multiple of pagedRows that divides pagedSplits·pagedRows: the splits are then a multiple of
+// align/pagedRows).
+func pagedLayout(b, align int) (ns, iters, bp int) {
+	ns = min(pagedSplits, (b+pagedRows-1)/pagedRows)
+	step := max(1, align/pagedRows)
+	ns = min(pagedSplits, (ns+step-1)/step*step)
+	iters = (b + ns*pagedRows - 1) / (ns * pagedRows)
+	return ns, iters, ns * iters * pagedRows
+}
+
+// pagedList runs the paged kernel (config cfg) over the list gidx [H·bp] (pagedLayout's ns, iters; global
+// rows h·S + row into keys and values [H, S, D], -1 empty) for queries q [H, M, D].
+func pagedList(q, keys, values, gidx *Node, ns, iters int, scale float64, cfg string) Partial {
+	g := q.Graph()
+	h, m, d := q.Shape().Dimensions[0], q.Shape().Dimensions[1], q.Shape().Dimensions[2]
+	s := keys.Shape().Dimensions[1]
 	programs := h * ns
 	outs := pagedCall(cfg, programs, []*Node{
-		ConvertDType(q, dtypes.BFloat16), Reshape(gidx, h*bp), Reshape(keys, h*s, d), Reshape(values, h*s, d),
+		ConvertDType(q, dtypes.BFloat16), gidx, Reshape(keys, h*s, d), Reshape(values, h*s, d),
 		Const(g, []int32{int32(iters), int32(ns)}), Const(g, []float32{float32(scale)}),
 	}, []shapes.Shape{shapes.Make(dtypes.Float32, programs, m, d), shapes.Make(dtypes.Float32, programs, m)})
-	return mergeSplits(Reshape(outs[0], h, ns, m, d), Reshape(outs[1], h, ns, m)), true
+	return mergeSplits(Reshape(outs[0], h, ns, m, d), Reshape(outs[1], h, ns, m))
 }
 
 // mergeSplits merges the partials o [H, NS, M, D], lse [H, NS, M] of a head's splits by log-sum-exp (as

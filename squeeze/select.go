@@ -214,10 +214,14 @@ func SelectKeysThreshold(scores, counts, starts, order, threshold, budget, clust
 }
 
 func selectKeysThreshold(scores, counts, starts, order, threshold, budget, clustered, window *Node, b int, search Search) (idx, valid, kept, taken *Node) {
-	s := ConvertDType(scores, dtypes.Float32)
-	above := GreaterThan(s, BroadcastToDims(ConvertDType(threshold, dtypes.Float32), s.Shape().Dimensions...))
 	// A cluster below the threshold weighs nothing: the budget search and the runs skip it.
-	return selectKeys(scores, Where(above, counts, ZerosLike(counts)), starts, order, budget, clustered, window, b, search)
+	return selectKeys(scores, Where(aboveThreshold(scores, threshold), counts, ZerosLike(counts)), starts, order, budget, clustered, window, b, search)
+}
+
+// aboveThreshold is the mask [H, K] of the clusters whose score is above the threshold (a scalar).
+func aboveThreshold(scores, threshold *Node) *Node {
+	s := ConvertDType(scores, dtypes.Float32)
+	return GreaterThan(s, BroadcastToDims(ConvertDType(threshold, dtypes.Float32), s.Shape().Dimensions...))
 }
 
 // SelectKeysMass is SelectKeys in the attention-mass mode: per head, the clusters in decreasing order of

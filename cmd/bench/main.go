@@ -336,6 +336,9 @@ func squeezed(ctx context.Context, w io.Writer, m *engine.Model, name string, le
 				if info.PagedDecode {
 					mode += ", paged kernel"
 				}
+				if info.SelectKernels {
+					mode += ", selection kernels"
+				}
 				kept = fmt.Sprintf("%.3f", info.KeptFraction)
 				clus = fmt.Sprintf("%.2f", info.ClusterTime.Seconds())
 				if info.Loaded {

@@ -381,6 +381,9 @@ func squeezeReport(info llama.SqueezeInfo) string {
 	if info.PagedDecode {
 		report += "; decode reads the kept keys with the paged Triton kernel"
 	}
+	if info.SelectKernels {
+		report += "; the kept keys are selected by the selection Triton kernels"
+	}
 	return report
 }
 

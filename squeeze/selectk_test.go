@@ -1,0 +1,332 @@
+package squeeze
+
+import (
+	"errors"
+	"fmt"
+	"math/bits"
+	"math/rand/v2"
+	"strings"
+	"testing"
+
+	"github.com/gomlx/compute/dtypes"
+	"github.com/gomlx/compute/shapes"
+	. "github.com/gomlx/gomlx/core/graph" //nolint:revive
+	"github.com/gomlx/gomlx/core/tensors"
+)
+
+// emulateSelect is the selection kernels' contract (scripts/gpu/pallas_select.py, make_select_a and
+// make_select_b) in graph ops, for the pure-Go backend; see selectk.go for the operands and outputs. It
+// identifies the embedded config it is launched with (kernel A or B, Kp, layout) and checks the operands
+// and the launch against it.
+func emulateSelect(t *testing.T) func(cfg string, programs int, ops []*Node, outs []shapes.Shape) []*Node {
+	return func(cfg string, programs int, ops []*Node, outs []shapes.Shape) []*Node {
+		kind, kp, sortedLayout := "", 0, false
+		for p := 256; p <= selectMaxKp; p *= 2 {
+			for _, l := range []bool{false, true} {
+				a, b := selectConfigs(p, l)
+				switch cfg {
+				case a: // the embedded config as it is (selectCall sets the launch grid)
+					kind, kp = "a", p
+				case b:
+					kind, kp, sortedLayout = "b", p, l
+				}
+			}
+		}
+		for _, x := range ops {
+			if x.DType() != dtypes.Int32 {
+				t.Errorf("selection kernel %s: operand of dtype %s", kind, x.DType())
+			}
+		}
+		g := ops[0].Graph()
+		i32 := dtypes.Int32
+		switch kind {
+		case "a":
+			h := programs
+			if len(ops) != 3 || ops[0].Shape().Dimensions[0] != h*kp || len(outs) != 3 || outs[2].Dimensions[0] != h {
+				t.Errorf("kernel A (Kp %d): %d operands, %d programs, operand %s", kp, len(ops), programs, ops[0].Shape())
+			}
+			bitsN, cnt := Reshape(ops[0], h, kp), Reshape(ops[1], h, kp)
+			budget := BroadcastToDims(Slice(ops[2], AxisElem(0)), h, 1)
+			// Bisection over [0, MAXBITS]: the largest lo with Σ counts[bits ≥ lo] ≥ budget.
+			lo := Zeros(g, shapes.Make(i32, h, 1))
+			hi := BroadcastToDims(Scalar(g, i32, maxScoreBits), h, 1)
+			for range 31 {
+				mid := Add(lo, DivScalar(AddScalar(Sub(hi, lo), 1), 2))
+				n := ReduceAndKeep(Where(GreaterOrEqual(bitsN, BroadcastToDims(mid, h, kp)), cnt, ZerosLike(cnt)), ReduceSum, 1)
+				ok := GreaterOrEqual(n, budget)
+				lo, hi = Where(ok, mid, lo), Where(ok, hi, AddScalar(mid, -1))
+			}
+			loB := BroadcastToDims(lo, h, kp)
+			strict := Where(GreaterThan(bitsN, loB), cnt, ZerosLike(cnt))
+			ties := Where(Equal(bitsN, loB), cnt, ZerosLike(cnt))
+			room := MaxScalar(Sub(budget, ReduceAndKeep(strict, ReduceSum, 1)), 0)
+			before := Sub(CumSum(ties, 1), ties)
+			w := Add(strict, Min(MaxScalar(Sub(BroadcastToDims(room, h, kp), before), 0), ties))
+			return []*Node{Reshape(CumSum(w, 1), h*kp), Reshape(w, h*kp), ReduceSum(w, 1)}
+		case "b":
+			if len(ops) != 6 || len(outs) != 1 {
+				t.Errorf("kernel B: %d operands, %d outputs", len(ops), len(outs))
+			}
+			ends, w, starts, total, order, prm := ops[0], ops[1], ops[2], ops[3], ops[4], ops[5]
+			h := total.Shape().Dimensions[0]
+			nt := programs / h
+			bp := nt * selectSlots
+			if programs%h != 0 || outs[0].Dimensions[0] != h*bp || ends.Shape().Dimensions[0] != h*kp {
+				t.Errorf("kernel B (Kp %d): %d programs for %d heads, output %s", kp, programs, h, outs[0])
+			}
+			if sortedLayout != (order.Shape().Dimensions[0] == 1) {
+				t.Errorf("kernel B for the %v layout given an order of %s", map[bool]string{true: "sorted", false: "order"}[sortedLayout], order.Shape())
+			}
+			p := func(i int) *Node { return Slice(prm, AxisElem(i)) } // [1]
+			sRows, clustered, window, bMax := p(0), p(1), p(2), p(3)
+			// The slot count and programs a head the kernel reads at run time must match the launch.
+			bad := Or(NotEqual(p(4), Const(g, []int32{int32(bp)})), NotEqual(p(5), Const(g, []int32{int32(nt)})))
+			endsH, wH, startsH := Reshape(ends, h, kp), Reshape(w, h, kp), Reshape(starts, h, kp)
+			slot := Iota(g, shapes.Make(i32, h, bp), 1)
+			c := MinScalar(searchRight(endsH, slot), kp-1)
+			first := Sub(takeAlong(endsH, c), takeAlong(wH, c))
+			row := Add(takeAlong(startsH, c), Sub(slot, first))
+			sB := BroadcastToDims(sRows, h, bp)
+			hs := Mul(Iota(g, shapes.Make(i32, h, bp), 0), sB)
+			if !sortedLayout {
+				row = Gather(order, ExpandAxes(Add(hs, Clamp(Scalar(g, i32, 0), row, AddScalar(sB, -1))), -1))
+			}
+			tot := BroadcastToDims(Reshape(total, h, 1), h, bp)
+			kept := Min(Add(tot, BroadcastToDims(window, h, bp)), BroadcastToDims(bMax, h, bp))
+			row = Where(LessThan(slot, tot), row, Add(BroadcastToDims(clustered, h, bp), Sub(slot, tot)))
+			gidx := Where(LessThan(slot, kept), Add(hs, row), Scalar(g, i32, -1))
+			gidx = Where(BroadcastToDims(Reshape(bad, 1, 1), h, bp), Scalar(g, i32, -7), gidx)
+			return []*Node{Reshape(gidx, h*bp)}
+		}
+		t.Errorf("selection kernel launched with an unknown config %.60q…", cfg)
+		return []*Node{Zeros(ops[0].Graph(), outs[0])}
+	}
+}
+
+// withSelectKernels installs the emulated kernels (and the emulated paged kernel) for a test.
+func withSelectKernels(t *testing.T, mode SelectMode, paged PagedMode) {
+	saveSel, savePaged, saveAvail, saveSM, savePM := selectCall, pagedCall, pagedAvailable, SelectKernels, Paged
+	t.Cleanup(func() {
+		selectCall, pagedCall, pagedAvailable, SelectKernels, Paged = saveSel, savePaged, saveAvail, saveSM, savePM
+	})
+	selectCall, pagedCall, pagedAvailable = emulateSelect(t), emulatePaged(t), func(*Graph) bool { return true }
+	SelectKernels, Paged = mode, paged
+}
+
+// TestSelectKernelList: the selection kernels' list (emulated) keeps the keys selectKeys keeps, with the same
+// kept and taken counts: distinct and tied scores, budgets from a few keys to above the total, both layouts,
+// lists cut short of budget + window, numbers of clusters from 17 (padded to 256) to 1,100 (2,048).
+func TestSelectKernelList(t *testing.T) {
+	withSelectKernels(t, SelectOn, PagedOff)
+	rng := rand.New(rand.NewPCG(21, 22))
+	for _, c := range []struct {
+		h, s, k, clustered, window int
+		distinct                   bool
+		budget, b                  int
+	}{{3, 203, 17, 180, 20, true, 40, 64}, {2, 150, 23, 140, 10, false, 33, 64}, {2, 150, 23, 140, 10, false, 139, 192},
+		{3, 203, 17, 180, 20, false, 500, 320}, {2, 300, 40, 280, 12, false, 100, 100}, {2, 3000, 1100, 2900, 50, false, 700, 800}} {
+		sc := newSelectCase(rng, c.h, c.s, c.k, c.clustered, c.window, c.distinct)
+		labels, scores, counts := sc.tensors()
+		for _, sorted := range []bool{false, true} {
+			name := fmt.Sprintf("K%d_budget%d_B%d_sorted%v", c.k, c.budget, c.b, sorted)
+			bp := (c.b + selectSlots - 1) / selectSlots * selectSlots
+			out := MustExecOnceN(testBackend(), func(labels, scores, counts *Node) []*Node {
+				g := labels.Graph()
+				bud, cl, win := Const(g, int32(c.budget)), Const(g, int32(c.clustered)), Const(g, int32(c.window))
+				order, starts := ClusterOrder(labels, counts, cl)
+				if sorted {
+					order = nil
+				}
+				idx, valid, kept, taken := selectKeys(scores, counts, starts, order, bud, cl, win, c.b, SearchPasses)
+				gidx, kk, tk := selectKernelList(ScoreBits(scores), counts, starts, order, bud, cl, win, c.b, c.s, bp)
+				ki, kv := listToIdx(gidx, c.h, c.s, c.b)
+				rows := Reshape(gidx, c.h, bp)
+				// Slots past b are empty; a listed row lies in its head's block.
+				outside := Or(And(GreaterOrEqual(rows, ZerosLike(rows)), LessThan(Iota(g, shapes.Make(dtypes.Int32, c.h, bp), 1), Scalar(g, dtypes.Int32, c.b))), LessThan(rows, ZerosLike(rows)))
+				return []*Node{listDiff(idx, valid, ki, kv, c.s), kept, kk, taken, tk, ReduceAllSum(ConvertDType(Not(outside), dtypes.Int32)),
+					ReduceAllSum(ConvertDType(kv, dtypes.Int32))}
+			}, labels, scores, counts)
+			if d := out[0].Value().(int32); d != 0 {
+				t.Errorf("%s: the kernels' list differs from selectKeys' in %d slots", name, d)
+			}
+			if a, b := flatI32(out[1]), flatI32(out[2]); fmt.Sprint(a) != fmt.Sprint(b) {
+				t.Errorf("%s: kept %v, selectKeys %v", name, b, a)
+			}
+			if a, b := flatI32(out[3]), flatI32(out[4]); fmt.Sprint(a) != fmt.Sprint(b) {
+				t.Errorf("%s: taken counts differ from selectKeys'", name)
+			}
+			if n := out[5].Value().(int32); n != 0 {
+				t.Errorf("%s: %d slots at or past B=%d hold a row", name, n, c.b)
+			}
+			if n := out[6].Value().(int32); n == 0 {
+				t.Errorf("%s: empty lists", name)
+			}
+		}
+	}
+}
+
+// TestAttendSelectedKernels: AttendSelected through the selection kernels (emulated) gives the same partial as
+// through XLA's selection, for a decode step into the paged kernel (the list handed over as it is), for a step
+// of more query rows (the list turned back into idx/valid for the gathers), in budget, threshold and mass modes,
+// with the remainder, and over a hierarchical index; the kept counts are the same.
+func TestAttendSelectedKernels(t *testing.T) {
+	const h, s, d, k, clustered, window = 2, 400, 64, 24, 380, 12
+	rng := rand.New(rand.NewPCG(23, 24))
+	keys, vals := randn(rng, 1, h, s, d), randn(rng, 1, h, s, d)
+	for _, c := range []struct {
+		name string
+		m    int
+		mode string
+		hier bool
+	}{{"decode-budget", 1, "budget", false}, {"decode-threshold", 1, "threshold", false}, {"decode-mass", 1, "mass", false},
+		{"decode-remainder", 1, "remainder", false}, {"input-budget", 80, "budget", false}, {"decode-hier", 1, "budget", true},
+		{"input-hier", 70, "budget", true}} {
+		t.Run(c.name, func(t *testing.T) {
+			q := randn(rng, 2, h, c.m, d)
+			run := func(mode SelectMode) []*tensors.Tensor {
+				withSelectKernels(t, mode, PagedOn)
+				calls := 0
+				emu := selectCall
+				selectCall = func(cfg string, programs int, ops []*Node, outs []shapes.Shape) []*Node {
+					calls++
+					return emu(cfg, programs, ops, outs)
+				}
+				out := MustExecOnceN(testBackend(), func(q, keys, vals *Node) []*Node {
+					g := q.Graph()
+					bf := dtypes.BFloat16
+					kb, vb := ConvertDType(keys, bf), ConvertDType(vals, bf)
+					qf := ConvertDType(ConvertDType(q, bf), dtypes.Float32)
+					var ix LayerIndex
+					if c.hier {
+						_, ix, _ = hierIndex(ConvertDType(kb, dtypes.Float32), clustered, window, k, 4, 4, 12)
+					} else {
+						cl := Const(g, int32(clustered))
+						cent, lab, cnt := KMeansMasked(ConvertDType(kb, dtypes.Float32), cl, k, 5)
+						ix.Centroids, ix.Counts = cent, cnt
+						ix.Order, ix.Starts = ClusterOrder(lab, cnt, cl)
+						if c.mode == "remainder" {
+							ix.Means = ClusterMeans(ConvertDType(vb, dtypes.Float32), lab, cnt, cl)
+						}
+					}
+					ix.Clustered, ix.Window, ix.Budget, ix.MaxKept = Const(g, int32(clustered)), Const(g, int32(window)), Const(g, int32(90)), 128
+					switch c.mode {
+					case "threshold":
+						ix.Threshold = Const(g, float32(1.0/float32(clustered)))
+					case "mass":
+						ix.Threshold, ix.Mass = Const(g, float32(0.6)), true
+					}
+					p, kept := AttendSelected(qf, kb, vb, ix, Scale(d), KernelAuto)
+					return []*Node{p.Out, p.LSE, kept}
+				}, q, keys, vals)
+				if want := map[bool]int{true: 2, false: 0}[mode == SelectOn]; calls != want {
+					t.Errorf("SelectKernels=%v: %d selection kernel calls, want %d", mode, calls, want)
+				}
+				return out
+			}
+			xla, kern := run(SelectOff), run(SelectOn)
+			allFinite(t, "output", flat(kern[0]))
+			if diff := maxAbsDiff(flat(xla[0]), flat(kern[0])); diff > 1e-5 {
+				t.Errorf("output differs from XLA's selection by %.2e", diff)
+			}
+			if diff := maxAbsDiff(flat(xla[1]), flat(kern[1])); diff > 1e-5 {
+				t.Errorf("log-sum-exp differs from XLA's selection by %.2e", diff)
+			}
+			if a, b := flatI32(xla[2]), flatI32(kern[2]); fmt.Sprint(a) != fmt.Sprint(b) {
+				t.Errorf("kept %v with the kernels, %v with XLA", b, a)
+			}
+		})
+	}
+}
+
+// TestProbeSelect: the probe passes with kernels that compute what selectKeys does (the emulation), and fails
+// where the backend has no kernels, where kernel B misplaces a row, and where a kernel cannot be compiled; the
+// result is kept per backend; under SelectAuto the kernels run only once the probe passed.
+func TestProbeSelect(t *testing.T) {
+	withSelectKernels(t, SelectAuto, PagedOff)
+	emu := selectCall
+	pagedAvailable = func(*Graph) bool { return false }
+	if probeSelect(testBackend()) {
+		t.Errorf("probe passed on a backend without custom calls")
+	}
+	pagedAvailable = func(*Graph) bool { return true }
+	if !probeSelect(testBackend()) {
+		t.Errorf("probe failed with the emulated kernels")
+	}
+	selectCall = func(cfg string, programs int, ops []*Node, outs []shapes.Shape) []*Node {
+		r := emu(cfg, programs, ops, outs)
+		if len(ops) == 6 { // kernel B: the first slot of each program one row off
+			g := r[0].Graph()
+			n := r[0].Shape().Dimensions[0]
+			first := Equal(ModScalar(Iota(g, shapes.Make(dtypes.Int32, n), 0), selectSlots), Scalar(g, dtypes.Int32, 0))
+			return []*Node{Where(And(first, GreaterThan(r[0], ZerosLike(r[0]))), AddScalar(r[0], -1), r[0])}
+		}
+		return r
+	}
+	if probeSelect(testBackend()) {
+		t.Errorf("probe passed with a kernel that misplaces rows")
+	}
+	selectCall = func(string, int, []*Node, []shapes.Shape) []*Node {
+		panic(errors.New("custom call: cannot parse the kernel's bytecode"))
+	}
+	if probeSelect(testBackend()) {
+		t.Errorf("probe passed with a kernel that fails")
+	}
+	defer selectProbed.Delete(testBackend())
+	selectCall = emu
+	if !ProbeSelect(testBackend()) {
+		t.Fatalf("ProbeSelect failed with the emulated kernels")
+	}
+	selectCall = nil
+	if !ProbeSelect(testBackend()) {
+		t.Errorf("ProbeSelect's second call differs")
+	}
+	selectCall = emu
+	for _, probed := range []bool{false, true} {
+		selectProbed.Store(testBackend(), probed)
+		var got bool
+		MustExecOnceN(testBackend(), func(x *Node) []*Node {
+			got = useSelectKernels(x.Graph(), 1638, false, SelectAuto)
+			return []*Node{x}
+		}, tensors.FromValue(int32(1)))
+		if got != probed {
+			t.Errorf("SelectAuto with a probe result %v: kernels used = %v", probed, got)
+		}
+	}
+}
+
+// TestSelectKernelConfigs: every embedded selection config loads, launches with any grid, and kernel B's
+// configs differ by layout; there is none past selectMaxKp.
+func TestSelectKernelConfigs(t *testing.T) {
+	for kp := 256; kp <= selectMaxKp; kp *= 2 {
+		for _, l := range []bool{false, true} {
+			a, b := selectConfigs(kp-1, l)
+			if a == "" || b == "" {
+				t.Fatalf("Kp %d sorted=%v: no embedded config", kp, l)
+			}
+			if got := pagedBackendConfig(b, 999); !strings.Contains(got, "grid_x = 999 : i32") || strings.Count(got, "grid_x") != 1 {
+				t.Errorf("Kp %d: launch config %.60q…", kp, got)
+			}
+		}
+		_, bo := selectConfigs(kp, false)
+		_, bs := selectConfigs(kp, true)
+		if bo == bs {
+			t.Errorf("Kp %d: the two layouts' kernel B configs are the same", kp)
+		}
+		if selectKp(kp) != kp || selectKp(kp/2+1) != kp || bits.OnesCount(uint(kp)) != 1 {
+			t.Errorf("selectKp(%d) = %d", kp, selectKp(kp))
+		}
+	}
+	if a, b := selectConfigs(selectMaxKp+1, false); a != "" || b != "" || selectKp(20000) != 0 {
+		t.Errorf("a kernel past %d clusters", selectMaxKp)
+	}
+	for _, b := range []int{1, 70, 255, 256, 1000, 1025, 3392, 13248} {
+		ns, iters, bp := pagedLayout(b, selectSlots)
+		if bp%selectSlots != 0 || bp < b || ns > pagedSplits || ns*iters*pagedRows != bp {
+			t.Errorf("pagedLayout(%d, %d) = %d, %d, %d", b, selectSlots, ns, iters, bp)
+		}
+		ns0, iters0, bp0 := pagedLayout(b, pagedRows)
+		if bp0 < b || bp0%pagedRows != 0 || ns0*iters0*pagedRows != bp0 || (b >= 1024 && (ns0 != pagedSplits || bp0 != bp)) {
+			t.Errorf("pagedLayout(%d, %d) = %d, %d, %d", b, pagedRows, ns0, iters0, bp0)
+		}
+	}
+}
