@@ -79,13 +79,22 @@ var pagedProbed sync.Map
 // it ran and agreed with SparseAttention. An XLA plugin that cannot read the embedded kernels (another jax's
 // bytecode) fails here, so PagedAuto falls back to XLA's gathers instead of failing a step's compilation. On a
 // backend without the kernel (the pure-Go one) it is false at once.
-func ProbePaged(b compute.Backend) bool {
-	if v, ok := pagedProbed.Load(b); ok {
+func ProbePaged(b compute.Backend) bool { return probeOnce(&pagedProbed, b, probePaged) }
+
+// probeOnce is probe(b), run once per backend: its result is kept in m (compute.Backend → bool).
+func probeOnce(m *sync.Map, b compute.Backend, probe func(compute.Backend) bool) bool {
+	if v, ok := m.Load(b); ok {
 		return v.(bool)
 	}
-	ok := probePaged(b)
-	pagedProbed.Store(b, ok)
+	ok := probe(b)
+	m.Store(b, ok)
 	return ok
+}
+
+// probed says whether b has passed the probe whose results m keeps (false when it has not run).
+func probed(m *sync.Map, b compute.Backend) bool {
+	v, ok := m.Load(b)
+	return ok && v.(bool)
 }
 
 func probePaged(b compute.Backend) (ok bool) {
@@ -193,10 +202,7 @@ func PagedFor(b compute.Backend, m, d int, dtype dtypes.DType) bool {
 // autoPaged says whether KernelAuto takes the paged kernel for queries q [H, M, D] (Paged); under PagedAuto the
 // backend must have passed ProbePaged already (graphs are not compiled while one is built).
 func autoPaged(q *Node) bool {
-	return pagedWanted(q.Shape().Dimensions[1], func() bool {
-		v, ok := pagedProbed.Load(q.Graph().Backend())
-		return ok && v.(bool)
-	})
+	return pagedWanted(q.Shape().Dimensions[1], func() bool { return probed(&pagedProbed, q.Graph().Backend()) })
 }
 
 // pagedWanted is Paged's answer for m query rows per KV head; probed reports the backend's ProbePaged result.

@@ -100,8 +100,7 @@ func useSelectKernels(g *Graph, k int, sortedLayout bool, mode SelectMode) bool 
 	case SelectOff:
 		return false
 	case SelectAuto:
-		v, ok := selectProbed.Load(g.Backend())
-		if !ok || !v.(bool) {
+		if !probed(&selectProbed, g.Backend()) {
 			return false
 		}
 	}
@@ -179,14 +178,7 @@ func listToIdx(gidx *Node, h, s, b int) (idx, valid *Node) {
 // whether they ran and gave selectKeys' lists (as sets: the kernels' list is in cluster order), kept counts
 // and taken counts, for both layouts. A plugin that cannot read the embedded bytecode fails here, so
 // SelectAuto falls back to XLA's selection. On a backend without custom calls it is false at once.
-func ProbeSelect(b compute.Backend) bool {
-	if v, ok := selectProbed.Load(b); ok {
-		return v.(bool)
-	}
-	ok := probeSelect(b)
-	selectProbed.Store(b, ok)
-	return ok
-}
+func ProbeSelect(b compute.Backend) bool { return probeOnce(&selectProbed, b, probeSelect) }
 
 func probeSelect(b compute.Backend) (ok bool) {
 	const h, s, k, window, list = 3, 700, 40, 12, 330
