@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/squeezeai/sqllm/llama"
 )
 
 // codeContext writes a Python file of about 900 tokens.
@@ -170,5 +172,20 @@ func TestGenerateSqueezeFlags(t *testing.T) {
 		"-squeeze-sparsity", "0", "-max-tokens", "2")
 	if code != 0 || strings.Contains(errs, "squeezed attention") {
 		t.Errorf("sparsity 0: exit %d, stderr %s", code, errs)
+	}
+}
+
+// TestSqueezeReportKernels: the squeeze line names the GPU kernels a prefix's steps take (the paged kernel for
+// decode, the selection kernels), and only those (on the CPU neither runs, so the generate runs above never show
+// them).
+func TestSqueezeReportKernels(t *testing.T) {
+	const paged, sel = "paged Triton kernel", "selection Triton kernels"
+	for _, c := range []struct{ paged, sel bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
+		info := llama.SqueezeInfo{Clustered: 1000, Window: 100, Budget: 100, Centroids: 50, ScoredCentroids: 50,
+			PagedDecode: c.paged, SelectKernels: c.sel}
+		r := squeezeReport(info)
+		if strings.Contains(r, paged) != c.paged || strings.Contains(r, sel) != c.sel {
+			t.Errorf("PagedDecode=%v SelectKernels=%v: %q", c.paged, c.sel, r)
+		}
 	}
 }
