@@ -35,3 +35,20 @@ func TestCompileOverrides(t *testing.T) {
 		}
 	}
 }
+
+// TestPluginOptions: SQLLM_XLA_OPTIONS' options follow the defaults (go-xla keeps the last value of an option), with
+// stray commas and spaces dropped.
+func TestPluginOptions(t *testing.T) {
+	const def = ",tf32=false,preallocate=false"
+	for _, tc := range []struct{ in, want string }{
+		{"", def},
+		{"  ", def},
+		{"memory_fraction=0.9", def + ",memory_fraction=0.9"},
+		{",memory_fraction=0.9,allocator=cuda_async, ", def + ",memory_fraction=0.9,allocator=cuda_async"},
+		{"preallocate=true", def + ",preallocate=true"},
+	} {
+		if got := pluginOptions(tc.in); got != tc.want {
+			t.Errorf("pluginOptions(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

@@ -133,7 +133,7 @@ func newXLA(plugin string) (b *Backend, err error) {
 	pjrt.SetAsyncExecution(os.Getenv("SQLLM_SYNC_EXECUTE") == "")
 	goxla.CompileOptionOverrides = compileOverrides
 	// TF32 off: a user who asks for float32 gets float32 products (bf16 is the fast path).
-	xb, err := goxla.New(plugin + ",tf32=false,preallocate=false")
+	xb, err := goxla.New(plugin + pluginOptions(os.Getenv("SQLLM_XLA_OPTIONS")))
 	if err != nil {
 		return nil, fmt.Errorf("backend xla: loading %s: %w", plugin, err)
 	}
@@ -142,6 +142,18 @@ func newXLA(plugin string) (b *Backend, err error) {
 		return nil, errors.New("backend xla: the plugin sees no device")
 	}
 	return &Backend{Backend: xb, Kind: XLA, Plugin: plugin}, nil
+}
+
+// pluginOptions are the options given to go-xla after the plugin's path: TF32 off and no preallocation, then
+// extra, a comma-separated list of go-xla's backend options (SQLLM_XLA_OPTIONS), which override them; for
+// example "memory_fraction=0.9": without preallocation XLA's GPU allocator still stops at that fraction of the
+// card's memory (0.75 by default). An option go-xla does not know fails the backend's creation with its name.
+func pluginOptions(extra string) string {
+	opts := ",tf32=false,preallocate=false"
+	if extra = strings.Trim(strings.TrimSpace(extra), ","); extra != "" {
+		opts += "," + extra
+	}
+	return opts
 }
 
 // FindPlugin looks for a PJRT CUDA plugin: the explicit path, $PJRT_CUDA_PLUGIN, GOMLX_BACKEND=xla:/abs,
