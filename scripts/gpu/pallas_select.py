@@ -149,6 +149,25 @@ def select_call(bits, counts, starts, order, budget, clustered, window, b_max, k
     return gidx, kept, w.reshape(h, kp)[:, :k]
 
 
+def timing_layers(hkv, t_ctx, kcl, layers, window, seed):
+    """Random per-layer selection inputs for the timings, 10% budget: clustered, budget, b_max, and per layer the
+    cluster-score bits [H, K], counts, starts [H, K] and the cluster order [H, t_ctx]."""
+    clustered = t_ctx - window
+    budget = int(0.1 * clustered)
+    b_max = -(-(budget + window) // 64) * 64
+    ks = jax.random.split(jax.random.PRNGKey(seed), layers)
+    bitss, cnts, stss, ords = [], [], [], []
+    for i in range(layers):
+        k1, k2 = jax.random.split(ks[i])
+        labels = jax.random.randint(k1, (hkv, clustered), 0, kcl)
+        c = jax.vmap(lambda x: jnp.bincount(x, length=kcl))(labels).astype(I32)
+        cnts.append(c)
+        stss.append((jnp.cumsum(c, axis=1) - c).astype(I32))
+        bitss.append(lax.bitcast_convert_type(jax.random.uniform(k2, (hkv, kcl), F32), I32))
+        ords.append(jax.vmap(lambda x: jnp.argsort(jnp.concatenate([x, jnp.full((window,), kcl)]), stable=True))(labels).astype(I32))
+    return clustered, budget, b_max, bitss, cnts, stss, ords
+
+
 def round7():
     say(f"\n## round 7 (selection in two kernels, R={R}): jax {jax.__version__}, {jax.devices()}")
     ok_all = True
@@ -179,19 +198,7 @@ def round7():
                                            ("LLaMA-2-7B 128K", 32, 131072, 6554, 8192, 16), ("LLaMA-3-8B 128K", 8, 131072, 6554, 8192, 16)):
         try:
             window = 100
-            clustered = t - window
-            budget = int(0.1 * clustered)
-            b_max = -(-(budget + window) // 64) * 64
-            ks = jax.random.split(jax.random.PRNGKey(7), layers)
-            bitss, cnts, stss, ords = [], [], [], []
-            for i in range(layers):
-                k1, k2 = jax.random.split(ks[i])
-                labels = jax.random.randint(k1, (hkv, clustered), 0, kcl)
-                c = jax.vmap(lambda x: jnp.bincount(x, length=kcl))(labels).astype(I32)
-                cnts.append(c)
-                stss.append((jnp.cumsum(c, axis=1) - c).astype(I32))
-                bitss.append(lax.bitcast_convert_type(jax.random.uniform(k2, (hkv, kcl), F32), I32))
-                ords.append(jax.vmap(lambda x: jnp.argsort(jnp.concatenate([x, jnp.full((window,), kcl)]), stable=True))(labels).astype(I32))
+            clustered, budget, b_max, bitss, cnts, stss, ords = timing_layers(hkv, t, kcl, layers, window, 7)
 
             def chain(bits0, *per_layer):
                 acc = jnp.int32(0)
@@ -251,19 +258,7 @@ def round8():
     for label, hkv, t_ctx, kcl, kp in (("LLaMA-2-7B 32K", 32, 32768, 1638, 2048), ("LLaMA-3-8B 32K", 8, 32768, 1638, 2048),
                                        ("LLaMA-2-7B 128K", 32, 131072, 6554, 8192), ("LLaMA-3-8B 128K", 8, 131072, 6554, 8192)):
         layers, window = 16, 100
-        clustered = t_ctx - window
-        budget = int(0.1 * clustered)
-        b_max = -(-(budget + window) // 64) * 64
-        ks = jax.random.split(jax.random.PRNGKey(8), layers)
-        bitss, cnts, stss, ords = [], [], [], []
-        for i in range(layers):
-            k1, k2 = jax.random.split(ks[i])
-            labels = jax.random.randint(k1, (hkv, clustered), 0, kcl)
-            c = jax.vmap(lambda x: jnp.bincount(x, length=kcl))(labels).astype(I32)
-            cnts.append(c)
-            stss.append((jnp.cumsum(c, axis=1) - c).astype(I32))
-            bitss.append(lax.bitcast_convert_type(jax.random.uniform(k2, (hkv, kcl), F32), I32))
-            ords.append(jax.vmap(lambda x: jnp.argsort(jnp.concatenate([x, jnp.full((window,), kcl)]), stable=True))(labels).astype(I32))
+        clustered, budget, b_max, bitss, cnts, stss, ords = timing_layers(hkv, t_ctx, kcl, layers, window, 8)
         t_empty = ps.timeit(jax.jit(lambda x: x[0, 0] + 1), (bitss[0],))
         for t in (0, 4, 8):
             try:
