@@ -133,8 +133,12 @@ func newXLA(plugin string) (b *Backend, err error) {
 	pjrt.SetAsyncExecution(os.Getenv("SQLLM_SYNC_EXECUTE") == "")
 	goxla.CompileOptionOverrides = compileOverrides
 	// TF32 off: a user who asks for float32 gets float32 products (bf16 is the fast path).
-	xb, err := goxla.New(plugin + pluginOptions(os.Getenv("SQLLM_XLA_OPTIONS")))
+	extra := os.Getenv("SQLLM_XLA_OPTIONS")
+	xb, err := goxla.New(plugin + pluginOptions(extra))
 	if err != nil {
+		if extra != "" {
+			return nil, fmt.Errorf("backend xla: loading %s with SQLLM_XLA_OPTIONS=%q: %w", plugin, extra, err)
+		}
 		return nil, fmt.Errorf("backend xla: loading %s: %w", plugin, err)
 	}
 	if xb.NumDevices() == 0 {
