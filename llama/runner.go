@@ -297,11 +297,14 @@ func (r *Runner) newExec(kind stepKind, sq *squeezeIndex) (*graph.Exec, error) {
 	allLogits := kind.allLogits
 	c := r.cfg
 	nw := len(r.weights.Tensors)
-	if sq != nil && squeeze.Paged == squeeze.PagedAuto {
-		squeeze.ProbePaged(r.backend) // once per backend, before a graph that may take the paged kernel is built
-	}
-	if sq != nil && squeeze.SelectKernels == squeeze.SelectAuto && r.backend.String() != "go" {
-		squeeze.ProbeSelect(r.backend) // likewise for the selection kernels
+	if sq != nil && r.backend.String() != "go" { // the pure-Go backend has neither kernel
+		// Once per backend, before a graph that may take the kernels is built.
+		if squeeze.Paged == squeeze.PagedAuto {
+			squeeze.ProbePaged(r.backend)
+		}
+		if squeeze.SelectKernels == squeeze.SelectAuto {
+			squeeze.ProbeSelect(r.backend)
+		}
 	}
 	L := c.NumHiddenLayers
 	fn := func(g *graph.Graph, in []*graph.Node) []*graph.Node {

@@ -116,17 +116,19 @@ func selectLookup(qg *Node, ix LayerIndex, scale float64, plan *listPlan) (sel s
 	if search == SearchAuto && ix.CoarseCentroids != nil {
 		search = SearchPasses
 	}
+	// The counts the budget selection runs on: in calibrated mode the clusters below the threshold weigh
+	// nothing, in the attention-mass mode those past the target (SelectKeysThreshold, SelectKeysMass).
+	n := ConvertDType(counts, dtypes.Int32)
+	switch {
+	case ix.Threshold != nil && ix.Mass:
+		n = Where(massKeep(scores, counts, ix.Threshold, search), n, ZerosLike(n))
+	case ix.Threshold != nil:
+		n = Where(aboveThreshold(scores, ix.Threshold), n, ZerosLike(n))
+	}
 	var taken *Node
 	h, k := scores.Shape().Dimensions[0], scores.Shape().Dimensions[1]
 	if plan != nil && useSelectKernels(qg.Graph(), k, ix.Order == nil, ix.Select) {
-		// The same keys as selectKeys* below (they select from the same counts), in cluster order.
-		n := ConvertDType(counts, dtypes.Int32)
-		switch {
-		case ix.Threshold != nil && ix.Mass:
-			n = Where(massKeep(scores, counts, ix.Threshold, search), n, ZerosLike(n))
-		case ix.Threshold != nil:
-			n = Where(aboveThreshold(scores, ix.Threshold), n, ZerosLike(n))
-		}
+		// The same keys as selectKeys (from the same counts), in cluster order.
 		bp := (ix.MaxKept + selectSlots - 1) / selectSlots * selectSlots
 		if plan.paged {
 			_, _, bp = pagedLayout(ix.MaxKept, selectSlots)
@@ -134,16 +136,7 @@ func selectLookup(qg *Node, ix LayerIndex, scale float64, plan *listPlan) (sel s
 		sel.gidx, sel.kept, taken = selectKernelList(ScoreBits(scores), n, starts, ix.Order, ix.Budget, ix.Clustered, ix.Window, ix.MaxKept, plan.s, bp)
 		sel.idx, sel.valid = listToIdx(sel.gidx, h, plan.s, ix.MaxKept)
 	} else {
-		switch {
-		case ix.Threshold != nil && ix.Mass:
-			sel.idx, sel.valid, sel.kept, taken = selectKeysMass(scores, counts, starts, ix.Order, ix.Threshold, ix.Budget, ix.Clustered,
-				ix.Window, ix.MaxKept, search)
-		case ix.Threshold != nil:
-			sel.idx, sel.valid, sel.kept, taken = selectKeysThreshold(scores, counts, starts, ix.Order, ix.Threshold, ix.Budget, ix.Clustered,
-				ix.Window, ix.MaxKept, search)
-		default:
-			sel.idx, sel.valid, sel.kept, taken = selectKeys(scores, counts, starts, ix.Order, ix.Budget, ix.Clustered, ix.Window, ix.MaxKept, search)
-		}
+		sel.idx, sel.valid, sel.kept, taken = selectKeys(scores, n, starts, ix.Order, ix.Budget, ix.Clustered, ix.Window, ix.MaxKept, search)
 	}
 	sel.dropped = MaxScalar(Sub(ConvertDType(counts, dtypes.Float32), ConvertDType(taken, dtypes.Float32)), 0)
 	return sel

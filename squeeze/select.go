@@ -209,13 +209,10 @@ func selectKeys(scores, counts, starts, order, budget, clustered, window *Node, 
 // above the threshold (a scalar float32), at most budget of them (the best ones when more pass: the
 // static list has room for budget + window), then the window. The number kept varies per head.
 func SelectKeysThreshold(scores, counts, starts, order, threshold, budget, clustered, window *Node, b int) (idx, valid, kept *Node) {
-	idx, valid, kept, _ = selectKeysThreshold(scores, counts, starts, order, threshold, budget, clustered, window, b, SearchAuto)
-	return idx, valid, kept
-}
-
-func selectKeysThreshold(scores, counts, starts, order, threshold, budget, clustered, window *Node, b int, search Search) (idx, valid, kept, taken *Node) {
 	// A cluster below the threshold weighs nothing: the budget search and the runs skip it.
-	return selectKeys(scores, Where(aboveThreshold(scores, threshold), counts, ZerosLike(counts)), starts, order, budget, clustered, window, b, search)
+	n := Where(aboveThreshold(scores, threshold), counts, ZerosLike(counts))
+	idx, valid, kept, _ = selectKeys(scores, n, starts, order, budget, clustered, window, b, SearchAuto)
+	return idx, valid, kept
 }
 
 // aboveThreshold is the mask [H, K] of the clusters whose score is above the threshold (a scalar).
@@ -233,13 +230,9 @@ func aboveThreshold(scores, threshold *Node) *Node {
 // kept; a target above the total mass (rounding, or a hierarchical index's unscored clusters) keeps them
 // all.
 func SelectKeysMass(scores, counts, starts, order, target, budget, clustered, window *Node, b int) (idx, valid, kept *Node) {
-	idx, valid, kept, _ = selectKeysMass(scores, counts, starts, order, target, budget, clustered, window, b, SearchAuto)
+	n := Where(massKeep(scores, counts, target, SearchAuto), counts, ZerosLike(counts))
+	idx, valid, kept, _ = selectKeys(scores, n, starts, order, budget, clustered, window, b, SearchAuto)
 	return idx, valid, kept
-}
-
-func selectKeysMass(scores, counts, starts, order, target, budget, clustered, window *Node, b int, search Search) (idx, valid, kept, taken *Node) {
-	keep := massKeep(scores, counts, target, search)
-	return selectKeys(scores, Where(keep, counts, ZerosLike(counts)), starts, order, budget, clustered, window, b, search)
 }
 
 // massKeep is SelectKeysMass' cluster mask [H, K]: the clusters whose score is at least the largest
