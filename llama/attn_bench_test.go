@@ -63,6 +63,7 @@ var (
 	abCheck    = flag.Bool("attnbench.check", true, "first check every variant against dense attention with every key kept (small context)")
 	abParallel = flag.Int("attnbench.parallel", 4, "executables compiled concurrently")
 	abVariants = flag.String("attnbench.variants", "", "comma list of variants to run (default all; see abVariantList)")
+	abSplits   = flag.Int("attnbench.splits", 0, "the paged kernel's most programs per KV head (squeeze.SetPagedSplits; 0: the engine's)")
 	abGraphs   = flag.Bool("attnbench.graphs", true, "compile the decode executables for command buffers (CUDA graphs on XLA), as the engine compiles its decode steps")
 	abOut      = flag.String("attnbench.out", "", "also write the Markdown report to this file")
 	abSelCheck = flag.Bool("attnbench.selcheck", false, "check layer 0's selection, XLA's and the selection kernels', against the exact budget selection computed on the host from the device's cluster scores (each phase)")
@@ -101,6 +102,7 @@ type abVariant struct {
 	name, about string
 	phases      string // "decode", "input" or "" (both)
 	lookupOnly  bool
+	stage       bool // a stage of the squeezed step alone (not an attention: no check against dense)
 	sorted      bool // the index of the cluster-sorted layout
 }
 
@@ -130,6 +132,11 @@ var abVariantList = []abVariant{
 	{name: "lookup-passes", lookupOnly: true, about: "lookup-new with the boundary in passes (SearchPasses)"},
 	{name: "lookup-sort", lookupOnly: true, about: "lookup-new with the boundary by a sort (SearchSort)"},
 	{name: "lookup-sel", lookupOnly: true, about: "lookup alone with the selection kernels (squeeze.SelectRows, SelectOn): cluster scores, then the two kernels' list"},
+	{name: "sq-engine-sel-sk", phases: "input", about: "sq-engine-sel with the cluster scores in the two cluster-score Triton kernels (squeeze.ScoresKernels SelectOn; the other variants score with XLA's ops): the engine's default for a user input on a GPU that passed the probes"},
+	{name: "lookup-sel-sk", lookupOnly: true, phases: "input", about: "lookup-sel with the cluster scores in the cluster-score kernels"},
+	{name: "part-paged", phases: "decode", stage: true, about: "stage alone: the paged kernel and its split merge over a fixed list of the budget's rows (every 9th row; no lookup, no input tokens)"},
+	{name: "part-dyn", phases: "decode", stage: true, about: "stage alone: the decode token's attention over the input's tokens (squeeze.DenseAttention, as squeezedAttention's dynamic part)"},
+	{name: "part-paged-dyn", phases: "decode", stage: true, about: "part-paged and part-dyn merged (squeeze.Merge): the squeezed decode step without its lookup"},
 }
 
 // abSearch is the boundary search a variant's name asks for.
@@ -145,7 +152,16 @@ func abSearch(name string) squeeze.Search {
 
 // abSelect is a variant's selection: in the selection kernels for the "-sel" variants, XLA's ops for the others.
 func abSelect(name string) squeeze.SelectMode {
-	if strings.HasSuffix(name, "-sel") {
+	if strings.HasSuffix(name, "-sel") || strings.Contains(name, "-sel-") {
+		return squeeze.SelectOn
+	}
+	return squeeze.SelectOff
+}
+
+// abScores is a variant's cluster scores: in the cluster-score kernels for the "-sk" variants, XLA's ops for the
+// others.
+func abScores(name string) squeeze.SelectMode {
+	if strings.HasSuffix(name, "-sk") {
 		return squeeze.SelectOn
 	}
 	return squeeze.SelectOff
@@ -383,7 +399,8 @@ func buildVariant(b compute.Backend, p abParams, v abVariant) (*graph.Exec, erro
 		}
 		index := func(l int) squeeze.LayerIndex {
 			ix := squeeze.LayerIndex{Centroids: buf(l, 5), Counts: buf(l, 6), Starts: buf(l, 8), Order: buf(l, 9),
-				Clustered: clustered, Window: window, Budget: budget, MaxKept: p.maxKept, Search: abSearch(v.name), Select: abSelect(v.name)}
+				Clustered: clustered, Window: window, Budget: budget, MaxKept: p.maxKept, Search: abSearch(v.name), Select: abSelect(v.name),
+				Scores: abScores(v.name)}
 			if v.sorted {
 				ix.Order = nil
 			}
@@ -396,6 +413,10 @@ func buildVariant(b compute.Backend, p abParams, v abVariant) (*graph.Exec, erro
 		if strings.HasSuffix(v.name, "-reduce") {
 			kernel = squeeze.KernelReduce
 		}
+		// part-paged's fixed list: every 9th row of the context, the budget's number of them, for every head.
+		fixedIdx := MulScalar(Iota(g, shapes.Make(dtypes.Int32, kvh, p.maxKept), 1), 9)
+		fixedIdx = Where(LessThan(fixedIdx, Const(g, int32(p.ctx))), fixedIdx, ZerosLike(fixedIdx))
+		fixedValid := LessThan(Iota(g, shapes.Make(dtypes.Int32, kvh, p.maxKept), 1), BroadcastToDims(ConvertDType(Add(budget, window), dtypes.Int32), kvh, p.maxKept))
 		q := q0
 		var last *Node
 		for l := range p.layers {
@@ -412,14 +433,14 @@ func buildVariant(b compute.Backend, p abParams, v abVariant) (*graph.Exec, erro
 				if o == nil {
 					panic(errAbUnsupported)
 				}
-			case "sq-engine", "sq-engine-paged", "sq-engine-paged-sort", "sq-engine-paged-passes", "sq-engine-sel", "sq-engine-paged-sel":
+			case "sq-engine", "sq-engine-paged", "sq-engine-paged-sort", "sq-engine-paged-passes", "sq-engine-sel", "sq-engine-paged-sel", "sq-engine-sel-sk":
 				cent := buf(l, 4) // the engine's centroids: bfloat16 for a bfloat16 model (centroidDType)
 				if p.dtype == dtypes.BFloat16 {
 					cent = buf(l, 5)
 				}
 				sl := &squeezeLayer{centroids: cent, counts: buf(l, 6), starts: buf(l, 8), order: buf(l, 9),
 					clustered: clustered, window: window, budget: budget, maxKept: p.maxKept, search: abSearch(v.name),
-					selectMode: abSelect(v.name)}
+					selectMode: abSelect(v.name), scoresMode: abScores(v.name)}
 				if strings.HasPrefix(v.name, "sq-engine-paged") {
 					sl.kernel = squeeze.KernelPaged
 				}
@@ -432,13 +453,34 @@ func buildVariant(b compute.Backend, p abParams, v abVariant) (*graph.Exec, erro
 			case "lookup-new", "lookup-sorted", "lookup-passes", "lookup-sort":
 				idx, _, _ := squeeze.Select(qgOf(q), index(l), scale)
 				o = lookupDependency(idx, n, heads*hd, q.DType())
-			case "lookup-sel":
+			case "lookup-sel", "lookup-sel-sk":
 				ix := index(l)
 				ix.Select = squeeze.SelectOn
 				idx, _, _, _ := squeeze.SelectRows(qgOf(q), ix, scale, p.ctx)
 				o = lookupDependency(idx, n, heads*hd, q.DType())
 			case "lookup-scores":
 				o = lookupDependency(squeeze.ClusterScores(qgOf(q), buf(l, 5), buf(l, 6), scale), n, heads*hd, q.DType())
+			case "part-paged", "part-dyn", "part-paged-dyn":
+				qg := qgOf(q)
+				var pt squeeze.Partial
+				if v.name != "part-dyn" {
+					pp, ok := squeeze.SparseAttentionPaged(qg, ctxK, ctxV, fixedIdx, fixedValid, scale)
+					if !ok {
+						panic(errAbUnsupported)
+					}
+					pt = pp
+				}
+				if v.name != "part-paged" {
+					dm := Reshape(BroadcastToDims(Reshape(dynMask, n, 1, t), n, group, t), 1, n*group, t)
+					dyn := squeeze.DenseAttention(qg, dynK, dynV, dm, scale)
+					if pt.Out == nil {
+						pt = dyn
+					} else {
+						pt = squeeze.Merge(pt, dyn)
+					}
+				}
+				out := TransposeAllAxes(Reshape(ConvertDType(pt.Out, q.DType()), kvh, n, group, hd), 1, 0, 2, 3)
+				o = Reshape(out, n, heads*hd)
 			case "lookup-lo", "lookup-lo-passes", "lookup-lo-sort":
 				scores := squeeze.ClusterScores(qgOf(q), buf(l, 5), buf(l, 6), scale)
 				o = lookupDependency(squeeze.Boundary(scores, buf(l, 6), budget, abSearch(v.name)), n, heads*hd, q.DType())
@@ -686,6 +728,9 @@ func TestAttentionBench(t *testing.T) {
 		t.Skip("run with -attnbench gpu (or tiny)")
 	}
 	tiny := *abMode == "tiny"
+	if *abSplits != 0 {
+		defer squeeze.SetPagedSplits(squeeze.SetPagedSplits(*abSplits))
+	}
 	kind, err := xla.ParseKind(*abBackend)
 	if err != nil {
 		t.Fatal(err)
@@ -929,7 +974,7 @@ func writeTables(rows []abRow, md func(string, ...any)) {
 // the selection kernels, and for the decode of a model without grouped-query attention the paged kernel
 // (squeeze.PagedAuto); the first of those present, else sq-engine.
 func (r abRow) engineDefault() *abResult {
-	names := []string{"sq-engine-sel", "sq-engine"}
+	names := []string{"sq-engine-sel-sk", "sq-engine-sel", "sq-engine"}
 	if r.p.decode && r.p.shape.heads == r.p.shape.kvHeads {
 		names = []string{"sq-engine-paged-sel", "sq-engine-sel", "sq-engine-paged", "sq-engine"}
 	}
@@ -960,44 +1005,43 @@ func (r abRow) perLayer(x, empty *abResult) float64 {
 	return float64(d) / 1e3 / float64(r.p.layers)
 }
 
-// clusterBench times the engine's clustering executable (Runner.clusterExec: squeeze.KMeansMasked per
-// layer, all layers in one executable) on the configuration's keys.
+// clusterBench times the engine's clustering executable (Runner.clusterExec: squeeze.KMeansMasked and
+// squeeze.ClusterOrder for one layer's KV heads a call) over the configuration's layers.
 func clusterBench(t testing.TB, b compute.Backend, p abParams, d *abData, log func(string, ...any)) (row string) {
 	layers := min(p.layers, 32)
-	r := &Runner{backend: b, cfg: p.shape.config(layers)}
+	r := &Runner{backend: b, cfg: p.shape.config(layers), weights: &Weights{DType: p.dtype}} // the dtype picks the centroids' (centroidDType)
 	k := max(2, int(math.Round(abCentroids*float64(p.ctx))))
 	log(" clustering: %d layers × %d KV heads × %d keys (%d clustered), K=%d, %d iterations", layers, p.shape.kvHeads,
 		p.ctx, p.clustered, k, abIters)
-	var args []any
-	var argShapes []shapes.Shape
-	for l := range layers {
-		args = append(args, d.ctxK[l%p.nbuf])
-		argShapes = append(argShapes, d.ctxK[l%p.nbuf].Shape())
-	}
-	args = append(args, int32(p.clustered))
-	argShapes = append(argShapes, shapes.Make(dtypes.Int32))
 	var compile, run time.Duration
 	err := abTry(func() error {
 		t0 := time.Now()
-		e, err := r.clusterExec(k, 0, k, abIters)
+		e, err := r.clusterExec(k, 0, k, abIters) // one layer's keys a call, as Runner.buildSqueeze calls it
 		if err != nil {
 			return err
 		}
 		defer e.Finalize()
-		if _, err := e.Compile(argShapes...); err != nil {
+		if _, err := e.Compile(d.ctxK[0].Shape(), shapes.Make(dtypes.Int32)); err != nil {
 			return err
 		}
 		compile = time.Since(t0)
 		t0 = time.Now()
-		out, err := e.Call(args...)
-		if err != nil {
-			return err
+		var out []*tensors.Tensor
+		for l := range layers {
+			if out != nil { // the previous layer's outputs
+				for _, o := range out {
+					o.FinalizeAll()
+				}
+			}
+			if out, err = e.Call(d.ctxK[l%p.nbuf], int32(p.clustered)); err != nil {
+				return err
+			}
 		}
-		if _, err := tensors.CopyFlatData[float32](out[1]); err != nil { // layer 0's counts: waits for the device
+		if _, err := tensors.CopyFlatData[float32](out[1]); err != nil { // the last layer's counts: waits for the device
 			return err
 		}
 		run = time.Since(t0)
-		// Sanity: every clustered key is in one cluster.
+		// Sanity: every clustered key is in one cluster (the last layer's).
 		counts, err := tensors.CopyFlatData[float32](out[1])
 		if err != nil {
 			return err
@@ -1007,7 +1051,7 @@ func clusterBench(t testing.TB, b compute.Backend, p abParams, d *abData, log fu
 			sum += float64(c)
 		}
 		if want := float64(p.clustered * p.shape.kvHeads); math.Abs(sum-want) > 0.5 {
-			return fmt.Errorf("layer 0 counts add up to %.0f, want %.0f", sum, want)
+			return fmt.Errorf("the last layer's counts add up to %.0f, want %.0f", sum, want)
 		}
 		for _, o := range out {
 			o.FinalizeAll()
@@ -1049,7 +1093,7 @@ func checkGraphs(t testing.TB, b compute.Backend, shapesList []string, tiny bool
 				t.Fatalf("check data: %v", err)
 			}
 			p.variantsFilter = []string{"dense", "dense-fused", "sq-engine", "sq-new", "sq-new-reduce", "sq-sorted", "sq-engine-paged",
-				"sq-engine-sel", "sq-engine-paged-sel"}
+				"sq-engine-sel", "sq-engine-paged-sel", "sq-engine-sel-sk"}
 			log("check %s %s, every key kept:", shape.name, p.phase())
 			res := runConfig(t, b, p, d, 1, log)
 			d.free()
@@ -1240,12 +1284,12 @@ func TestAttentionBenchGraphs(t *testing.T) {
 			}
 			for _, r := range res {
 				switch {
-				case r.variant.name == "dense-fused" && r.err != nil && strings.Contains(r.err.Error(), errAbUnsupported.Error()):
-					continue // no fused attention on the pure-Go backend
+				case (r.variant.name == "dense-fused" || r.variant.stage) && r.err != nil && strings.Contains(r.err.Error(), errAbUnsupported.Error()):
+					continue // no fused attention or paged kernel on the pure-Go backend
 				case r.err != nil:
 					t.Errorf("%s: %s failed: %v", name, r.variant.name, r.err)
 					continue
-				case r.variant.lookupOnly || r.variant.name == "empty":
+				case r.variant.lookupOnly || r.variant.stage || r.variant.name == "empty":
 					continue
 				}
 				diff := 0.0

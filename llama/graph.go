@@ -359,7 +359,9 @@ var noSplitK = os.Getenv("SQLLM_NO_SPLITK") != ""
 // passed squeeze.ProbePaged (see squeeze/paged.go). SQLLM_SQUEEZE_SELECT picks when the selection (boundary and
 // kept list) runs in the two selection Triton kernels (squeeze.SelectKernels): 1 wherever there are kernels, 0
 // never (XLA's selection, whose boundary search SQLLM_SQUEEZE_SEARCH picks), unset on a backend that passed
-// squeeze.ProbeSelect (see squeeze/selectk.go).
+// squeeze.ProbeSelect (see squeeze/selectk.go). SQLLM_SQUEEZE_SCORES picks when a user input's cluster scores
+// run in the two cluster-score Triton kernels (squeeze.ScoresKernels): 1 wherever there are kernels, 0 never, unset
+// on a backend that passed squeeze.ProbeScores (see squeeze/scoresk.go).
 func init() {
 	squeeze.NoSplitK = noSplitK
 	squeeze.NoAllPairs = os.Getenv("SQLLM_SQUEEZE_PASSES") != ""
@@ -368,6 +370,8 @@ func init() {
 	squeezeSearch = envChoice("SQLLM_SQUEEZE_SEARCH", map[string]squeeze.Search{"": squeeze.SearchAuto,
 		"passes": squeeze.SearchPasses, "allpairs": squeeze.SearchAllPairs, "sort": squeeze.SearchSort})
 	squeeze.SelectKernels = envChoice("SQLLM_SQUEEZE_SELECT", map[string]squeeze.SelectMode{"": squeeze.SelectAuto,
+		"1": squeeze.SelectOn, "0": squeeze.SelectOff})
+	squeeze.ScoresKernels = envChoice("SQLLM_SQUEEZE_SCORES", map[string]squeeze.SelectMode{"": squeeze.SelectAuto,
 		"1": squeeze.SelectOn, "0": squeeze.SelectOff})
 }
 

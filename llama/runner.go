@@ -305,6 +305,9 @@ func (r *Runner) newExec(kind stepKind, sq *squeezeIndex) (*graph.Exec, error) {
 		if squeeze.SelectKernels == squeeze.SelectAuto {
 			squeeze.ProbeSelect(r.backend)
 		}
+		if squeeze.ScoresKernels == squeeze.SelectAuto {
+			squeeze.ProbeScores(r.backend)
+		}
 	}
 	L := c.NumHiddenLayers
 	fn := func(g *graph.Graph, in []*graph.Node) []*graph.Node {

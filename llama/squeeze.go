@@ -273,6 +273,9 @@ type squeezeLayer struct {
 	// selectMode is when the selection runs in the selection kernels (zero: squeeze.SelectKernels, from
 	// SQLLM_SQUEEZE_SELECT; the attention benchmark sets others).
 	selectMode squeeze.SelectMode
+	// scoresMode is when a user input's cluster scores run in the cluster-score kernels (zero:
+	// squeeze.ScoresKernels, from SQLLM_SQUEEZE_SCORES; the attention benchmark sets others).
+	scoresMode squeeze.SelectMode
 	// keptKeys is set by squeezedAttention: the step's kept clustered keys over the layer's KV heads
 	// (scalar int32), which the step returns summed over the layers (Sequence.SqueezeKept).
 	keptKeys *Node
@@ -302,6 +305,10 @@ type SqueezeInfo struct {
 	// SelectKernels says whether steps select their kept keys with the selection Triton kernels
 	// (squeeze.SelectFor) rather than XLA's ops.
 	SelectKernels bool
+	// ScoreKernels says whether user inputs (of at least squeeze.ScoresMinQueries query rows a KV head) score
+	// the clusters with the cluster-score Triton kernels (squeeze.ScoresFor; a flat index without the remainder)
+	// rather than XLA's ops.
+	ScoreKernels bool
 	// KeptFraction is the fraction of the fixed context's keys read per step, the centroids a step scores
 	// counted as keys: (kept clustered keys + window + CoarseCentroids + ScoredCentroids) / context keys.
 	// Fixed-budget mode: exact (flat). Calibrated mode: with the kept keys of the calibration queries
@@ -445,6 +452,7 @@ func (p *Prefix) SqueezeInfo() (info SqueezeInfo, ok bool) {
 		KeptFraction:  sq.readFraction(kept),
 		PagedDecode:   squeeze.PagedFor(p.r.backend, p.r.cfg.GroupSize(), p.r.cfg.HeadDim, p.r.DType()),
 		SelectKernels: squeeze.SelectFor(p.r.backend, sq.slots),
+		ScoreKernels:  sq.k1 == 0 && !sq.opts.Remainder && squeeze.ScoresFor(p.r.backend, p.r.cfg.HeadDim, p.r.centroidDType()),
 		Threshold:     sq.threshold, CalibratedKept: sq.calibratedKept,
 		ClusterTime: sq.clusterTime, CalibrateTime: sq.calibrateTime, LoadTime: sq.loadTime, Loaded: sq.loaded}, true
 }
@@ -524,7 +532,7 @@ func squeezedAttention(c *Config, q, ctxK, ctxV, dynK, dynV, dynMask *Node, sq *
 	centroids := lookupCentroids(sq.centroids, q.DType())
 	ix := unpackIndex(squeeze.LayerIndex{Centroids: centroids, Counts: sq.counts, Starts: sq.starts, Order: sq.order,
 		Clustered: sq.clustered, Window: sq.window, Budget: sq.budget, Threshold: sq.threshold, Mass: sq.mass, MaxKept: sq.maxKept,
-		Means: sq.means, MeanSums: sq.meanSums, Search: cmp.Or(sq.search, squeezeSearch), Select: sq.selectMode})
+		Means: sq.means, MeanSums: sq.meanSums, Search: cmp.Or(sq.search, squeezeSearch), Select: sq.selectMode, Scores: sq.scoresMode})
 	// With ix.Means, the dropped keys too, approximately (SqueezeOptions.Remainder).
 	if squeeze.UsesPaged(qg, ctxK, ctxV, sq.kernel) {
 		// With the paged kernel in the graph, XLA fused the dynamic segment's scores with the cache update

@@ -30,6 +30,10 @@ type LayerIndex struct {
 	// Select says when this index's selection runs in the selection kernels (selectk.go): SelectAuto (the zero
 	// value) as the package's SelectKernels says, SelectOff or SelectOn whatever it says.
 	Select SelectMode
+	// Scores says when this index's cluster scores run in the cluster-score kernels (scoresk.go; a flat index
+	// without Means, steps of at least ScoresMinQueries query rows a KV head): SelectAuto (the zero value) as
+	// the package's ScoresKernels says, SelectOff or SelectOn whatever it says.
+	Scores SelectMode
 	// Means [H, K, D] is each cluster's mean value (ClusterMeans). Set, Attend attends the keys a step
 	// drops approximately (RemainderAttention) instead of leaving them out. A hierarchical index needs
 	// MeanSums too (HierarchicalMeanSums of Means and Counts).
@@ -99,11 +103,15 @@ type listPlan struct {
 // With plan set and the selection kernels available (useSelectKernels), the list comes from them.
 func selectLookup(qg *Node, ix LayerIndex, scale float64, plan *listPlan) (sel selection) {
 	var scores, counts, starts *Node
-	if ix.CoarseCentroids != nil {
+	switch {
+	case ix.CoarseCentroids != nil:
 		l := hierarchicalLookup(qg, ix, scale)
 		sel.hier = &l
 		scores, counts, starts = l.scores, l.counts, l.starts // [H, FineSlots]
-	} else {
+	case ix.Means == nil && useScoresKernels(qg, ix.Centroids, ix.Scores):
+		// The remainder needs the lookup's log-probabilities, which the kernels never write.
+		scores, counts, starts = scoresKernel(qg, ix.Centroids, ix.Counts, scale), ix.Counts, ix.Starts
+	default:
 		sel.logP, sel.logZ = logClusterProbZ(qg, ix.Centroids, ix.Counts, scale)
 		scores, counts, starts = ReduceMean(Exp(sel.logP), 1), ix.Counts, ix.Starts // [H, K]: ClusterScores
 	}

@@ -34,7 +34,7 @@ import (
 // at 32K against 163.6 for dense attention over every key (4.11×), 89.7 against 579.8 at 128K (6.46×);
 // XLA's gathers and products over the same list took 85.4 and 240.5 µs.
 
-//go:embed kernels/paged_*.cfg.gz kernels/select_*.cfg.gz
+//go:embed kernels/paged_*.cfg.gz kernels/select_*.cfg.gz kernels/scores_*.cfg.gz
 var kernelFS embed.FS
 
 // PagedMaxQueries is the most query rows per KV head (a decode step's group of query heads) that the
@@ -42,10 +42,25 @@ var kernelFS embed.FS
 const PagedMaxQueries = 8
 
 const (
-	pagedRows   = 32 // rows per tile of the embedded kernels (R)
-	pagedSplits = 32 // programs per KV head at most (NS): measured best at 32K and 128K (7B and 8B shapes)
-	tritonCall  = "__gpu$xla.gpu.triton"
+	pagedRows  = 32 // rows per tile of the embedded kernels (R)
+	tritonCall = "__gpu$xla.gpu.triton"
 )
+
+// pagedSplits is the most programs per KV head (NS) of the paged kernel: measured best at 32K and 128K (7B and
+// 8B shapes) among 8, 16, 32 and 64 in Pallas round 3. A multiple of selectSlots/pagedRows (pagedLayout). The
+// attention benchmark's -attnbench.splits sets it for measuring others.
+var pagedSplits = 32
+
+// SetPagedSplits sets the paged kernel's most programs per KV head (a positive multiple of 8) and returns the
+// previous value; for benchmarks.
+func SetPagedSplits(ns int) int {
+	if ns <= 0 || ns%(selectSlots/pagedRows) != 0 {
+		exceptions.Panicf("squeeze: paged splits %d: want a positive multiple of %d", ns, selectSlots/pagedRows)
+	}
+	old := pagedSplits
+	pagedSplits = ns
+	return old
+}
 
 // PagedMode says when KernelAuto attends a step's kept keys with the paged kernel (Paged).
 type PagedMode int

@@ -196,19 +196,7 @@ func TestAttendSelectedKernels(t *testing.T) {
 					bf := dtypes.BFloat16
 					kb, vb := ConvertDType(keys, bf), ConvertDType(vals, bf)
 					qf := ConvertDType(ConvertDType(q, bf), dtypes.Float32)
-					var ix LayerIndex
-					if c.hier {
-						_, ix, _ = hierIndex(ConvertDType(kb, dtypes.Float32), clustered, window, k, 4, 4, 12)
-					} else {
-						cl := Const(g, int32(clustered))
-						cent, lab, cnt := KMeansMasked(ConvertDType(kb, dtypes.Float32), cl, k, 5)
-						ix.Centroids, ix.Counts = cent, cnt
-						ix.Order, ix.Starts = ClusterOrder(lab, cnt, cl)
-						if c.mode == "remainder" {
-							ix.Means = ClusterMeans(ConvertDType(vb, dtypes.Float32), lab, cnt, cl)
-						}
-					}
-					ix.Clustered, ix.Window, ix.Budget, ix.MaxKept = Const(g, int32(clustered)), Const(g, int32(window)), Const(g, int32(90)), 128
+					ix := attendTestIndex(kb, vb, clustered, window, k, c.hier, c.mode == "remainder")
 					switch c.mode {
 					case "threshold":
 						ix.Threshold = Const(g, float32(1.0/float32(clustered)))
@@ -236,6 +224,27 @@ func TestAttendSelectedKernels(t *testing.T) {
 			}
 		})
 	}
+}
+
+// attendTestIndex is the index the AttendSelected tests select from, over bfloat16 keys kb and values vb [H, S, D]:
+// a hierarchical one (4 coarse clusters, 12 fine slots) or a flat one of k clusters, with the remainder's means when
+// asked; budget 90 keys, a list of 128 slots.
+func attendTestIndex(kb, vb *Node, clustered, window, k int, hier, remainder bool) LayerIndex {
+	g := kb.Graph()
+	var ix LayerIndex
+	if hier {
+		_, ix, _ = hierIndex(ConvertDType(kb, dtypes.Float32), clustered, window, k, 4, 4, 12)
+	} else {
+		cl := Const(g, int32(clustered))
+		cent, lab, cnt := KMeansMasked(ConvertDType(kb, dtypes.Float32), cl, k, 5)
+		ix.Centroids, ix.Counts = cent, cnt
+		ix.Order, ix.Starts = ClusterOrder(lab, cnt, cl)
+		if remainder {
+			ix.Means = ClusterMeans(ConvertDType(vb, dtypes.Float32), lab, cnt, cl)
+		}
+	}
+	ix.Clustered, ix.Window, ix.Budget, ix.MaxKept = Const(g, int32(clustered)), Const(g, int32(window)), Const(g, int32(90)), 128
+	return ix
 }
 
 // TestProbeSelect: the probe passes with kernels that compute what selectKeys does (the emulation), and fails

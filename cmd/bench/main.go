@@ -339,6 +339,9 @@ func squeezed(ctx context.Context, w io.Writer, m *engine.Model, name string, le
 				if info.SelectKernels {
 					mode += ", selection kernels"
 				}
+				if info.ScoreKernels {
+					mode += ", score kernels"
+				}
 				kept = fmt.Sprintf("%.3f", info.KeptFraction)
 				clus = fmt.Sprintf("%.2f", info.ClusterTime.Seconds())
 				if info.Loaded {

@@ -384,6 +384,9 @@ func squeezeReport(info llama.SqueezeInfo) string {
 	if info.SelectKernels {
 		report += "; the kept keys are selected by the selection Triton kernels"
 	}
+	if info.ScoreKernels {
+		report += "; the input's cluster scores come from the cluster-score Triton kernels"
+	}
 	return report
 }
 

@@ -1,0 +1,400 @@
+"""Rounds 10-12 (session 11): a user input's cluster scores in two Pallas (Triton) kernels instead of XLA's
+materialised [H, M, K] float32 probabilities. ROUND=11 (checks, timings of both kernels together over a few block
+shapes, IR diff, EXPORT=1 every timed config) or ROUND=12 (the default: each kernel timed alone over 15 block, warp
+and stage choices at the 128K shapes, the best pair checked, timed and, with EXPORT=1, exported as the engine embeds
+it: squeeze/kernels/README.md).
+
+squeeze.ClusterScores for queries q [H, M, D] (M = a user input's tokens × the KV head's query heads), centroids
+C [H, K, D] and counts N [H, K]:
+    logZ_m  = log Σ_{j: N_j > 0} N_j · exp(scale · q_m·C_j)
+    score_c = (1/M) Σ_m exp(scale · q_m·C_c − logZ_m)     (0 for an empty cluster)
+XLA writes the [H, M, K] logits in float32 and reads them back three times (maximum, sum, the mean of the
+exponentials): at the LLaMA-2-7B shape with a 128K context (K = 6,554) and a 512-token input that is 430 MB a layer
+for each pass. The two kernels never write them:
+- scores_z, one program per (head, BM query rows, centroid split): loops over its share of the head's centroids in
+  BK blocks, a tensor-core product [BM, D]·[D, BK] a block, and keeps the rows' running maximum and sum (online
+  log-sum-exp): mx, sm [H·nMB·KS·BM].
+- scores_p, one program per (head, BK centroids, query split): loops over its share of the query rows in BM blocks;
+  a block's logZ from its KS partials, its logits recomputed, exp(logit − logZ) added element-wise into a [BM, BK]
+  accumulator summed over the rows at the end: partial sums [H·nKB·MS·BK]; XLA adds the MS splits and divides by M.
+  KS and MS are chosen for about `target` programs per kernel (splits()).
+Round 10 (KS = 1, the rows summed every block) was correct but 1.4-1.8× faster than XLA only (BENCHMARKS.md).
+Both kernels' Triton IR depends only on (D, BM, BK, warps, stages): sizes come at run time from prm [8] int32
+(M, K, nMB, nKB of P, MS, Mp, nKB of Z, KS) and the scale from scale [1] f32; q and C are read as [N, D] rows through clamped
+index vectors (no masks), so one config serves every input length and context (ir_diff checks it).
+
+Checks against the jnp formulation (the engine's XLA graph) and times both, chained over layers, at the 7B / 8B
+shapes, 32K and 128K; EXPORT=1 writes the configs (scores_{z,p}_d{D}.cfg) to $OUT/kernels.
+Run on the GPU machine: python3 scripts/gpu/pallas_scores.py (appends to $OUT/pallas.md).
+"""
+import functools
+import os
+import sys
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pallas_squeeze as ps  # noqa: E402
+import pallas_squeeze2 as p2  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax import lax  # noqa: E402
+from jax.experimental import pallas as pl  # noqa: E402
+
+F32, I32, BF16 = jnp.float32, jnp.int32, jnp.bfloat16
+NEG = -1e30
+say = ps.say
+
+
+def _logits(q, c, scale):
+    """[BM, D]·[BK, D]ᵀ on the tensor cores, float32 accumulation, scaled."""
+    return lax.dot_general(q, c, (((1,), (1,)), ((), ())), preferred_element_type=F32) * scale
+
+
+@functools.lru_cache(maxsize=None)
+def make_scores_z(d, bm, bk, num_warps=4, num_stages=2, n_static=1 << 16, p_static=64, debug=False):
+    """q [Nq, D], c [Nc, D] bf16, counts [Nc] f32, prm [8] i32, scale [1] f32 → the rows' running maximum and sum
+    mx, sm [P·BM] f32. Program p = (h·nMB + mb)·KS + ks covers the rows mb·BM .. of head h over its KS-th share of
+    the head's centroid blocks (round 11: the centroids split over KS programs; round 10 had KS = 1)."""
+
+    def kernel(q_ref, c_ref, n_ref, prm_ref, scale_ref, mx_ref, sm_ref):
+        pid = pl.program_id(0)
+        m_rows, k_cl, nmb, nkb, ks_n = prm_ref[0], prm_ref[1], prm_ref[2], prm_ref[6], prm_ref[7]  # nkb: Z's own BK blocks
+        scale = scale_ref[0]
+        ks = pid % ks_n
+        hm = pid // ks_n
+        h = hm // nmb
+        mb = hm % nmb
+        rows = h * m_rows + jnp.minimum(mb * bm + jnp.arange(bm, dtype=I32), m_rows - 1)
+        q = q_ref[rows, :]
+        per = (nkb + ks_n - 1) // ks_n
+
+        def body(i, carry):
+            mx, sm = carry
+            kk = (ks * per + i) * bk + jnp.arange(bk, dtype=I32)
+            crow = h * k_cl + jnp.minimum(kk, k_cl - 1)
+            c = c_ref[crow, :]
+            cnt = n_ref[crow]
+            bias = jnp.where((kk < k_cl) & (cnt > 0), jnp.log(jnp.maximum(cnt, 1.0)), NEG)
+            lg = _logits(q, c, scale) + bias[None, :]
+            m_new = jnp.maximum(mx, jnp.max(lg, axis=1))
+            sm = sm * jnp.exp(mx - m_new) + jnp.sum(jnp.exp(lg - m_new[:, None]), axis=1)
+            return m_new, sm
+
+        mx, sm = lax.fori_loop(0, per, body, (jnp.full((bm,), NEG, F32), jnp.zeros((bm,), F32)))
+        mx_ref[pl.ds(pid * bm, bm)] = mx
+        sm_ref[pl.ds(pid * bm, bm)] = sm
+
+    return pl.pallas_call(
+        kernel, out_shape=(jax.ShapeDtypeStruct((p_static * bm,), F32), jax.ShapeDtypeStruct((p_static * bm,), F32)),
+        grid=(p_static,), compiler_params=ps.compiler_params(num_warps, num_stages), debug=debug)
+
+
+@functools.lru_cache(maxsize=None)
+def make_scores_p(d, bm, bk, num_warps=4, num_stages=2, n_static=1 << 16, p_static=64, debug=False):
+    """q [Nq, D], c [Nc, D] bf16, mx, sm [H·nMB·KS·BM] f32 (make_scores_z), prm [8] i32, scale [1] f32 → partial
+    sums [P·BK] f32: program p = (h·nKB + kb)·MS + ms writes Σ over its rows of exp(logit − logZ) for the centroids
+    kb·BK .. (read as [H, nKB, MS, BK]). Each M block's logZ comes from its KS partials; the block's probabilities are
+    added element-wise into a [BM, BK] accumulator, summed over the rows once at the end (round 11; round 10 summed
+    every block, a cross-warp reduction each time)."""
+
+    def kernel(q_ref, c_ref, mx_ref, sm_ref, prm_ref, scale_ref, o_ref):
+        pid = pl.program_id(0)
+        m_rows, k_cl, nmb, nkb, ms_n, ks_n = prm_ref[0], prm_ref[1], prm_ref[2], prm_ref[3], prm_ref[4], prm_ref[7]
+        scale = scale_ref[0]
+        h = pid // (nkb * ms_n)
+        r = pid % (nkb * ms_n)
+        kb = r // ms_n
+        ms = r % ms_n
+        kk = kb * bk + jnp.arange(bk, dtype=I32)
+        c = c_ref[h * k_cl + jnp.minimum(kk, k_cl - 1), :]
+        per = (nmb + ms_n - 1) // ms_n
+
+        def body(i, acc):
+            mb = jnp.minimum(ms * per + i, nmb - 1)
+            m_idx = (ms * per + i) * bm + jnp.arange(bm, dtype=I32)
+            ok = m_idx < m_rows
+            q = q_ref[h * m_rows + jnp.minimum(m_idx, m_rows - 1), :]
+            base = (h * nmb + mb) * ks_n * bm + jnp.arange(bm, dtype=I32)
+
+            def comb(j, zc):
+                z, l = zc
+                mj = mx_ref[base + j * bm]
+                sj = sm_ref[base + j * bm]
+                zn = jnp.maximum(z, mj)
+                return zn, l * jnp.exp(z - zn) + sj * jnp.exp(mj - zn)
+
+            z, l = lax.fori_loop(0, ks_n, comb, (jnp.full((bm,), NEG, F32), jnp.zeros((bm,), F32)))
+            lz = z + jnp.log(jnp.maximum(l, 1e-30))
+            lg = _logits(q, c, scale)
+            return acc + jnp.where(ok[:, None], jnp.exp(lg - lz[:, None]), 0.0)
+
+        acc = lax.fori_loop(0, per, body, jnp.zeros((bm, bk), F32))
+        o_ref[pl.ds(pid * bk, bk)] = jnp.sum(acc, axis=0)
+
+    return pl.pallas_call(
+        kernel, out_shape=jax.ShapeDtypeStruct((p_static * bk,), F32),
+        grid=(p_static,), compiler_params=ps.compiler_params(num_warps, num_stages), debug=debug)
+
+
+def splits(h, nmb, nkb, target):
+    """KS (centroid splits of scores_z) and MS (query splits of scores_p) giving about `target` programs each."""
+    ks = max(1, min(nkb, -(-target // (h * nmb))))
+    ms = max(1, min(nmb, -(-target // (h * nkb))))
+    return ks, ms
+
+
+def scores_call(q, cent, counts, scale, bm=64, bk=128, nw=4, st=2, target=528, zcfg=None, pcfg=None, parts=None):
+    """ClusterScores through the two kernels: q [H, M, D], cent [H, K, D] bf16, counts [H, K] f32 → [H, K] f32.
+    zcfg / pcfg = (BK, warps, stages) of kernel Z / P (default: bk, nw, st for both; round 12 tunes them apart).
+    parts = "z": kernel Z's outputs only; "p": kernel P (+ the sum) over Z outputs made once outside (for timing)."""
+    h, m, d = q.shape
+    k = cent.shape[1]
+    bkz, nwz, stz = zcfg or (bk, nw, st)
+    bkp, nwp, stp = pcfg or (bk, nw, st)
+    nmb, nkbz, nkbp = -(-m // bm), -(-k // bkz), -(-k // bkp)
+    ks, _ = splits(h, nmb, nkbz, target)
+    _, ms = splits(h, nmb, nkbp, target)
+    mp, kp = nmb * bm, nkbp * bkp
+    prm = jnp.array([m, k, nmb, nkbp, ms, mp, nkbz, ks], I32)
+    sc = jnp.array([scale], F32)
+    qf, cf = q.reshape(h * m, d), cent.reshape(h * k, d)
+    if isinstance(parts, tuple):  # Z's outputs given
+        mx, sm = parts
+    else:
+        mx, sm = make_scores_z(d, bm, bkz, nwz, stz, h * m, h * nmb * ks)(qf, cf, counts.reshape(-1), prm, sc)
+        if parts == "z":
+            return mx, sm
+    part = make_scores_p(d, bm, bkp, nwp, stp, h * m, h * nkbp * ms)(qf, cf, mx, sm, prm, sc)
+    s = jnp.sum(part.reshape(h, nkbp, ms, bkp), axis=2).reshape(h, kp)[:, :k] / m
+    return jnp.where(counts > 0, s, 0.0)
+
+
+def xla_scores(q, cent, counts, scale):
+    """The engine's graph (squeeze.ClusterScores with bf16 centroids): logits in float32 from a bf16 product."""
+    lg = jnp.einsum("hmd,hkd->hmk", q, cent, preferred_element_type=F32) * scale
+    ne = (counts > 0)[:, None, :]
+    w = jnp.where(ne, lg + jnp.log(jnp.maximum(counts, 1.0))[:, None, :], NEG)
+    mx = jnp.max(w, axis=-1, keepdims=True)
+    lz = mx + jnp.log(jnp.sum(jnp.exp(w - mx), axis=-1, keepdims=True))
+    lp = jnp.where(ne, lg - lz, NEG)
+    return jnp.mean(jnp.exp(lp), axis=1)
+
+
+def case_data(key, h, m, k, d, empty_frac=0.05):
+    k1, k2, k3 = jax.random.split(key, 3)
+    q = (jax.random.normal(k1, (h, m, d), F32) * 2.0).astype(BF16)
+    cent = jax.random.normal(k2, (h, k, d), F32).astype(BF16)
+    counts = jnp.floor(jax.random.uniform(k3, (h, k), F32) * 40.0)
+    counts = jnp.where(jax.random.uniform(jax.random.fold_in(k3, 1), (h, k)) < empty_frac, 0.0, counts)
+    return q, cent, counts
+
+
+def chain_scores(fn):
+    """A jitted chain of layers' cluster scores: fn(q, centroids, counts) → scores (or a tuple, its first item used);
+    each layer's queries depend on the previous layers' results, so none is skipped or merged."""
+    def f(q, cs, ns):
+        acc = jnp.float32(0)
+        for c_, n_ in zip(cs, ns):
+            out = fn(q, c_, n_)
+            acc = acc + jnp.ravel(out[0] if isinstance(out, tuple) else out)[0]
+            q = (q.astype(F32) + acc * 1e-30).astype(BF16)
+        return acc
+    return jax.jit(f)
+
+
+def timing_case(h, m, k, layers, seed, d=128):
+    """Random inputs of `layers` layers (case_data) and a timer: per(fn) is chain_scores(fn)'s time a layer in µs,
+    an empty call's time subtracted. Also returns the first layer's inputs."""
+    datas = [case_data(jax.random.PRNGKey(seed + i), h, m, k, d) for i in range(layers)]
+    args = (datas[0][0], [x[1] for x in datas], [x[2] for x in datas])
+    t_empty = ps.timeit(jax.jit(lambda q: q[0, 0, 0].astype(F32) + 1), (args[0],))
+    return (lambda fn: (ps.timeit(chain_scores(fn), args) - t_empty) / layers * 1e6), (args[0], args[1][0], args[2][0])
+
+
+def lower_cfgs(d, bm, bk, nw, st, nq=1 << 16, nc=1 << 15, p=64, debug=False):
+    a = (jax.ShapeDtypeStruct((nq, d), BF16), jax.ShapeDtypeStruct((nc, d), BF16))
+    prm, sc = jax.ShapeDtypeStruct((8,), I32), jax.ShapeDtypeStruct((1,), F32)
+    z = make_scores_z(d, bm, bk, nw, st, nq, p, debug)
+    zc = p2.extract_config(jax.jit(z).lower(*a, jax.ShapeDtypeStruct((nc,), F32), prm, sc).as_text())
+    pk = make_scores_p(d, bm, bk, nw, st, nq, p, debug)
+    part = jax.ShapeDtypeStruct((p * bm,), F32)
+    pc = p2.extract_config(jax.jit(pk).lower(*a, part, part, prm, sc).as_text())
+    return zc, pc
+
+
+def ir_diff():
+    """Which shapes the kernels' IR depends on: the Triton modules (printed by debug=True) for two shape sets."""
+    import contextlib
+    import difflib
+    import io
+    import re
+    texts = []
+    for nq, nc, p in ((1 << 16, 1 << 15, 64), (999, 333, 7)):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            lower_cfgs(128, 64, 128, 4, 2, nq, nc, p, True)
+        texts.append(buf.getvalue())
+    strip = lambda t: [re.sub(r"loc\(.*?\)|#loc\d*", "", ln) for ln in t.splitlines() if not ln.startswith("#loc")]
+    d = list(difflib.unified_diff(strip(texts[0]), strip(texts[1]), lineterm="", n=0))
+    say(f"IR diff between shape sets ({len(texts[0])} / {len(texts[1])} chars printed), first 40 lines:\n```\n" +
+        "\n".join(d[:40]) + "\n```")
+    a = lower_cfgs(128, 64, 128, 4, 2, 1 << 16, 1 << 15, 64)
+    b = lower_cfgs(128, 64, 128, 4, 2, 1 << 17, 1 << 14, 256)
+    say(f"configs' IR equal for two large shape sets: z {p2.ir_of(a[0]) == p2.ir_of(b[0])}, p {p2.ir_of(a[1]) == p2.ir_of(b[1])}")
+
+
+# (BM, BK, warps, stages) timed and exported
+TARGETS = (528, 1056)
+DECODE_COMBOS = ((16, 128, 4, 2), (16, 256, 4, 2))  # a decode step's few query rows, padded to tl.dot's 16  # programs aimed at per kernel (2, 4, 8 per SM of an H100/H200)
+COMBOS = ((64, 128, 4, 2), (64, 128, 8, 2), (128, 128, 8, 2), (64, 256, 8, 2))
+
+
+def round11():
+    say(f"\n## round 11 (input cluster scores in two kernels, split and accumulated): jax {jax.__version__}, {jax.devices()}")
+    ok_all = True
+    try:
+        ir_diff()
+    except Exception:  # noqa: BLE001
+        say(f"IR check FAILED\n```\n{traceback.format_exc()[-2500:]}\n```")
+    # correctness: ragged M and K, empty clusters, huge logits, several splits
+    for case, (h, m, k, d, tg) in enumerate(((3, 37, 50, 128, 528), (2, 512, 1638, 128, 10), (4, 100, 333, 64, 528),
+                                             (8, 2048, 1638, 128, 528), (1, 64, 64, 128, 1), (2, 300, 5000, 128, 4000))):
+        try:
+            q, cent, counts = case_data(jax.random.PRNGKey(case), h, m, k, d)
+            scale = 1.0 / d**0.5
+            want = xla_scores(q, cent, counts, scale)
+            got = jax.jit(lambda q, c, n: scores_call(q, c, n, scale, target=tg))(q, cent, counts)
+            err = float(jnp.max(jnp.abs(got - want)) / jnp.max(want))
+            sm = float(jnp.max(jnp.abs(jnp.sum(got * counts, axis=1) - 1.0)))
+            ok = err < 1e-4 and bool(jnp.all(jnp.isfinite(got))) and bool(jnp.all(jnp.where(counts == 0, got == 0, True)))
+            ok_all &= ok
+            say(f"scores check {case} (H={h} M={m} K={k} D={d} splits {splits(h, -(-m // 64), -(-k // 128), tg)}): {'OK' if ok else 'FAIL'} (max err / max {err:.1e}, "
+                f"|Σ N·score − 1| {sm:.1e})")
+        except Exception:  # noqa: BLE001
+            ok_all = False
+            say(f"scores check {case}: FAILED\n```\n{traceback.format_exc()[-2500:]}\n```")
+    # speed, chained over layers (each layer's queries depend on the last scores)
+    for label, h, m, k, layers in (("LLaMA-2-7B 32K", 32, 512, 1638, 16), ("LLaMA-3-8B 32K", 8, 2048, 1638, 16),
+                                   ("LLaMA-2-7B 128K", 32, 512, 6554, 8), ("LLaMA-3-8B 128K", 8, 2048, 6554, 8),
+                                   ("decode 7B 32K", 32, 1, 1638, 16), ("decode 8B 32K", 8, 4, 1638, 16),
+                                   ("decode 7B 128K", 32, 1, 6554, 16), ("decode 8B 128K", 8, 4, 6554, 16)):
+        try:
+            d = 128
+            scale = 1.0 / d**0.5
+            per, _ = timing_case(h, m, k, layers, 100)
+            tx = per(lambda q, c, n: xla_scores(q, c, n, scale))
+            line = f"| {label} (H={h} M={m} K={k}) | XLA {tx:.1f} µs"
+            for bm, bk, nw, st in (COMBOS if m > 16 else DECODE_COMBOS):
+                for tg in TARGETS:
+                    tk = per(lambda q, c, n: scores_call(q, c, n, scale, bm, bk, nw, st, tg))
+                    line += f" | BM{bm} BK{bk} w{nw} s{st} T{tg} {tk:.1f} µs ({tx / tk:.2f}×)"
+            say(line + " |")
+        except Exception:  # noqa: BLE001
+            say(f"{label}: timing FAILED\n```\n{traceback.format_exc()[-2500:]}\n```")
+    if os.environ.get("EXPORT"):
+        outdir = os.path.join(ps.OUT, "kernels")
+        os.makedirs(outdir, exist_ok=True)
+        for bm, bk, nw, st in COMBOS + DECODE_COMBOS:
+            for d in (64, 128):
+                try:
+                    zc, pc = lower_cfgs(d, bm, bk, nw, st)
+                    for name, cfg in (("z", zc), ("p", pc)):
+                        with open(os.path.join(outdir, f"scores_{name}_d{d}_m{bm}_k{bk}_w{nw}_s{st}.cfg"), "w") as fh:
+                            fh.write(cfg)
+                except Exception:  # noqa: BLE001
+                    say(f"export D={d} {bm},{bk},{nw},{st} FAILED\n```\n{traceback.format_exc()[-1500:]}\n```")
+        say(f"wrote {len(os.listdir(outdir))} scores configs to {outdir}")
+    say(f"round 11 checks {'passed' if ok_all else 'FAILED'}")
+
+
+def round12():
+    """Kernels Z and P tuned apart (BM shared: P reads Z's partials by BM rows): each timed alone over a grid of
+    (BM, BK, warps, stages) at the 128K shapes, then the best pair checked and timed at all four shapes against XLA,
+    and exported (EXPORT=1) as scores_{z,p}_d{D}.cfg with the chosen parameters in scores.json."""
+    import itertools
+    import json
+    say(f"\n## round 12 (cluster-score kernels Z and P tuned apart): jax {jax.__version__}, {jax.devices()}")
+    shapes_ = (("LLaMA-2-7B 128K", 32, 512, 6554, 8), ("LLaMA-3-8B 128K", 8, 2048, 6554, 8))
+    grid = [(bm, bk, nw, st) for bm, bk in itertools.product((64, 128), (64, 128, 256)) if (bm, bk) != (128, 256)
+            for nw, st in ((4, 2), (4, 3), (8, 2))]
+    tz, tp = {}, {}
+    for label, h, m, k, layers in shapes_:
+        d = 128
+        scale = 1.0 / d**0.5
+        per, first = timing_case(h, m, k, layers, 200)
+        tx = per(lambda q, c, n: xla_scores(q, c, n, scale))
+        say(f"\n{label}: XLA {tx:.1f} µs a layer")
+        for bm, bk, nw, st in grid:
+            try:
+                t = per(lambda q, c, n: scores_call(q, c, n, scale, bm, zcfg=(bk, nw, st), parts="z"))
+                tz.setdefault((bm, bk, nw, st), []).append(t)
+            except Exception as e:  # noqa: BLE001
+                say(f"Z {bm},{bk},{nw},{st}: failed {str(e)[:200]}")
+        zs = {bm: jax.jit(lambda q, c, n, bm=bm: scores_call(q, c, n, scale, bm, zcfg=(128, 4, 2), parts="z"))(*first) for bm in (64, 128)}
+        for bm, bk, nw, st in grid:
+            try:
+                zz = zs[bm]
+                t = per(lambda q, c, n, zz=zz: scores_call(q, c, n, scale, bm, zcfg=(128, 4, 2), pcfg=(bk, nw, st), parts=zz))
+                tp.setdefault((bm, bk, nw, st), []).append(t)
+            except Exception as e:  # noqa: BLE001
+                say(f"P {bm},{bk},{nw},{st}: failed {str(e)[:200]}")
+    say("\n| kernel | BM | BK | warps | stages | " + " | ".join(x[0] for x in shapes_) + " | sum |\n|---|---:|---:|---:|---:|" + "---:|" * (len(shapes_) + 1))
+    for name, tab in (("Z", tz), ("P", tp)):
+        for key, ts in sorted(tab.items(), key=lambda kv: sum(kv[1])):
+            if len(ts) == len(shapes_):
+                say(f"| {name} | {key[0]} | {key[1]} | {key[2]} | {key[3]} | " + " | ".join(f"{t:.1f}" for t in ts) + f" | {sum(ts):.1f} |")
+    best = None
+    for bm in (64, 128):
+        zk = [kv for kv in tz.items() if kv[0][0] == bm and len(kv[1]) == len(shapes_)]
+        pk = [kv for kv in tp.items() if kv[0][0] == bm and len(kv[1]) == len(shapes_)]
+        if not zk or not pk:
+            continue
+        bz = min(zk, key=lambda kv: sum(kv[1]))
+        bp = min(pk, key=lambda kv: sum(kv[1]))
+        tot = sum(bz[1]) + sum(bp[1])
+        if best is None or tot < best[0]:
+            best = (tot, bm, bz[0][1:], bp[0][1:])
+    say(f"best pair: BM {best[1]}, Z (BK, warps, stages) {best[2]}, P {best[3]}")
+    _, bm, zc, pc = best
+    ok_all = True
+    for case, (h, m, k, d, tg) in enumerate(((3, 37, 50, 128, 528), (2, 512, 1638, 128, 10), (4, 100, 333, 64, 528),
+                                             (8, 2048, 1638, 128, 528), (2, 300, 5000, 128, 4000))):
+        q, cent, counts = case_data(jax.random.PRNGKey(case), h, m, k, d)
+        scale = 1.0 / d**0.5
+        want = xla_scores(q, cent, counts, scale)
+        got = jax.jit(lambda q, c, n: scores_call(q, c, n, scale, bm, target=tg, zcfg=zc, pcfg=pc))(q, cent, counts)
+        err = float(jnp.max(jnp.abs(got - want)) / jnp.max(want))
+        ok = err < 1e-4 and bool(jnp.all(jnp.isfinite(got)))
+        ok_all &= ok
+        say(f"best pair check {case} (H={h} M={m} K={k} D={d}): {'OK' if ok else 'FAIL'} ({err:.1e})")
+    for label, h, m, k, layers in (("LLaMA-2-7B 32K", 32, 512, 1638, 16), ("LLaMA-3-8B 32K", 8, 2048, 1638, 16),
+                                   ("LLaMA-2-7B 128K", 32, 512, 6554, 8), ("LLaMA-3-8B 128K", 8, 2048, 6554, 8)):
+        d = 128
+        scale = 1.0 / d**0.5
+        per, _ = timing_case(h, m, k, layers, 100)
+        tx = per(lambda q, c, n: xla_scores(q, c, n, scale))
+        t11 = per(lambda q, c, n: scores_call(q, c, n, scale, 64, 128, 4, 2))
+        tb = per(lambda q, c, n: scores_call(q, c, n, scale, bm, zcfg=zc, pcfg=pc))
+        say(f"| {label} | XLA {tx:.1f} µs | round 11 (64, 128, 4, 2) {t11:.1f} µs ({tx / t11:.2f}×) | best pair {tb:.1f} µs ({tx / tb:.2f}×) |")
+    if os.environ.get("EXPORT"):
+        outdir = os.path.join(ps.OUT, "kernels")
+        os.makedirs(outdir, exist_ok=True)
+        for d in (64, 128):
+            a = (jax.ShapeDtypeStruct((1 << 16, d), BF16), jax.ShapeDtypeStruct((1 << 15, d), BF16))
+            prm, sc = jax.ShapeDtypeStruct((8,), I32), jax.ShapeDtypeStruct((1,), F32)
+            z = make_scores_z(d, bm, zc[0], zc[1], zc[2], 1 << 16, 64)
+            part = jax.ShapeDtypeStruct((64 * bm,), F32)
+            pk = make_scores_p(d, bm, pc[0], pc[1], pc[2], 1 << 16, 64)
+            with open(os.path.join(outdir, f"scores_z_d{d}.cfg"), "w") as fh:
+                fh.write(p2.extract_config(jax.jit(z).lower(*a, jax.ShapeDtypeStruct((1 << 15,), F32), prm, sc).as_text()))
+            with open(os.path.join(outdir, f"scores_p_d{d}.cfg"), "w") as fh:
+                fh.write(p2.extract_config(jax.jit(pk).lower(*a, part, part, prm, sc).as_text()))
+        with open(os.path.join(outdir, "scores.json"), "w") as fh:
+            json.dump({"bm": bm, "z": zc, "p": pc}, fh)
+        say(f"exported the best pair to {outdir}")
+    say(f"round 12 checks {'passed' if ok_all else 'FAILED'}")
+
+
+if __name__ == "__main__":
+    {"11": round11, "12": round12}[os.environ.get("ROUND", "12")]()
