@@ -58,6 +58,19 @@ def budget_lo_ways(bits, counts, budget, t):
     return lo
 
 
+def write_taken(bits, cnt, budget, lo, h, kp, ends_ref, w_ref, total_ref):
+    """Kernel A's outputs for head h from its boundary lo: each cluster's taken keys w (all of a cluster above lo; of
+    the clusters tied at lo, keys in cluster order until the budget), their running sum ends and the total."""
+    strict = jnp.where(bits > lo, cnt, 0)
+    ties = jnp.where(bits == lo, cnt, 0)
+    room = jnp.maximum(budget - jnp.sum(strict), 0)
+    before = jnp.cumsum(ties) - ties
+    w = strict + jnp.clip(room - before, 0, ties)
+    ends_ref[pl.ds(h * kp, kp)] = jnp.cumsum(w)
+    w_ref[pl.ds(h * kp, kp)] = w
+    total_ref[h] = jnp.sum(w)
+
+
 @functools.lru_cache(maxsize=None)
 def make_select_a(kp, h_static=8, num_warps=4, ways_t=0):
     """bits, counts [H·Kp] int32 (padding clusters: bits 0, counts 0); prm [2] int32: budget, unused.
@@ -73,15 +86,7 @@ def make_select_a(kp, h_static=8, num_warps=4, ways_t=0):
             lo = budget_lo_ways(bits, cnt, budget, ways_t)
         else:
             lo = ps.budget_lo(bits, cnt, budget)  # 31 bisection passes; 0 when the total is below the budget
-        strict = jnp.where(bits > lo, cnt, 0)
-        ties = jnp.where(bits == lo, cnt, 0)
-        room = jnp.maximum(budget - jnp.sum(strict), 0)
-        before = jnp.cumsum(ties) - ties
-        w = strict + jnp.clip(room - before, 0, ties)
-        ends = jnp.cumsum(w)
-        ends_ref[pl.ds(h * kp, kp)] = ends
-        w_ref[pl.ds(h * kp, kp)] = w
-        total_ref[h] = jnp.sum(w)
+        write_taken(bits, cnt, budget, lo, h, kp, ends_ref, w_ref, total_ref)
 
     return pl.pallas_call(
         kernel,
