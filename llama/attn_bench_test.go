@@ -64,6 +64,8 @@ var (
 	abParallel = flag.Int("attnbench.parallel", 4, "executables compiled concurrently")
 	abVariants = flag.String("attnbench.variants", "", "comma list of variants to run (default all; see abVariantList)")
 	abSplits   = flag.Int("attnbench.splits", 0, "the paged kernel's most programs per KV head (squeeze.SetPagedSplits; 0: the engine's)")
+	abBatch    = flag.Int("attnbench.batch", 1, "calls issued back to back per timed repetition, the time divided by them: "+
+		"above 1 the host's per-call overhead (PJRT dispatch, the output's copy) is paid once a repetition")
 	abGraphs   = flag.Bool("attnbench.graphs", true, "compile the decode executables for command buffers (CUDA graphs on XLA), as the engine compiles its decode steps")
 	abOut      = flag.String("attnbench.out", "", "also write the Markdown report to this file")
 	abSelCheck = flag.Bool("attnbench.selcheck", false, "check layer 0's selection, XLA's and the selection kernels', against the exact budget selection computed on the host from the device's cluster scores (each phase)")
@@ -622,33 +624,39 @@ func runConfig(t testing.TB, b compute.Backend, p abParams, d *abData, reps int,
 		}
 		e := execs[i]
 		var times []time.Duration
+		batch := max(1, *abBatch)
 		for rep := range reps + 1 { // the first call warms up
-			var out []*tensors.Tensor
+			var outs [][]*tensors.Tensor // the repetition's calls' outputs, the last one's read
 			t0 := time.Now()
 			err := abTry(func() error {
-				var err error
-				if out, err = e.Call(args...); err != nil {
-					return err
+				for range batch {
+					out, err := e.Call(args...)
+					if err != nil {
+						return err
+					}
+					outs = append(outs, out)
 				}
-				ck, err := tensors.CopyFlatData[float32](out[0]) // waits for the device
+				ck, err := tensors.CopyFlatData[float32](outs[len(outs)-1][0]) // waits for the device
 				if err == nil {
 					r.checksum = ck[0]
 				}
 				return err
 			})
-			dt := time.Since(t0)
+			dt := time.Since(t0) / time.Duration(batch)
+			if err == nil && rep > 0 {
+				times = append(times, dt)
+			}
+			if err == nil && rep == reps {
+				r.lastOut, _ = tensors.CopyFlatData[float32](outs[len(outs)-1][1])
+			}
+			for _, out := range outs {
+				for _, o := range out {
+					o.FinalizeAll()
+				}
+			}
 			if err != nil {
 				r.err = err
 				break
-			}
-			if rep > 0 {
-				times = append(times, dt)
-			}
-			if rep == reps {
-				r.lastOut, _ = tensors.CopyFlatData[float32](out[1])
-			}
-			for _, o := range out {
-				o.FinalizeAll()
 			}
 		}
 		e.Finalize()
@@ -765,6 +773,12 @@ func TestAttentionBench(t *testing.T) {
 	md("## Attention benchmark (%s)\n", be.Describe())
 	md("bfloat16; fixed budget %.0f%% of the clustered keys, centroids %.0f%%, window %d; the whole model's layers "+
 		"chained in one executable; times are medians of the timed calls.\n", 100*abBudget, 100*abCentroids, abWindow)
+	if *abBatch > 1 {
+		md("Each timed repetition issues %d calls back to back and waits for the last: a call's time is the repetition's / %d.\n", *abBatch, *abBatch)
+	}
+	if *abSplits != 0 {
+		md("The paged kernel's splits: at most %d programs a KV head (-attnbench.splits).\n", *abSplits)
+	}
 	md("Variants (each computes every layer's attention; sq-* are lookup + selection + sparse attention + merge):\n")
 	for _, v := range abVariantList {
 		md("- `%s`: %s", v.name, v.about)
@@ -841,8 +855,8 @@ func TestAttentionBench(t *testing.T) {
 	}
 	writeTables(rows, md)
 	if len(clusterRows) > 0 {
-		md("\n### Clustering (the engine's cluster executable, Runner.clusterExec: squeeze.KMeansMasked per layer, all layers in one call)\n")
-		md("| shape | layers × KV heads | context | K | iterations | time (one call, compile excluded) | compile |")
+		md("\n### Clustering (the engine's cluster executable, Runner.clusterExec: squeeze.KMeansMasked and ClusterOrder, one layer a call)\n")
+		md("| shape | layers × KV heads | context | K | iterations | time (every layer, compile excluded) | compile |")
 		md("|---|---|---|---|---|---|---|")
 		for _, r := range clusterRows {
 			md("%s", r)

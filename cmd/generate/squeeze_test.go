@@ -176,16 +176,17 @@ func TestGenerateSqueezeFlags(t *testing.T) {
 }
 
 // TestSqueezeReportKernels: the squeeze line names the GPU kernels a prefix's steps take (the paged kernel for
-// decode, the selection kernels), and only those (on the CPU neither runs, so the generate runs above never show
-// them).
+// decode, the selection kernels, the cluster-score kernels), and only those (on the CPU none runs, so the generate
+// runs above never show them).
 func TestSqueezeReportKernels(t *testing.T) {
-	const paged, sel = "paged Triton kernel", "selection Triton kernels"
-	for _, c := range []struct{ paged, sel bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
+	const paged, sel, scores = "paged Triton kernel", "selection Triton kernels", "cluster-score Triton kernels"
+	for mask := range 8 {
+		c := struct{ paged, sel, scores bool }{mask&1 != 0, mask&2 != 0, mask&4 != 0}
 		info := llama.SqueezeInfo{Clustered: 1000, Window: 100, Budget: 100, Centroids: 50, ScoredCentroids: 50,
-			PagedDecode: c.paged, SelectKernels: c.sel}
+			PagedDecode: c.paged, SelectKernels: c.sel, ScoreKernels: c.scores}
 		r := squeezeReport(info)
-		if strings.Contains(r, paged) != c.paged || strings.Contains(r, sel) != c.sel {
-			t.Errorf("PagedDecode=%v SelectKernels=%v: %q", c.paged, c.sel, r)
+		if strings.Contains(r, paged) != c.paged || strings.Contains(r, sel) != c.sel || strings.Contains(r, scores) != c.scores {
+			t.Errorf("PagedDecode=%v SelectKernels=%v ScoreKernels=%v: %q", c.paged, c.sel, c.scores, r)
 		}
 	}
 }

@@ -7,7 +7,11 @@
 #    (100,000 and 115,000 tokens), the card's memory sampled every second beside it, and XLA's CUDA async allocator.
 # 2. The squeezed decode step's spread between processes (session 10 call 6: 6.15-8.81 ms; session 11 call 3: 6.21
 #    and 6.89 ms with the same binary): the same command twice more, with the clocks.
-# Build first (here): bash scripts/gpu/build.sh, then keep only gpu-run/bin/bench.gz (the tree travels under 64 MiB).
+# 3. The attention benchmark's noise: its empty call varied 0.38-1.14 ms between runs in session 11 (±10 µs a layer on
+#    every per-layer figure). -attnbench.batch 10 issues ten calls a repetition and waits once: the decode rows at 7B
+#    32K with batch 1 and 10, twice each.
+# Build first (here): bash scripts/gpu/build.sh, then keep gpu-run/bin/bench.gz and llama.test.gz (the tree travels
+# under 64 MiB). The whole script needs about 10 minutes: split it over two calls.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; R="$OUT/results.md"
 bash scripts/gpu/unpack.sh >/dev/null 2>&1
@@ -28,7 +32,14 @@ sort -t, -k2 -n "$OUT/mem.csv" | tail -1 | tee -a "$R"
 B="./bin/bench -backend xla -dtype bf16 -random-weights -squeeze-budget 0.1 -squeeze-input 512 -decode 32 -reps 3 -memory-cache-gib 24"
 for i in 1 2; do
   echo "== 7B 32K, run $i: $(nvidia-smi --query-gpu=clocks.sm,temperature.gpu --format=csv,noheader)" | tee -a "$R"
-  timeout 120 $B -model gpu-run/models/llama-2-7b -label LLaMA-2-7B -lens 32768 2>>"$OUT/b7.err" | grep "^| LLaMA" | tee -a "$R"
+  timeout 160 $B -model gpu-run/models/llama-2-7b -label LLaMA-2-7B -lens 32768 2>>"$OUT/b7.err" | grep "^| LLaMA" | tee -a "$R"
+done
+for batch in 1 10 1 10; do
+  echo "== attention benchmark, decode, 7B 32K, -attnbench.batch $batch" | tee -a "$R"
+  (cd llama && timeout 90 ../bin/llama.test -test.run '^TestAttentionBench$' -test.timeout 10m -attnbench gpu -attnbench.batch $batch \
+    -attnbench.shapes 7b -attnbench.ctx 32768 -attnbench.phases decode -attnbench.check=false -attnbench.cluster=false \
+    -attnbench.variants empty,dense,sq-engine-paged-sel,part-paged -attnbench.out "$OUT/ab$batch.md" > /dev/null 2>&1)
+  grep -E "^\| LLaMA.*decode \| [a-z]" "$OUT/ab$batch.md" | tee -a "$R"
 done
 for f in "$OUT"/*.err; do [ -s "$f" ] && { echo "--- $f"; tail -3 "$f" | cut -c1-300; }; done
 exit 0
