@@ -12,6 +12,7 @@ import (
 	"github.com/gomlx/compute/shapes"
 	. "github.com/gomlx/gomlx/core/graph" //nolint:revive
 	"github.com/gomlx/gomlx/core/tensors"
+	"github.com/gomlx/gomlx/support/exceptions"
 )
 
 // emulatePaged is the paged Triton kernel's contract (scripts/gpu/pallas_squeeze2.py, make_paged_dyn) in
@@ -234,5 +235,27 @@ func TestProbePaged(t *testing.T) {
 	pagedCall = nil // the result is kept per backend: no second run
 	if !ProbePaged(testBackend()) {
 		t.Errorf("ProbePaged's second call differs")
+	}
+}
+
+// TestSetPagedSplits: the benchmarks' override of the paged kernel's splits takes positive multiples of
+// selectSlots/pagedRows, returns the previous value, and names a bad one.
+func TestSetPagedSplits(t *testing.T) {
+	old := SetPagedSplits(64)
+	defer SetPagedSplits(old)
+	if old != 32 || pagedSplits != 64 {
+		t.Errorf("SetPagedSplits(64): previous %d, now %d", old, pagedSplits)
+	}
+	if ns, _, _ := pagedLayout(1<<16, selectSlots); ns != 64 {
+		t.Errorf("pagedLayout with 64 splits: %d programs a head", ns)
+	}
+	for _, bad := range []int{0, -8, 12} {
+		err := exceptions.TryCatch[error](func() { SetPagedSplits(bad) })
+		if err == nil || !strings.Contains(err.Error(), fmt.Sprint(bad)) {
+			t.Errorf("SetPagedSplits(%d): %v", bad, err)
+		}
+	}
+	if pagedSplits != 64 {
+		t.Errorf("a refused value changed the splits to %d", pagedSplits)
 	}
 }

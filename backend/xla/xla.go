@@ -150,10 +150,10 @@ func newXLA(plugin string) (b *Backend, err error) {
 
 // pluginOptions are the options given to go-xla after the plugin's path: TF32 off and no preallocation, then
 // extra, a comma-separated list of go-xla's backend options (SQLLM_XLA_OPTIONS), which override them; for
-// example "memory_fraction=0.9" or "allocator=cuda_async". (Whether XLA's GPU allocator stops at memory_fraction,
-// 0.75 by default, without preallocation is not established: LLaMA-2-7B at 130,000 tokens ran out of memory on a
-// 139 GB H200 with the default and with memory_fraction=0.92 alike, BENCHMARKS.md session 11.) An option go-xla
-// does not know fails the backend's creation with its name.
+// example "memory_fraction=0.9": without preallocation XLA's GPU allocator still stops at that fraction of the
+// card's memory (0.75 by default; LLaMA-2-7B's prefill at 130,000 tokens ran out of memory where the fraction says,
+// at 0.75 and at 0.92: BENCHMARKS.md session 11). An option go-xla does not know fails the backend's creation with
+// its name.
 func pluginOptions(extra string) string {
 	opts := ",tf32=false,preallocate=false"
 	if extra = strings.Trim(strings.TrimSpace(extra), ","); extra != "" {
