@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepared in session 11 for the next GPU call (NOT RUN): what is still open on the GPU.
-# 1. LLaMA-2-7B at 128K (130,000 tokens) in the engine ran out of memory on a 139 GB H200 in session 10 (default
+# 1. LLaMA-2-7B at 128K (130,000 tokens) in the engine ran out of memory on an H200 (150.8 GB) in session 10 (default
 #    options: allocating 768 MiB) and in session 11 (session11_f.sh, SQLLM_XLA_OPTIONS=memory_fraction=0.92: allocating
 #    960 MiB). Diagnosis (session 11, from those sizes, not run): a prefill chunk's writeKV (llama/runner.go) allocates
 #    the context's next, larger cache and copies the old one into it, so the prefill's peak holds two caches. 960 MiB is
@@ -10,9 +10,12 @@
 #    write before needed 133.7). Session 10's 768 MiB is the same at 98,304 rows against the default 0.75: 47.2 + 51.5
 #    + 4.3 + 13.5 = 116.5 GB > 113.1 (the write before: 107.9). So memory_fraction does cap the allocator, and 130,000
 #    tokens need 2 x 68.2 + 17.8 = 154 GB at the peak: more than the card. Prediction to check here: with
-#    memory_fraction=0.92, 100,000 tokens fit (about 127 GB at the peak) and 120,000 do not (about 144). The fix (not made: it needs the GPU to measure) is an in-place prefill: the context's cache sized once for
-#    the whole fixed context and each chunk written into it with the buffer donated (graph.DonateTensorBuffer), if the
-#    steps' attention over a larger capacity costs nothing (else a chunked, paged cache).
+#    memory_fraction=0.92, 100,000 tokens fit (about 127 GB at the peak) and 120,000 do not (about 144).
+#    The fix (not made) is an in-place prefill: the context's cache sized once for the whole fixed context and each
+#    chunk written into it. It needs the write executable compiled with input/output aliasing (StableHLO's
+#    tf.aliasing_output / jax.buffer_donor argument attributes, which go-xla's emitter does not write yet: a patch);
+#    donating at run time alone (graph.DonateTensorBuffer) does not make XLA write in place. Then measure whether the
+#    steps' fused attention over the larger capacity costs anything (cuDNN is given the valid length).
 # 2. The squeezed decode step's spread between processes (session 10 call 6: 6.15-8.81 ms; session 11 call 3: 6.21
 #    and 6.89 ms with the same binary): the same command twice more, with the clocks.
 # 3. The attention benchmark's noise: its empty call varied 0.38-1.14 ms between runs in session 11 (±10 µs a layer on
