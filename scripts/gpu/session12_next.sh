@@ -13,8 +13,9 @@
 #    memory_fraction=0.92, 100,000 tokens fit (about 127 GB at the peak) and 120,000 do not (about 144).
 #    The fix (not made) is an in-place prefill: the context's cache sized once for the whole fixed context and each
 #    chunk written into it. It needs the write executable compiled with input/output aliasing (StableHLO's
-#    tf.aliasing_output / jax.buffer_donor argument attributes, which go-xla's emitter does not write yet: a patch);
-#    donating at run time alone (graph.DonateTensorBuffer) does not make XLA write in place. Then measure whether the
+#    tf.aliasing_output / jax.buffer_donor argument attributes: go-xla's StableHLO builder has InputWithAttributes, but
+#    its backend's Parameter passes none and GoMLX cannot ask for them: a patch to both); donating at run time alone
+#    (graph.DonateTensorBuffer) does not make XLA write in place. Then measure whether the
 #    steps' fused attention over the larger capacity costs anything (cuDNN is given the valid length).
 # 2. The squeezed decode step's spread between processes (session 10 call 6: 6.15-8.81 ms; session 11 call 3: 6.21
 #    and 6.89 ms with the same binary): the same command twice more, with the clocks.
