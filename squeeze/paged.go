@@ -47,8 +47,9 @@ const (
 )
 
 // pagedSplits is the most programs per KV head (NS) of the paged kernel: measured best at 32K and 128K (7B and
-// 8B shapes) among 8, 16, 32 and 64 in Pallas round 3. A multiple of selectSlots/pagedRows (pagedLayout). The
-// attention benchmark's -attnbench.splits sets it for measuring others.
+// 8B shapes) among 8, 16, 32 and 64 in Pallas round 3; in the attention benchmark's squeezed decode step 64 and 128
+// were not faster (H200, session 11). A multiple of selectSlots/pagedRows (pagedLayout). The attention benchmark's
+// -attnbench.splits sets it for measuring others.
 var pagedSplits = 32
 
 // SetPagedSplits sets the paged kernel's most programs per KV head (a positive multiple of 8) and returns the
