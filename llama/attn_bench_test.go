@@ -415,10 +415,15 @@ func buildVariant(b compute.Backend, p abParams, v abVariant) (*graph.Exec, erro
 		if strings.HasSuffix(v.name, "-reduce") {
 			kernel = squeeze.KernelReduce
 		}
-		// part-paged's fixed list: every 9th row of the context, the budget's number of them, for every head.
-		fixedIdx := MulScalar(Iota(g, shapes.Make(dtypes.Int32, kvh, p.maxKept), 1), 9)
-		fixedIdx = Where(LessThan(fixedIdx, Const(g, int32(p.ctx))), fixedIdx, ZerosLike(fixedIdx))
-		fixedValid := LessThan(Iota(g, shapes.Make(dtypes.Int32, kvh, p.maxKept), 1), BroadcastToDims(ConvertDType(Add(budget, window), dtypes.Int32), kvh, p.maxKept))
+		// The part-paged variants' fixed list: every 9th row of the context, the budget's number of them, for
+		// every head.
+		var fixedIdx, fixedValid *Node
+		if v.stage {
+			fixedIdx = MulScalar(Iota(g, shapes.Make(dtypes.Int32, kvh, p.maxKept), 1), 9)
+			fixedIdx = Where(LessThan(fixedIdx, Const(g, int32(p.ctx))), fixedIdx, ZerosLike(fixedIdx))
+			fixedValid = LessThan(Iota(g, shapes.Make(dtypes.Int32, kvh, p.maxKept), 1),
+				BroadcastToDims(ConvertDType(Add(budget, window), dtypes.Int32), kvh, p.maxKept))
+		}
 		q := q0
 		var last *Node
 		for l := range p.layers {

@@ -172,10 +172,40 @@ func kernelConfig(name string) string {
 	return cfg
 }
 
+// tritonLaunch emits an embedded Triton kernel's call (config cfg) over the given number of programs.
+func tritonLaunch(cfg string, programs int, operands []*Node, outputs []shapes.Shape) []*Node {
+	return BackendCustomCall(tritonCall, 4, pagedBackendConfig(cfg, programs), operands, outputs)
+}
+
 // pagedCall emits the kernel call; tests replace it with a graph emulation of the kernel (the pure-Go
 // backend cannot run Triton).
-var pagedCall = func(cfg string, programs int, operands []*Node, outputs []shapes.Shape) []*Node {
-	return BackendCustomCall(tritonCall, 4, pagedBackendConfig(cfg, programs), operands, outputs)
+var pagedCall = tritonLaunch
+
+// kernelsWanted says whether a step graph on g takes a family of embedded kernels under mode (SelectAuto: the
+// family's package setting def; under SelectAuto the backend must have passed the family's probe already, its
+// results in probes) on a backend that can run them. The caller checks that there is a config.
+func kernelsWanted(g *Graph, mode, def SelectMode, probes *sync.Map) bool {
+	if mode == SelectAuto {
+		mode = def
+	}
+	switch mode {
+	case SelectOff:
+		return false
+	case SelectAuto:
+		if !probed(probes, g.Backend()) {
+			return false
+		}
+	}
+	return pagedAvailable(g)
+}
+
+// kernelsFor is kernelsWanted for steps on backend b before any graph is built: false under SelectOff or on the
+// pure-Go backend, true under SelectOn, else the family's probe (run once per backend).
+func kernelsFor(b compute.Backend, def SelectMode, probe func(compute.Backend) bool) bool {
+	if def == SelectOff || b.String() == "go" {
+		return false
+	}
+	return def == SelectOn || probe(b)
 }
 
 // pagedBackendConfig is an embedded config launching the given number of programs.

@@ -65,9 +65,7 @@ var ScoresKernels SelectMode
 var scoresProbed sync.Map
 
 // scoresCall emits a cluster-score kernel's call; tests replace it with a graph emulation (emulateScores).
-var scoresCall = func(cfg string, programs int, operands []*Node, outputs []shapes.Shape) []*Node {
-	return BackendCustomCall(tritonCall, 4, pagedBackendConfig(cfg, programs), operands, outputs)
-}
+var scoresCall = tritonLaunch
 
 // scoresConfigs are the embedded configs of kernels Z and P for head dim d ("" where there are none).
 func scoresConfigs(d int) (z, p string) {
@@ -81,18 +79,9 @@ func scoresConfigs(d int) (z, p string) {
 // in the kernels: both bfloat16, M ≥ ScoresMinQueries, a head dim with a kernel, a backend with custom calls,
 // and the mode (SelectAuto: ScoresKernels; under SelectAuto the backend must have passed ProbeScores already).
 func useScoresKernels(q, centroids *Node, mode SelectMode) bool {
-	if mode == SelectAuto {
-		mode = ScoresKernels
-	}
 	bf16 := dtypes.BFloat16
-	if mode == SelectOff || q.DType() != bf16 || centroids.DType() != bf16 || q.Shape().Dimensions[1] < ScoresMinQueries {
-		return false
-	}
-	g := q.Graph()
-	if mode == SelectAuto && !probed(&scoresProbed, g.Backend()) {
-		return false
-	}
-	if !pagedAvailable(g) {
+	if q.DType() != bf16 || centroids.DType() != bf16 || q.Shape().Dimensions[1] < ScoresMinQueries ||
+		!kernelsWanted(q.Graph(), mode, ScoresKernels, &scoresProbed) {
 		return false
 	}
 	z, p := scoresConfigs(q.Shape().Dimensions[2])
@@ -103,13 +92,8 @@ func useScoresKernels(q, centroids *Node, mode SelectMode) bool {
 // the kernels for inputs of at least ScoresMinQueries rows a KV head (under SelectAuto it runs ProbeScores
 // once).
 func ScoresFor(b compute.Backend, d int, dtype dtypes.DType) bool {
-	if ScoresKernels == SelectOff || b.String() == "go" || dtype != dtypes.BFloat16 {
-		return false
-	}
-	if z, p := scoresConfigs(d); z == "" || p == "" {
-		return false
-	}
-	return ScoresKernels == SelectOn || ProbeScores(b)
+	z, p := scoresConfigs(d)
+	return dtype == dtypes.BFloat16 && z != "" && p != "" && kernelsFor(b, ScoresKernels, ProbeScores)
 }
 
 // scoresSplits are the kernels' launch for h heads, nmb row blocks and nkb centroid blocks: ks centroid splits
@@ -166,16 +150,16 @@ func probeScores(b compute.Backend) (ok bool) {
 			if !pagedAvailable(g) {
 				return []*Node{Const(g, float32(math.Inf(1)))}
 			}
-			worst := Scalar(g, dtypes.Float32, 0)
+			rels := Scalar(g, dtypes.Float32, 0)
 			for _, c := range []struct{ h, m, k, d int }{{3, 70, 50, 128}, {2, 200, 1100, 128}, {4, 100, 333, 64}} {
 				q, cent, counts := probeScoresInputs(g, c.h, c.m, c.k, c.d)
 				scale := Scale(c.d)
 				want := ClusterScores(q, cent, counts, scale)
 				got := scoresKernel(q, cent, counts, scale)
 				rel := Div(ReduceAllMax(Abs(Sub(got, want))), ReduceAllMax(want))
-				worst = Max(worst, Where(IsFinite(rel), rel, Scalar(g, dtypes.Float32, float32(math.Inf(1)))))
+				rels = Max(rels, Where(IsFinite(rel), rel, Scalar(g, dtypes.Float32, float32(math.Inf(1)))))
 			}
-			return []*Node{worst}
+			return []*Node{rels}
 		})
 		worst = float64(out[0].Value().(float32))
 	})

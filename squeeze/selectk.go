@@ -58,9 +58,7 @@ var SelectKernels SelectMode
 var selectProbed sync.Map
 
 // selectCall emits a selection kernel's call; tests replace it with a graph emulation (emulateSelect).
-var selectCall = func(cfg string, programs int, operands []*Node, outputs []shapes.Shape) []*Node {
-	return BackendCustomCall(tritonCall, 4, pagedBackendConfig(cfg, programs), operands, outputs)
-}
+var selectCall = tritonLaunch
 
 // selectKp is the padded cluster count of a kernel for k clusters: the next power of two from 256, 0 above
 // selectMaxKp.
@@ -93,18 +91,7 @@ func selectConfigs(k int, sortedLayout bool) (a, b string) {
 // layout, the index's mode saying (mode; SelectAuto: SelectKernels; under SelectAuto the backend must have
 // passed ProbeSelect already).
 func useSelectKernels(g *Graph, k int, sortedLayout bool, mode SelectMode) bool {
-	if mode == SelectAuto {
-		mode = SelectKernels
-	}
-	switch mode {
-	case SelectOff:
-		return false
-	case SelectAuto:
-		if !probed(&selectProbed, g.Backend()) {
-			return false
-		}
-	}
-	if !pagedAvailable(g) {
+	if !kernelsWanted(g, mode, SelectKernels, &selectProbed) {
 		return false
 	}
 	a, b := selectConfigs(k, sortedLayout)
@@ -114,13 +101,8 @@ func useSelectKernels(g *Graph, k int, sortedLayout bool, mode SelectMode) bool 
 // SelectFor says whether steps on backend b select among k clusters (their kept lists indexing keys in position
 // order through a cluster order) with the kernels (under SelectAuto it runs ProbeSelect once).
 func SelectFor(b compute.Backend, k int) bool {
-	if SelectKernels == SelectOff || b.String() == "go" {
-		return false
-	}
-	if a, kb := selectConfigs(k, false); a == "" || kb == "" {
-		return false
-	}
-	return SelectKernels == SelectOn || ProbeSelect(b)
+	a, kb := selectConfigs(k, false)
+	return a != "" && kb != "" && kernelsFor(b, SelectKernels, ProbeSelect)
 }
 
 // selectKernelList is selectKeys' list through the kernels: the budget keys of the clusters with the highest
