@@ -172,6 +172,8 @@ func (m *Model) newContext(ctx context.Context, tokens []int, sq *llama.SqueezeO
 			return nil, 0, err
 		}
 		defer m.exit()
+		// Evict now what inserting this prefix will evict, so that its computation has their memory.
+		m.cache.mem.MakeRoom(m.Runner.PrefixBytes(len(tokens)))
 		p, src, why, werr := m.loadOrComputePrefix(ctx, key, tokens)
 		if werr != nil {
 			return nil, 0, werr

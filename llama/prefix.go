@@ -66,6 +66,14 @@ func (p *Prefix) Bytes() int64 {
 	return n
 }
 
+// PrefixBytes is the size of the KV cache of a prefix of n context tokens on the device (Prefix.Bytes of
+// the prefix Prefill returns for them), before any squeeze index.
+func (r *Runner) PrefixBytes(n int) int64 {
+	c := r.cfg
+	rows := r.ctxCapacity(max(n-1, 1))
+	return 2 * int64(c.NumHiddenLayers) * int64(c.NumKeyValueHeads*rows*c.HeadDim) * int64(r.weights.DType.Size())
+}
+
 // Free releases the device buffers. Sequences started from the prefix must be closed first.
 func (p *Prefix) Free() {
 	p.dropSqueeze()
@@ -105,6 +113,11 @@ func (p *Prefix) Blobs() ([][]byte, error) {
 		})
 		if err != nil {
 			return nil, fmt.Errorf("llama: reading the KV cache: %w", err)
+		}
+		// ConstBytes left a host copy of the whole buffer in the tensor: drop it, or the host holds the
+		// cache twice (LLaMA-2-7B at 130,000 tokens: 2 × 68 GB, which killed a 128 GB machine in session 12).
+		if t.IsOnAnyDevice() {
+			t.FinalizeLocal()
 		}
 		blobs = append(blobs, out)
 	}

@@ -30,6 +30,9 @@ func TestPrefixMatchesOneShot(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Free()
+	if p.Bytes() != r.PrefixBytes(ctxLen) {
+		t.Fatalf("Prefix.Bytes %d, PrefixBytes(%d) %d", p.Bytes(), ctxLen, r.PrefixBytes(ctxLen))
+	}
 	blobs, err := p.Blobs()
 	if err != nil {
 		t.Fatal(err)

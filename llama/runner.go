@@ -394,28 +394,21 @@ func (r *Runner) newExec(kind stepKind, sq *squeezeIndex) (*graph.Exec, error) {
 	return e.WithName(graphName(name, kind)).SetMaxCache(maxCompiled), nil
 }
 
-// writeExec returns the executable that writes rows into a KV buffer, growing it to capacity.
+// writeExec returns the executable that writes rows into one layer's key or value buffer, growing it to
+// capacity (writeKV calls it once a buffer).
 func (r *Runner) writeExec(capacity int) (*graph.Exec, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if e, ok := r.writes[capacity]; ok {
 		return e, nil
 	}
-	L := r.cfg.NumHiddenLayers
-	fn := func(g *graph.Graph, in []*graph.Node) []*graph.Node {
-		dst, src := in[:2*L], in[2*L:4*L]
-		off, count := in[4*L], in[4*L+1]
-		out := make([]*graph.Node, 2*L)
-		for i := range out {
-			d := dst[i]
-			if have := d.Shape().Dimensions[1]; have < capacity {
-				dims := d.Shape().Clone().Dimensions
-				dims[1] = capacity - have
-				d = graph.Concatenate([]*graph.Node{d, graph.Zeros(g, shapes.Make(d.DType(), dims...))}, 1)
-			}
-			out[i] = writeRows(d, src[i], off, count)
+	fn := func(dst, src, off, count *graph.Node) *graph.Node {
+		if have := dst.Shape().Dimensions[1]; have < capacity {
+			dims := dst.Shape().Clone().Dimensions
+			dims[1] = capacity - have
+			dst = graph.Concatenate([]*graph.Node{dst, graph.Zeros(dst.Graph(), shapes.Make(dst.DType(), dims...))}, 1)
 		}
-		return out
+		return writeRows(dst, src, off, count)
 	}
 	e, err := graph.NewExec(r.backend, fn)
 	if err != nil {
@@ -493,7 +486,8 @@ type Sequence struct {
 	// (a prefix's last context token).
 	pending []int
 	closed  bool
-	greedy  bool // AppendGreedy in progress: steps read only the argmax, into next
+	lost    error // why the sequence was closed by a failed KV write (lose)
+	greedy  bool  // AppendGreedy in progress: steps read only the argmax, into next
 	next    int
 	// DecodeGreedy's pipelining (decode.go): with keepNext, a greedy step leaves its argmax on the device
 	// in nextDev instead of reading it into next; a non-nil tokIn is the next step's token, on the device.
@@ -531,6 +525,17 @@ func (s *Sequence) Close() error {
 	}
 	s.keptStats = nil
 	return nil
+}
+
+// lose closes the sequence after a failed KV write freed part of its cache (errKVLost): later calls
+// return err. Its context's buffers are gone already (writeKV freed what was left); the dynamic segment's
+// are freed here.
+func (s *Sequence) lose(err error) {
+	if !s.shared {
+		s.ctx = nil
+	}
+	s.Close()
+	s.lost = err
 }
 
 // freeDyn releases the dynamic segment's buffers unless they are the runner's shared zeros.
@@ -579,6 +584,9 @@ func (s *Sequence) AppendAllLogits(ctx context.Context, tokens []int) ([][]float
 }
 
 func (s *Sequence) append(ctx context.Context, tokens []int, allLogits bool) (logits [][]float32, err error) {
+	if s.lost != nil {
+		return nil, s.lost
+	}
 	if s.closed {
 		return nil, ErrClosed
 	}
@@ -657,16 +665,19 @@ func (s *Sequence) prefillChunk(tokens []int, allLogits bool) ([][]float32, erro
 	if err != nil {
 		return nil, err
 	}
-	defer chunk.finalize()
-	dst := s.ctx
-	if dst == nil {
+	dst, own := s.ctx, s.ctx != nil
+	if !own {
 		dst = r.zeroKV(r.ctxCapacity(1)) // read only: writeKV returns a new buffer
 	}
-	newCtx, err := r.writeKV(dst, chunk, s.ctxLen, len(tokens), r.ctxCapacity(s.ctxLen+len(tokens)))
+	newCtx, err := r.writeKV(dst, chunk, s.ctxLen, len(tokens), r.ctxCapacity(s.ctxLen+len(tokens)), own, true)
 	if err != nil {
+		if errors.Is(err, errKVLost) {
+			s.lose(err)
+		} else {
+			chunk.finalize()
+		}
 		return nil, err
 	}
-	s.ctx.finalize()
 	s.ctx = newCtx
 	s.ctxLen += len(tokens)
 	return logits, nil
@@ -679,11 +690,13 @@ func (s *Sequence) dynChunk(tokens []int, allLogits bool) ([][]float32, error) {
 	if s.dynLen+nb > s.dyn.capacity() {
 		if !s.shared && s.dynLen > 0 {
 			// Fold the dynamic segment into our own context so the per-step rewrite stays small.
-			newCtx, err := r.writeKV(s.ctx, s.dyn, s.ctxLen, s.dynLen, r.ctxCapacity(s.ctxLen+s.dynLen))
+			newCtx, err := r.writeKV(s.ctx, s.dyn, s.ctxLen, s.dynLen, r.ctxCapacity(s.ctxLen+s.dynLen), true, false)
 			if err != nil {
+				if errors.Is(err, errKVLost) {
+					s.lose(err)
+				}
 				return nil, err
 			}
-			s.ctx.finalize()
 			s.ctx, s.ctxLen = newCtx, s.ctxLen+s.dynLen
 			s.dynLen = 0
 		}
@@ -693,12 +706,15 @@ func (s *Sequence) dynChunk(tokens []int, allLogits bool) ([][]float32, error) {
 			s.freeDyn()
 			s.dyn, s.dynZero = r.zeroKV(capacity), true // read-only zeros: a step never writes its inputs
 		} else {
-			grown, err := r.writeKV(s.dyn, s.dyn, 0, 0, capacity)
+			grown, err := r.writeKV(s.dyn, s.dyn, 0, 0, capacity, !s.dynZero, false)
 			if err != nil {
+				if errors.Is(err, errKVLost) {
+					s.dyn = nil // freed by writeKV
+					s.lose(err)
+				}
 				return nil, err
 			}
-			s.freeDyn()
-			s.dyn = grown
+			s.dyn, s.dynZero = grown, false
 		}
 	}
 	if s.ctx == nil {
@@ -849,24 +865,68 @@ func (r *Runner) invFreq(maxPos int) (*tensors.Tensor, error) {
 	return t, nil
 }
 
-// writeKV writes src rows [0, count) at dst rows [off, off+count), in a new buffer of the given capacity.
-func (r *Runner) writeKV(dst, src *kvTensors, off, count, capacity int) (*kvTensors, error) {
+// writeKV writes src rows [0, count) at dst rows [off, off+count), into new buffers of the given
+// capacity, one layer's keys or values at a time. With freeDst (freeSrc), dst's (src's) buffers are freed
+// as soon as their layer is written: the caller owns them and drops them after the call. So the peak
+// holds the caches and one layer's new buffer, not two whole caches: before session 12 one executable
+// wrote every layer, and LLaMA-2-7B's prefill of 130,000 tokens on an H200 needed about 154 GB at its
+// last chunk's write (68 GB of old cache, 72 of new, the chunk and the weights) and ran out of memory.
+// If a write fails after a buffer was freed, writeKV frees what is left of both and returns an error
+// wrapping errKVLost: the caller's cache is gone.
+func (r *Runner) writeKV(dst, src *kvTensors, off, count, capacity int, freeDst, freeSrc bool) (*kvTensors, error) {
 	e, err := r.writeExec(capacity)
 	if err != nil {
 		return nil, err
 	}
-	L := r.cfg.NumHiddenLayers
-	args := make([]any, 0, 4*L+2)
-	for _, t := range append(append(append(append([]*tensors.Tensor{}, dst.k...), dst.v...), src.k...), src.v...) {
-		args = append(args, t)
+	dstAll, srcAll := append(slices.Clone(dst.k), dst.v...), append(slices.Clone(src.k), src.v...)
+	out := make([]*tensors.Tensor, len(dstAll))
+	freed := false
+	for i := range dstAll {
+		var res []*tensors.Tensor
+		if err = writeKVFault(i); err == nil {
+			res, err = e.Call(dstAll[i], srcAll[i], int32(off), int32(count))
+		}
+		if err != nil {
+			err = fmt.Errorf("llama: writing KV cache (layer %d's %s of %d): %w", i%len(dst.k),
+				map[bool]string{true: "keys", false: "values"}[i < len(dst.k)], len(dst.k), err)
+			if !freed {
+				for _, t := range out[:i] {
+					t.FinalizeAll()
+				}
+				return nil, err
+			}
+			for j := range dstAll {
+				if j < i {
+					out[j].FinalizeAll()
+				}
+				if j >= i && freeDst {
+					dstAll[j].FinalizeAll()
+				}
+				if j >= i && freeSrc && srcAll[j] != dstAll[j] {
+					srcAll[j].FinalizeAll()
+				}
+			}
+			return nil, fmt.Errorf("%w: %w", errKVLost, err)
+		}
+		out[i] = res[0]
+		if freeDst {
+			dstAll[i].FinalizeAll()
+			freed = true
+		}
+		if freeSrc && srcAll[i] != dstAll[i] {
+			srcAll[i].FinalizeAll()
+			freed = true
+		}
 	}
-	args = append(args, int32(off), int32(count))
-	out, err := e.Call(args...)
-	if err != nil {
-		return nil, fmt.Errorf("llama: writing KV cache: %w", err)
-	}
+	L := len(dst.k)
 	return &kvTensors{k: out[:L], v: out[L:]}, nil
 }
+
+// errKVLost: a KV write failed after it freed buffers of the sequence's cache (writeKV).
+var errKVLost = errors.New("llama: the sequence's KV cache was lost; start a new sequence")
+
+// writeKVFault, for tests, fails writeKV's i-th buffer write when it returns an error.
+var writeKVFault = func(i int) error { return nil }
 
 // WeightBytes is the size of the weights on the device.
 func (r *Runner) WeightBytes() int64 {

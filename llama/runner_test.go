@@ -275,3 +275,71 @@ func TestGraphNames(t *testing.T) {
 		}
 	}
 }
+
+// TestKVWriteFailure: writeKV writes one layer's keys or values at a time and frees the old buffers as it
+// goes. A write that fails before anything was freed leaves the sequence as it was after its last
+// complete step, usable; one that fails after closes the sequence, and every later call says why.
+func TestKVWriteFailure(t *testing.T) {
+	cases, err := loadGolden()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := cases[1].IDs
+	r := testRunner(t, dtypes.Float32, Options{MaxChunk: 8, DynBlock: 4, CtxGranule: 16})
+	ref := r.NewSequence()
+	want, err := ref.AppendAllLogits(context.Background(), ids)
+	ref.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	L := r.Config().NumHiddenLayers
+	// failAt makes the n-th buffer write from now on (0-based, counted across writeKV calls) fail.
+	failAt := func(n int) {
+		calls := 0
+		writeKVFault = func(int) error {
+			calls++
+			if calls == n+1 {
+				return errors.New("injected fault")
+			}
+			return nil
+		}
+	}
+	defer func() { writeKVFault = func(int) error { return nil } }()
+
+	// 20 tokens prefill as chunks of 4, 8, 8: the second chunk's first write (2L writes later) fails.
+	s := r.NewSequence()
+	defer s.Close()
+	failAt(2 * L)
+	if _, err := s.AppendAllLogits(context.Background(), ids[:20]); err == nil || errors.Is(err, errKVLost) ||
+		!strings.Contains(err.Error(), "layer 0's keys") {
+		t.Fatalf("fault before any buffer was freed: got %v", err)
+	}
+	writeKVFault = func(int) error { return nil }
+	if s.Len() != 4 {
+		t.Fatalf("after the failed chunk Len() = %d, want the first chunk's 4", s.Len())
+	}
+	got, err := s.AppendAllLogits(context.Background(), ids[4:])
+	if err != nil {
+		t.Fatalf("the sequence is not usable after a write that freed nothing: %v", err)
+	}
+	for i, row := range got {
+		if d := maxDiff(row, want[4+i]); d > 1e-4*maxAbs(want[4+i]) {
+			t.Fatalf("position %d after the failed write: logits differ by %.2e", 4+i, d)
+		}
+	}
+
+	// A fault at the second chunk's fourth write: three of the old context's buffers are freed already.
+	s2 := r.NewSequence()
+	failAt(2*L + 3)
+	_, err = s2.AppendAllLogits(context.Background(), ids[:20])
+	writeKVFault = func(int) error { return nil }
+	if !errors.Is(err, errKVLost) || !strings.Contains(err.Error(), "injected fault") {
+		t.Fatalf("fault after buffers were freed: got %v, want errKVLost wrapping the fault", err)
+	}
+	if _, err := s2.Append(context.Background(), ids[:1]); !errors.Is(err, errKVLost) {
+		t.Errorf("a sequence whose cache was lost: got %v, want errKVLost", err)
+	}
+	if err := s2.Close(); err != nil {
+		t.Errorf("Close after the loss: %v", err)
+	}
+}

@@ -152,8 +152,9 @@ func newXLA(plugin string) (b *Backend, err error) {
 // extra, a comma-separated list of go-xla's backend options (SQLLM_XLA_OPTIONS), which override them; for
 // example "memory_fraction=0.9": without preallocation XLA's GPU allocator still stops at that fraction of the
 // card's memory (0.75 by default; LLaMA-2-7B's prefill at 130,000 tokens ran out of memory where the fraction says,
-// at 0.75 and at 0.92: BENCHMARKS.md session 11). An option go-xla does not know fails the backend's creation with
-// its name.
+// at 0.75 and at 0.92, while it wrote every layer's KV cache in one executable: BENCHMARKS.md session 11; written a
+// layer at a time since session 12, it runs at the default). An option go-xla does not know fails the backend's
+// creation with its name.
 func pluginOptions(extra string) string {
 	opts := ",tf32=false,preallocate=false"
 	if extra = strings.Trim(strings.TrimSpace(extra), ","); extra != "" {

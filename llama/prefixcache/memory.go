@@ -122,6 +122,29 @@ func (m *Memory[V]) Purge() {
 	m.dropAll(victims)
 }
 
+// MakeRoom evicts least-recently-used unreferenced entries until an entry of the given size would fit
+// the budget beside the others (or no unreferenced entry is left): what inserting it would evict, done
+// before it is computed, so that the old values' memory is free while the new one is made (a prefix's
+// KV cache on the device: two of a LLaMA-2-7B 130,000-token context do not fit an H200).
+func (m *Memory[V]) MakeRoom(bytes int64) {
+	m.mu.Lock()
+	if m.budget <= 0 {
+		m.mu.Unlock()
+		return
+	}
+	var victims []*memEntry[V]
+	for el := m.lru.Back(); el != nil && m.bytes+bytes > m.budget; {
+		prev := el.Prev()
+		if e := el.Value.(*memEntry[V]); e.refs == 0 {
+			m.removeLocked(e)
+			victims = append(victims, e)
+		}
+		el = prev
+	}
+	m.mu.Unlock()
+	m.dropAll(victims)
+}
+
 // GetOrCompute returns the value of k with a reference held (call release once done), computing it with
 // compute if absent. compute returns the value and its size in bytes.
 //

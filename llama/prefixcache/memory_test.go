@@ -522,3 +522,35 @@ func TestMemoryConcurrent(t *testing.T) {
 		t.Fatalf("created %d values, evicted %d", created.Load(), evicted.Load())
 	}
 }
+
+// TestMemoryMakeRoom: MakeRoom evicts the least recently used unreferenced entries until the new size fits
+// beside the rest, never a referenced one, nothing when it fits already or without a budget.
+func TestMemoryMakeRoom(t *testing.T) {
+	var log evictLog
+	m := NewMemory[string](30, log.onEvict)
+	for _, s := range []string{"a", "b", "c"} {
+		_, rel, _ := m.Insert(key(s), s, 10)
+		rel()
+	}
+	_, relB, _ := m.Acquire(key("b")) // b referenced and most recent: LRU order a, c, b
+	m.MakeRoom(0)
+	if got := log.values(); len(got) != 0 {
+		t.Fatalf("MakeRoom(0) at the budget evicted %v", got)
+	}
+	m.MakeRoom(15) // 30 + 15 > 30: a then c must go; b is referenced
+	if got := log.values(); !slices.Equal(got, []string{"a", "c"}) || m.Bytes() != 10 {
+		t.Fatalf("MakeRoom(15) evicted %v (bytes %d), want [a c] and 10 bytes left", got, m.Bytes())
+	}
+	m.MakeRoom(100) // only b is left, referenced
+	if m.Len() != 1 {
+		t.Fatalf("MakeRoom evicted a referenced entry: Len %d", m.Len())
+	}
+	relB()
+	unlimited := NewMemory[string](0, log.onEvict)
+	_, rel, _ := unlimited.Insert(key("x"), "x", 10)
+	rel()
+	unlimited.MakeRoom(1 << 40)
+	if unlimited.Len() != 1 {
+		t.Fatal("MakeRoom evicted from a cache without a budget")
+	}
+}

@@ -137,6 +137,93 @@ def make_scores_p(d, bm, bk, num_warps=4, num_stages=2, n_static=1 << 16, p_stat
         grid=(p_static,), compiler_params=ps.compiler_params(num_warps, num_stages), debug=debug)
 
 
+LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453
+
+
+@functools.lru_cache(maxsize=None)
+def make_scores_z2(d, bm, bk, num_warps=4, num_stages=2, n_static=1 << 16, p_static=64, debug=False):
+    """Round 15: make_scores_z in base 2, with the same contract (mx in natural log units, sm the same sums): the
+    logits are scaled by scale·log2(e) in the product's one multiply and the counts' bias is log2(N), so each element
+    costs a fused multiply-add, a maximum, a subtraction, one ex2 and an addition (exp(x) is ex2(x·log2 e): one
+    multiply fewer)."""
+
+    def kernel(q_ref, c_ref, n_ref, prm_ref, scale_ref, mx_ref, sm_ref):
+        pid = pl.program_id(0)
+        m_rows, k_cl, nmb, nkb, ks_n = prm_ref[0], prm_ref[1], prm_ref[2], prm_ref[6], prm_ref[7]
+        s2 = scale_ref[0] * LOG2E
+        ks = pid % ks_n
+        hm = pid // ks_n
+        h = hm // nmb
+        mb = hm % nmb
+        rows = h * m_rows + jnp.minimum(mb * bm + jnp.arange(bm, dtype=I32), m_rows - 1)
+        q = q_ref[rows, :]
+        per = (nkb + ks_n - 1) // ks_n
+
+        def body(i, carry):
+            mx, sm = carry
+            kk = (ks * per + i) * bk + jnp.arange(bk, dtype=I32)
+            crow = h * k_cl + jnp.minimum(kk, k_cl - 1)
+            c = c_ref[crow, :]
+            cnt = n_ref[crow]
+            bias = jnp.where((kk < k_cl) & (cnt > 0), jnp.log2(jnp.maximum(cnt, 1.0)), NEG)
+            lg = _logits(q, c, s2) + bias[None, :]
+            m_new = jnp.maximum(mx, jnp.max(lg, axis=1))
+            sm = sm * jnp.exp2(mx - m_new) + jnp.sum(jnp.exp2(lg - m_new[:, None]), axis=1)
+            return m_new, sm
+
+        mx, sm = lax.fori_loop(0, per, body, (jnp.full((bm,), NEG, F32), jnp.zeros((bm,), F32)))
+        mx_ref[pl.ds(pid * bm, bm)] = jnp.where(mx > 0.5 * NEG, mx * LN2, NEG)
+        sm_ref[pl.ds(pid * bm, bm)] = sm
+
+    return pl.pallas_call(
+        kernel, out_shape=(jax.ShapeDtypeStruct((p_static * bm,), F32), jax.ShapeDtypeStruct((p_static * bm,), F32)),
+        grid=(p_static,), compiler_params=ps.compiler_params(num_warps, num_stages), debug=debug)
+
+
+@functools.lru_cache(maxsize=None)
+def make_scores_p2(d, bm, bk, num_warps=4, num_stages=2, n_static=1 << 16, p_static=64, debug=False):
+    """Round 15: make_scores_p in base 2, same contract: a block's log Z (from Z's partials, natural units) becomes
+    log2 Z, +inf for the padding rows (their terms are ex2(-inf) = 0: no select an element), and each element costs a
+    fused multiply-subtract, one ex2 and an addition."""
+
+    def kernel(q_ref, c_ref, mx_ref, sm_ref, prm_ref, scale_ref, o_ref):
+        pid = pl.program_id(0)
+        m_rows, k_cl, nmb, nkb, ms_n, ks_n = prm_ref[0], prm_ref[1], prm_ref[2], prm_ref[3], prm_ref[4], prm_ref[7]
+        s2 = scale_ref[0] * LOG2E
+        h = pid // (nkb * ms_n)
+        r = pid % (nkb * ms_n)
+        kb = r // ms_n
+        ms = r % ms_n
+        kk = kb * bk + jnp.arange(bk, dtype=I32)
+        c = c_ref[h * k_cl + jnp.minimum(kk, k_cl - 1), :]
+        per = (nmb + ms_n - 1) // ms_n
+
+        def body(i, acc):
+            mb = jnp.minimum(ms * per + i, nmb - 1)
+            m_idx = (ms * per + i) * bm + jnp.arange(bm, dtype=I32)
+            ok = m_idx < m_rows
+            q = q_ref[h * m_rows + jnp.minimum(m_idx, m_rows - 1), :]
+            base = (h * nmb + mb) * ks_n * bm + jnp.arange(bm, dtype=I32)
+
+            def comb(j, zc):
+                z, l = zc
+                mj = mx_ref[base + j * bm]
+                sj = sm_ref[base + j * bm]
+                zn = jnp.maximum(z, mj)
+                return zn, l * jnp.exp(z - zn) + sj * jnp.exp(mj - zn)
+
+            z, l = lax.fori_loop(0, ks_n, comb, (jnp.full((bm,), NEG, F32), jnp.zeros((bm,), F32)))
+            lz2 = jnp.where(ok, (z + jnp.log(jnp.maximum(l, 1e-30))) * LOG2E, jnp.inf)
+            return acc + jnp.exp2(_logits(q, c, s2) - lz2[:, None])
+
+        acc = lax.fori_loop(0, per, body, jnp.zeros((bm, bk), F32))
+        o_ref[pl.ds(pid * bk, bk)] = jnp.sum(acc, axis=0)
+
+    return pl.pallas_call(
+        kernel, out_shape=jax.ShapeDtypeStruct((p_static * bk,), F32),
+        grid=(p_static,), compiler_params=ps.compiler_params(num_warps, num_stages), debug=debug)
+
+
 def splits(h, nmb, nkb, target):
     """KS (centroid splits of scores_z) and MS (query splits of scores_p) giving about `target` programs each."""
     ks = max(1, min(nkb, -(-target // (h * nmb))))
@@ -144,7 +231,8 @@ def splits(h, nmb, nkb, target):
     return ks, ms
 
 
-def scores_call(q, cent, counts, scale, bm=64, bk=128, nw=4, st=2, target=528, zcfg=None, pcfg=None, parts=None):
+def scores_call(q, cent, counts, scale, bm=64, bk=128, nw=4, st=2, target=528, zcfg=None, pcfg=None, parts=None,
+                fast=False):
     """ClusterScores through the two kernels: q [H, M, D], cent [H, K, D] bf16, counts [H, K] f32 → [H, K] f32.
     zcfg / pcfg = (BK, warps, stages) of kernel Z / P (default: bk, nw, st for both; round 12 tunes them apart).
     parts = "z": kernel Z's outputs only; "p": kernel P (+ the sum) over Z outputs made once outside (for timing)."""
@@ -162,10 +250,12 @@ def scores_call(q, cent, counts, scale, bm=64, bk=128, nw=4, st=2, target=528, z
     if isinstance(parts, tuple):  # Z's outputs given
         mx, sm = parts
     else:
-        mx, sm = make_scores_z(d, bm, bkz, nwz, stz, h * m, h * nmb * ks)(qf, cf, counts.reshape(-1), prm, sc)
+        mz = make_scores_z2 if fast else make_scores_z
+        mx, sm = mz(d, bm, bkz, nwz, stz, h * m, h * nmb * ks)(qf, cf, counts.reshape(-1), prm, sc)
         if parts == "z":
             return mx, sm
-    part = make_scores_p(d, bm, bkp, nwp, stp, h * m, h * nkbp * ms)(qf, cf, mx, sm, prm, sc)
+    mp_ = make_scores_p2 if fast else make_scores_p
+    part = mp_(d, bm, bkp, nwp, stp, h * m, h * nkbp * ms)(qf, cf, mx, sm, prm, sc)
     s = jnp.sum(part.reshape(h, nkbp, ms, bkp), axis=2).reshape(h, kp)[:, :k] / m
     return jnp.where(counts > 0, s, 0.0)
 
@@ -396,5 +486,74 @@ def round12():
     say(f"round 12 checks {'passed' if ok_all else 'FAILED'}")
 
 
+def round15():
+    """The base-2 kernels (make_scores_z2 / make_scores_p2, the embedded contract unchanged) against round 12's
+    embedded pair (BM 64, BK 128, 4 warps, 3 stages), each kernel alone and both, at the four input shapes, after
+    the checks; EXPORT=1 writes the base-2 pair as scores_{z,p}_d{D}.cfg (and checks their IR against a second
+    shape set)."""
+    say(f"\n## round 15 (cluster-score kernels in base 2): jax {jax.__version__}, {jax.devices()}")
+    ok_all = True
+    for case, (h, m, k, d, tg) in enumerate(((3, 37, 50, 128, 528), (2, 512, 1638, 128, 10), (4, 100, 333, 64, 528),
+                                             (8, 2048, 1638, 128, 528), (2, 300, 5000, 128, 4000))):
+        q, cent, counts = case_data(jax.random.PRNGKey(case), h, m, k, d)
+        scale = 1.0 / d**0.5
+        want = xla_scores(q, cent, counts, scale)
+        r12 = jax.jit(lambda q, c, n: scores_call(q, c, n, scale, 64, target=tg, zcfg=(128, 4, 3), pcfg=(128, 4, 3)))(q, cent, counts)
+        got = jax.jit(lambda q, c, n: scores_call(q, c, n, scale, 64, target=tg, zcfg=(128, 4, 3), pcfg=(128, 4, 3), fast=True))(q, cent, counts)
+        err = float(jnp.max(jnp.abs(got - want)) / jnp.max(want))
+        e12 = float(jnp.max(jnp.abs(got - r12)) / jnp.max(want))
+        sm = float(jnp.max(jnp.abs(jnp.sum(got * counts, axis=1) - 1.0)))
+        ok = err < 1e-4 and bool(jnp.all(jnp.isfinite(got))) and bool(jnp.all(jnp.where(counts == 0, got == 0, True)))
+        ok_all &= ok
+        say(f"base-2 check {case} (H={h} M={m} K={k} D={d}): {'OK' if ok else 'FAIL'} (vs XLA {err:.1e}, vs round 12 {e12:.1e}, |Σ N·score − 1| {sm:.1e})")
+    say("\n| shape | XLA | round 12 Z | base-2 Z | round 12 P | base-2 P | round 12 both | base-2 both (st 3) | base-2 both (st 2) | base-2 both (st 4) |")
+    say("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for label, h, m, k, layers in (("LLaMA-2-7B 32K", 32, 512, 1638, 16), ("LLaMA-3-8B 32K", 8, 2048, 1638, 16),
+                                   ("LLaMA-2-7B 128K", 32, 512, 6554, 8), ("LLaMA-3-8B 128K", 8, 2048, 6554, 8)):
+        try:
+            d = 128
+            scale = 1.0 / d**0.5
+            per, first = timing_case(h, m, k, layers, 300)
+            tx = per(lambda q, c, n: xla_scores(q, c, n, scale))
+            cfg = dict(zcfg=(128, 4, 3), pcfg=(128, 4, 3))
+            tz = per(lambda q, c, n: scores_call(q, c, n, scale, 64, parts="z", **cfg))
+            tz2 = per(lambda q, c, n: scores_call(q, c, n, scale, 64, parts="z", fast=True, **cfg))
+            zz = jax.jit(lambda q, c, n: scores_call(q, c, n, scale, 64, parts="z", **cfg))(*first)
+            tp = per(lambda q, c, n: scores_call(q, c, n, scale, 64, parts=zz, **cfg))
+            tp2 = per(lambda q, c, n: scores_call(q, c, n, scale, 64, parts=zz, fast=True, **cfg))
+            tb = per(lambda q, c, n: scores_call(q, c, n, scale, 64, **cfg))
+            tb2 = per(lambda q, c, n: scores_call(q, c, n, scale, 64, fast=True, **cfg))
+            tb22 = per(lambda q, c, n: scores_call(q, c, n, scale, 64, zcfg=(128, 4, 2), pcfg=(128, 4, 2), fast=True))
+            tb24 = per(lambda q, c, n: scores_call(q, c, n, scale, 64, zcfg=(128, 4, 4), pcfg=(128, 4, 4), fast=True))
+            say(f"| {label} | {tx:.1f} | {tz:.1f} | {tz2:.1f} | {tp:.1f} | {tp2:.1f} | {tb:.1f} | {tb2:.1f} ({tb / tb2:.2f}×) | {tb22:.1f} | {tb24:.1f} |")
+        except Exception:  # noqa: BLE001
+            say(f"{label}: timing FAILED\n```\n{traceback.format_exc()[-2000:]}\n```")
+    if os.environ.get("EXPORT"):
+        outdir = os.path.join(ps.OUT, "kernels")
+        os.makedirs(outdir, exist_ok=True)
+        for d in (64, 128):
+            a = (jax.ShapeDtypeStruct((1 << 16, d), BF16), jax.ShapeDtypeStruct((1 << 15, d), BF16))
+            prm, sc = jax.ShapeDtypeStruct((8,), I32), jax.ShapeDtypeStruct((1,), F32)
+            part = jax.ShapeDtypeStruct((64 * 64,), F32)
+            z = make_scores_z2(d, 64, 128, 4, 3, 1 << 16, 64)
+            pk = make_scores_p2(d, 64, 128, 4, 3, 1 << 16, 64)
+            zc = p2.extract_config(jax.jit(z).lower(*a, jax.ShapeDtypeStruct((1 << 15,), F32), prm, sc).as_text())
+            pc = p2.extract_config(jax.jit(pk).lower(*a, part, part, prm, sc).as_text())
+            with open(os.path.join(outdir, f"scores_z_d{d}.cfg"), "w") as fh:
+                fh.write(zc)
+            with open(os.path.join(outdir, f"scores_p_d{d}.cfg"), "w") as fh:
+                fh.write(pc)
+            # the same kernels lowered for another shape set: the IR must not change
+            a2 = (jax.ShapeDtypeStruct((999, d), BF16), jax.ShapeDtypeStruct((333, d), BF16))
+            part2 = jax.ShapeDtypeStruct((7 * 64,), F32)
+            z2 = make_scores_z2(d, 64, 128, 4, 3, 999, 7)
+            pk2 = make_scores_p2(d, 64, 128, 4, 3, 999, 7)
+            zc2 = p2.extract_config(jax.jit(z2).lower(*a2, jax.ShapeDtypeStruct((333,), F32), prm, sc).as_text())
+            pc2 = p2.extract_config(jax.jit(pk2).lower(*a2, part2, part2, prm, sc).as_text())
+            say(f"D={d}: base-2 IR equal for two shape sets: z {p2.ir_of(zc) == p2.ir_of(zc2)}, p {p2.ir_of(pc) == p2.ir_of(pc2)}")
+        say(f"exported the base-2 pair to {outdir}")
+    say(f"round 15 checks {'passed' if ok_all else 'FAILED'}")
+
+
 if __name__ == "__main__":
-    {"11": round11, "12": round12}[os.environ.get("ROUND", "12")]()
+    {"11": round11, "12": round12, "15": round15}[os.environ.get("ROUND", "12")]()
