@@ -109,15 +109,7 @@ func (m *Memory[V]) Bytes() int64 {
 // Purge evicts all unreferenced entries (calling onEvict for each). Referenced entries stay.
 func (m *Memory[V]) Purge() {
 	m.mu.Lock()
-	var victims []*memEntry[V]
-	for el := m.lru.Back(); el != nil; {
-		prev := el.Prev()
-		if e := el.Value.(*memEntry[V]); e.refs == 0 {
-			m.removeLocked(e)
-			victims = append(victims, e)
-		}
-		el = prev
-	}
+	victims := m.evictWhileLocked(func() bool { return true })
 	m.mu.Unlock()
 	m.dropAll(victims)
 }
@@ -128,18 +120,9 @@ func (m *Memory[V]) Purge() {
 // KV cache on the device: two of a LLaMA-2-7B 130,000-token context do not fit an H200).
 func (m *Memory[V]) MakeRoom(bytes int64) {
 	m.mu.Lock()
-	if m.budget <= 0 {
-		m.mu.Unlock()
-		return
-	}
 	var victims []*memEntry[V]
-	for el := m.lru.Back(); el != nil && m.bytes+bytes > m.budget; {
-		prev := el.Prev()
-		if e := el.Value.(*memEntry[V]); e.refs == 0 {
-			m.removeLocked(e)
-			victims = append(victims, e)
-		}
-		el = prev
+	if m.budget > 0 {
+		victims = m.evictWhileLocked(func() bool { return m.bytes+bytes > m.budget })
 	}
 	m.mu.Unlock()
 	m.dropAll(victims)
@@ -275,11 +258,17 @@ func (m *Memory[V]) refLocked(e *memEntry[V]) {
 // evictLocked removes least-recently-used unreferenced entries while over budget and returns them
 // (for dropAll, outside the lock).
 func (m *Memory[V]) evictLocked() []*memEntry[V] {
-	if m.budget <= 0 || m.bytes <= m.budget {
+	if m.budget <= 0 {
 		return nil
 	}
+	return m.evictWhileLocked(func() bool { return m.bytes > m.budget })
+}
+
+// evictWhileLocked removes unreferenced entries, least recently used first, while more is true, and
+// returns them (for dropAll, outside the lock).
+func (m *Memory[V]) evictWhileLocked(more func() bool) []*memEntry[V] {
 	var victims []*memEntry[V]
-	for el := m.lru.Back(); el != nil && m.bytes > m.budget; {
+	for el := m.lru.Back(); el != nil && more(); {
 		prev := el.Prev()
 		if e := el.Value.(*memEntry[V]); e.refs == 0 {
 			m.removeLocked(e)
