@@ -135,6 +135,7 @@ var abVariantList = []abVariant{
 	{name: "lookup-sort", lookupOnly: true, about: "lookup-new with the boundary by a sort (SearchSort)"},
 	{name: "lookup-sel", lookupOnly: true, about: "lookup alone with the selection kernels (squeeze.SelectRows, SelectOn): cluster scores, then the two kernels' list"},
 	{name: "sq-engine-sel-sk", phases: "input", about: "sq-engine-sel with the cluster scores in the two cluster-score Triton kernels (squeeze.ScoresKernels SelectOn; the other variants score with XLA's ops): the engine's default for a user input on a GPU that passed the probes"},
+	{name: "sq-engine-sel-sk-xdyn", phases: "input", about: "sq-engine-sel-sk with the input tokens' own part in XLA's masked dense graph, as the engine ran it before session 12 (every sq-engine variant now attends a fresh dynamic segment with the fused causal kernel, squeezeLayer.freshDyn)"},
 	{name: "lookup-sel-sk", lookupOnly: true, phases: "input", about: "lookup-sel with the cluster scores in the cluster-score kernels"},
 	{name: "part-paged", phases: "decode", stage: true, about: "stage alone: the paged kernel and its split merge over a fixed list of the budget's rows (every 9th row; no lookup, no input tokens)"},
 	{name: "part-dyn", phases: "decode", stage: true, about: "stage alone: the decode token's attention over the input's tokens (squeeze.DenseAttention, as squeezedAttention's dynamic part)"},
@@ -163,7 +164,7 @@ func abSelect(name string) squeeze.SelectMode {
 // abScores is a variant's cluster scores: in the cluster-score kernels for the "-sk" variants, XLA's ops for the
 // others.
 func abScores(name string) squeeze.SelectMode {
-	if strings.HasSuffix(name, "-sk") {
+	if strings.HasSuffix(name, "-sk") || strings.Contains(name, "-sk-") {
 		return squeeze.SelectOn
 	}
 	return squeeze.SelectOff
@@ -440,14 +441,15 @@ func buildVariant(b compute.Backend, p abParams, v abVariant) (*graph.Exec, erro
 				if o == nil {
 					panic(errAbUnsupported)
 				}
-			case "sq-engine", "sq-engine-paged", "sq-engine-paged-sort", "sq-engine-paged-passes", "sq-engine-sel", "sq-engine-paged-sel", "sq-engine-sel-sk":
+			case "sq-engine", "sq-engine-paged", "sq-engine-paged-sort", "sq-engine-paged-passes", "sq-engine-sel", "sq-engine-paged-sel", "sq-engine-sel-sk", "sq-engine-sel-sk-xdyn":
 				cent := buf(l, 4) // the engine's centroids: bfloat16 for a bfloat16 model (centroidDType)
 				if p.dtype == dtypes.BFloat16 {
 					cent = buf(l, 5)
 				}
 				sl := &squeezeLayer{centroids: cent, counts: buf(l, 6), starts: buf(l, 8), order: buf(l, 9),
 					clustered: clustered, window: window, budget: budget, maxKept: p.maxKept, search: abSearch(v.name),
-					selectMode: abSelect(v.name), scoresMode: abScores(v.name)}
+					selectMode: abSelect(v.name), scoresMode: abScores(v.name),
+					freshDyn: !p.decode && !strings.HasSuffix(v.name, "-xdyn")} // an input's dyn segment is its own tokens
 				if strings.HasPrefix(v.name, "sq-engine-paged") {
 					sl.kernel = squeeze.KernelPaged
 				}
@@ -1112,7 +1114,7 @@ func checkGraphs(t testing.TB, b compute.Backend, shapesList []string, tiny bool
 				t.Fatalf("check data: %v", err)
 			}
 			p.variantsFilter = []string{"dense", "dense-fused", "sq-engine", "sq-new", "sq-new-reduce", "sq-sorted", "sq-engine-paged",
-				"sq-engine-sel", "sq-engine-paged-sel", "sq-engine-sel-sk"}
+				"sq-engine-sel", "sq-engine-paged-sel", "sq-engine-sel-sk", "sq-engine-sel-sk-xdyn"}
 			log("check %s %s, every key kept:", shape.name, p.phase())
 			res := runConfig(t, b, p, d, 1, log)
 			d.free()

@@ -274,6 +274,10 @@ type stepKind struct {
 	// large: more than graphRows rows per call. Smaller steps (decode, short user inputs) are compiled for
 	// command buffers (CUDA graphs) on XLA; larger ones without (graphName).
 	large bool
+	// freshDyn (squeezed steps only): the dynamic segment is empty before the step (a user input's first
+	// chunk after a prefix), so its valid rows are the step's own tokens, attended causally: through the
+	// fused attention where the backend has it (squeezedAttention).
+	freshDyn bool
 }
 
 // graphRows is the largest step (token rows, bucketed) compiled for command buffers. Measured on an H100
@@ -327,6 +331,7 @@ func (r *Runner) newExec(kind stepKind, sq *squeezeIndex) (*graph.Exec, error) {
 			allLogits: allLogits,
 			fused:     !r.opts.NoFusedAttention && n >= fusedMinTokens,
 		}
+		freshDyn := kind.freshDyn && !r.opts.NoFusedAttention
 		kv := rest[2:]
 		if kind.hasCtx {
 			s.ctxK, s.ctxV, kv = kv[:L], kv[L:2*L], kv[2*L:]
@@ -351,7 +356,7 @@ func (r *Runner) newExec(kind stepKind, sq *squeezeIndex) (*graph.Exec, error) {
 				sl := squeezeLayer{
 					centroids: li[0], counts: li[1], starts: li[2], order: li[3],
 					clustered: scalar(3), window: scalar(4), budget: budget,
-					maxKept: sq.listSize(l), threshold: threshold, mass: sq.opts.Mass}
+					maxKept: sq.listSize(l), threshold: threshold, mass: sq.opts.Mass, freshDyn: freshDyn}
 				if per > 4 {
 					sl.means = li[4]
 				}
@@ -770,7 +775,8 @@ func (s *Sequence) step(tokens []int, nb int, ctxKV *kvTensors, ctxLen int, dynK
 	large := nb > graphRows
 	exec := r.steps[stepKind{allLogits: allLogits, prefill: dynKV == nil, hasCtx: ctxKV != nil, deviceToken: deviceToken, large: large}]
 	if s.sq != nil && ctxKV == s.ctx {
-		if exec, err = r.stepExecSqueezed(s.sq, allLogits, deviceToken, large); err != nil {
+		fresh := dynKV != nil && dynLen == 0
+		if exec, err = r.stepExecSqueezed(s.sq, allLogits, deviceToken, large, fresh); err != nil {
 			return nil, nil, err
 		}
 		for l := range c.NumHiddenLayers {

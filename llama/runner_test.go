@@ -266,7 +266,7 @@ func TestGraphNames(t *testing.T) {
 	}
 	for _, large := range []bool{false, true} {
 		idx := &squeezeIndex{maxKept: 128}
-		e, err := r.stepExecSqueezed(idx, false, false, large)
+		e, err := r.stepExecSqueezed(idx, false, false, large, !large)
 		if err != nil {
 			t.Fatal(err)
 		}

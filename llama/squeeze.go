@@ -276,6 +276,9 @@ type squeezeLayer struct {
 	// scoresMode is when a user input's cluster scores run in the cluster-score kernels (zero:
 	// squeeze.ScoresKernels, from SQLLM_SQUEEZE_SCORES; the attention benchmark sets others).
 	scoresMode squeeze.SelectMode
+	// freshDyn: the dynamic segment was empty before this step (stepKind.freshDyn): its valid rows are the
+	// step's own tokens, rows [0, n), and their attention is causal.
+	freshDyn bool
 	// keptKeys is set by squeezedAttention: the step's kept clustered keys over the layer's KV heads
 	// (scalar int32), which the step returns summed over the layers (Sequence.SqueezeKept).
 	keptKeys *Node
@@ -542,7 +545,18 @@ func squeezedAttention(c *Config, q, ctxK, ctxV, dynK, dynV, dynMask *Node, sq *
 		dynK, dynV = b[0], b[1]
 	}
 	sparse, kept := squeeze.AttendSelected(qg, ctxK, ctxV, ix, scale, sq.kernel)
-	out := squeeze.Merge(sparse, squeeze.DenseAttention(qg, dynK, dynV, dm, scale)).Out // [numKVHeads, n*group, headDim] float32 (squeeze.Attend)
+	// The dynamic segment's part: over a fresh segment (a user input's first chunk after a prefix: its rows
+	// [0, n) are the step's own keys) through the backend's fused causal attention, instead of a graph that
+	// writes the [KV heads, n·group, dynCap] float32 scores and reads them back.
+	var dyn squeeze.Partial
+	ok := false
+	if sq.freshDyn && n*group >= squeeze.FusedMinQueries {
+		dyn, ok = squeeze.CausalAttentionFused(qg, Slice(dynK, AxisRange(), AxisRange(0, n)), Slice(dynV, AxisRange(), AxisRange(0, n)), scale)
+	}
+	if !ok {
+		dyn = squeeze.DenseAttention(qg, dynK, dynV, dm, scale)
+	}
+	out := squeeze.Merge(sparse, dyn).Out // [numKVHeads, n*group, headDim] float32 (squeeze.Attend)
 	// The clustered keys this step reads, summed over the KV heads (the window's rows are not counted).
 	sq.keptKeys = ReduceSum(MaxScalar(Sub(kept, BroadcastToDims(ConvertDType(sq.window, dtypes.Int32), kept.Shape().Dimensions...)), 0))
 	out = TransposeAllAxes(Reshape(ConvertDType(out, q.DType()), kvh, n, group, hd), 1, 0, 2, 3)
@@ -868,10 +882,10 @@ func (r *Runner) setClusterOrder(idx *squeezeIndex) error {
 // stepExecSqueezed returns the compiled step for sequences over a squeezed prefix. A flat and a
 // hierarchical index share it when their inputs per layer are the same (their shapes differ: unpackIndex,
 // so each compiles its own); the remainder adds the means, and a hierarchical index's mean sums too.
-func (r *Runner) stepExecSqueezed(sq *squeezeIndex, allLogits, deviceToken, large bool) (*graph.Exec, error) {
-	key := fmt.Sprintf("step/%s/%v/calibrated=%v/mass=%v/inputs=%d/device_token=%v/large=%v", sq.listKey(), allLogits,
-		sq.calibrated(), sq.opts.Mass, sq.inputsPerLayer(), deviceToken, large)
+func (r *Runner) stepExecSqueezed(sq *squeezeIndex, allLogits, deviceToken, large, freshDyn bool) (*graph.Exec, error) {
+	key := fmt.Sprintf("step/%s/%v/calibrated=%v/mass=%v/inputs=%d/device_token=%v/large=%v/fresh_dyn=%v", sq.listKey(), allLogits,
+		sq.calibrated(), sq.opts.Mass, sq.inputsPerLayer(), deviceToken, large, freshDyn)
 	return r.namedExec(key, func() (*graph.Exec, error) {
-		return r.newExec(stepKind{allLogits: allLogits, hasCtx: true, deviceToken: deviceToken, large: large}, sq)
+		return r.newExec(stepKind{allLogits: allLogits, hasCtx: true, deviceToken: deviceToken, large: large, freshDyn: freshDyn}, sq)
 	})
 }
