@@ -43,6 +43,7 @@ from jax.experimental import pallas as pl  # noqa: E402
 
 F32, I32, BF16 = jnp.float32, jnp.int32, jnp.bfloat16
 NEG = -1e30
+LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453
 say = ps.say
 
 
@@ -52,15 +53,21 @@ def _logits(q, c, scale):
 
 
 @functools.lru_cache(maxsize=None)
-def make_scores_z(d, bm, bk, num_warps=4, num_stages=2, n_static=1 << 16, p_static=64, debug=False):
+def make_scores_z(d, bm, bk, num_warps=4, num_stages=2, n_static=1 << 16, p_static=64, debug=False, base2=False):
     """q [Nq, D], c [Nc, D] bf16, counts [Nc] f32, prm [8] i32, scale [1] f32 → the rows' running maximum and sum
     mx, sm [P·BM] f32. Program p = (h·nMB + mb)·KS + ks covers the rows mb·BM .. of head h over its KS-th share of
-    the head's centroid blocks (round 11: the centroids split over KS programs; round 10 had KS = 1)."""
+    the head's centroid blocks (round 11: the centroids split over KS programs; round 10 had KS = 1).
+    base2 (round 15, the same contract: mx in natural log units, sm the same sums): the logits scaled by scale·log2 e
+    in the product's one multiply, the counts' bias log2 N, ex2 instead of exp (exp(x) is ex2(x·log2 e): one
+    multiply fewer an element), the maximum converted back to natural units at the end."""
+    ex, lg_n = (jnp.exp2, jnp.log2) if base2 else (jnp.exp, jnp.log)
 
     def kernel(q_ref, c_ref, n_ref, prm_ref, scale_ref, mx_ref, sm_ref):
         pid = pl.program_id(0)
         m_rows, k_cl, nmb, nkb, ks_n = prm_ref[0], prm_ref[1], prm_ref[2], prm_ref[6], prm_ref[7]  # nkb: Z's own BK blocks
         scale = scale_ref[0]
+        if base2:
+            scale = scale * LOG2E
         ks = pid % ks_n
         hm = pid // ks_n
         h = hm // nmb
@@ -75,13 +82,15 @@ def make_scores_z(d, bm, bk, num_warps=4, num_stages=2, n_static=1 << 16, p_stat
             crow = h * k_cl + jnp.minimum(kk, k_cl - 1)
             c = c_ref[crow, :]
             cnt = n_ref[crow]
-            bias = jnp.where((kk < k_cl) & (cnt > 0), jnp.log(jnp.maximum(cnt, 1.0)), NEG)
+            bias = jnp.where((kk < k_cl) & (cnt > 0), lg_n(jnp.maximum(cnt, 1.0)), NEG)
             lg = _logits(q, c, scale) + bias[None, :]
             m_new = jnp.maximum(mx, jnp.max(lg, axis=1))
-            sm = sm * jnp.exp(mx - m_new) + jnp.sum(jnp.exp(lg - m_new[:, None]), axis=1)
+            sm = sm * ex(mx - m_new) + jnp.sum(ex(lg - m_new[:, None]), axis=1)
             return m_new, sm
 
         mx, sm = lax.fori_loop(0, per, body, (jnp.full((bm,), NEG, F32), jnp.zeros((bm,), F32)))
+        if base2:
+            mx = jnp.where(mx > 0.5 * NEG, mx * LN2, NEG)
         mx_ref[pl.ds(pid * bm, bm)] = mx
         sm_ref[pl.ds(pid * bm, bm)] = sm
 
@@ -91,17 +100,21 @@ def make_scores_z(d, bm, bk, num_warps=4, num_stages=2, n_static=1 << 16, p_stat
 
 
 @functools.lru_cache(maxsize=None)
-def make_scores_p(d, bm, bk, num_warps=4, num_stages=2, n_static=1 << 16, p_static=64, debug=False):
+def make_scores_p(d, bm, bk, num_warps=4, num_stages=2, n_static=1 << 16, p_static=64, debug=False, base2=False):
     """q [Nq, D], c [Nc, D] bf16, mx, sm [H·nMB·KS·BM] f32 (make_scores_z), prm [8] i32, scale [1] f32 → partial
     sums [P·BK] f32: program p = (h·nKB + kb)·MS + ms writes Σ over its rows of exp(logit − logZ) for the centroids
     kb·BK .. (read as [H, nKB, MS, BK]). Each M block's logZ comes from its KS partials; the block's probabilities are
     added element-wise into a [BM, BK] accumulator, summed over the rows once at the end (round 11; round 10 summed
-    every block, a cross-warp reduction each time)."""
+    every block, a cross-warp reduction each time).
+    base2 (round 15, the same contract): a block's log Z becomes log2 Z, +inf for the padding rows (their terms are
+    ex2(-inf) = 0: no select an element), and each element costs a fused multiply-subtract, one ex2 and an addition."""
 
     def kernel(q_ref, c_ref, mx_ref, sm_ref, prm_ref, scale_ref, o_ref):
         pid = pl.program_id(0)
         m_rows, k_cl, nmb, nkb, ms_n, ks_n = prm_ref[0], prm_ref[1], prm_ref[2], prm_ref[3], prm_ref[4], prm_ref[7]
         scale = scale_ref[0]
+        if base2:
+            scale = scale * LOG2E
         h = pid // (nkb * ms_n)
         r = pid % (nkb * ms_n)
         kb = r // ms_n
@@ -126,95 +139,11 @@ def make_scores_p(d, bm, bk, num_warps=4, num_stages=2, n_static=1 << 16, p_stat
 
             z, l = lax.fori_loop(0, ks_n, comb, (jnp.full((bm,), NEG, F32), jnp.zeros((bm,), F32)))
             lz = z + jnp.log(jnp.maximum(l, 1e-30))
+            if base2:
+                lz2 = jnp.where(ok, lz * LOG2E, jnp.inf)
+                return acc + jnp.exp2(_logits(q, c, scale) - lz2[:, None])
             lg = _logits(q, c, scale)
             return acc + jnp.where(ok[:, None], jnp.exp(lg - lz[:, None]), 0.0)
-
-        acc = lax.fori_loop(0, per, body, jnp.zeros((bm, bk), F32))
-        o_ref[pl.ds(pid * bk, bk)] = jnp.sum(acc, axis=0)
-
-    return pl.pallas_call(
-        kernel, out_shape=jax.ShapeDtypeStruct((p_static * bk,), F32),
-        grid=(p_static,), compiler_params=ps.compiler_params(num_warps, num_stages), debug=debug)
-
-
-LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453
-
-
-@functools.lru_cache(maxsize=None)
-def make_scores_z2(d, bm, bk, num_warps=4, num_stages=2, n_static=1 << 16, p_static=64, debug=False):
-    """Round 15: make_scores_z in base 2, with the same contract (mx in natural log units, sm the same sums): the
-    logits are scaled by scale·log2(e) in the product's one multiply and the counts' bias is log2(N), so each element
-    costs a fused multiply-add, a maximum, a subtraction, one ex2 and an addition (exp(x) is ex2(x·log2 e): one
-    multiply fewer)."""
-
-    def kernel(q_ref, c_ref, n_ref, prm_ref, scale_ref, mx_ref, sm_ref):
-        pid = pl.program_id(0)
-        m_rows, k_cl, nmb, nkb, ks_n = prm_ref[0], prm_ref[1], prm_ref[2], prm_ref[6], prm_ref[7]
-        s2 = scale_ref[0] * LOG2E
-        ks = pid % ks_n
-        hm = pid // ks_n
-        h = hm // nmb
-        mb = hm % nmb
-        rows = h * m_rows + jnp.minimum(mb * bm + jnp.arange(bm, dtype=I32), m_rows - 1)
-        q = q_ref[rows, :]
-        per = (nkb + ks_n - 1) // ks_n
-
-        def body(i, carry):
-            mx, sm = carry
-            kk = (ks * per + i) * bk + jnp.arange(bk, dtype=I32)
-            crow = h * k_cl + jnp.minimum(kk, k_cl - 1)
-            c = c_ref[crow, :]
-            cnt = n_ref[crow]
-            bias = jnp.where((kk < k_cl) & (cnt > 0), jnp.log2(jnp.maximum(cnt, 1.0)), NEG)
-            lg = _logits(q, c, s2) + bias[None, :]
-            m_new = jnp.maximum(mx, jnp.max(lg, axis=1))
-            sm = sm * jnp.exp2(mx - m_new) + jnp.sum(jnp.exp2(lg - m_new[:, None]), axis=1)
-            return m_new, sm
-
-        mx, sm = lax.fori_loop(0, per, body, (jnp.full((bm,), NEG, F32), jnp.zeros((bm,), F32)))
-        mx_ref[pl.ds(pid * bm, bm)] = jnp.where(mx > 0.5 * NEG, mx * LN2, NEG)
-        sm_ref[pl.ds(pid * bm, bm)] = sm
-
-    return pl.pallas_call(
-        kernel, out_shape=(jax.ShapeDtypeStruct((p_static * bm,), F32), jax.ShapeDtypeStruct((p_static * bm,), F32)),
-        grid=(p_static,), compiler_params=ps.compiler_params(num_warps, num_stages), debug=debug)
-
-
-@functools.lru_cache(maxsize=None)
-def make_scores_p2(d, bm, bk, num_warps=4, num_stages=2, n_static=1 << 16, p_static=64, debug=False):
-    """Round 15: make_scores_p in base 2, same contract: a block's log Z (from Z's partials, natural units) becomes
-    log2 Z, +inf for the padding rows (their terms are ex2(-inf) = 0: no select an element), and each element costs a
-    fused multiply-subtract, one ex2 and an addition."""
-
-    def kernel(q_ref, c_ref, mx_ref, sm_ref, prm_ref, scale_ref, o_ref):
-        pid = pl.program_id(0)
-        m_rows, k_cl, nmb, nkb, ms_n, ks_n = prm_ref[0], prm_ref[1], prm_ref[2], prm_ref[3], prm_ref[4], prm_ref[7]
-        s2 = scale_ref[0] * LOG2E
-        h = pid // (nkb * ms_n)
-        r = pid % (nkb * ms_n)
-        kb = r // ms_n
-        ms = r % ms_n
-        kk = kb * bk + jnp.arange(bk, dtype=I32)
-        c = c_ref[h * k_cl + jnp.minimum(kk, k_cl - 1), :]
-        per = (nmb + ms_n - 1) // ms_n
-
-        def body(i, acc):
-            mb = jnp.minimum(ms * per + i, nmb - 1)
-            m_idx = (ms * per + i) * bm + jnp.arange(bm, dtype=I32)
-            ok = m_idx < m_rows
-            q = q_ref[h * m_rows + jnp.minimum(m_idx, m_rows - 1), :]
-            base = (h * nmb + mb) * ks_n * bm + jnp.arange(bm, dtype=I32)
-
-            def comb(j, zc):
-                z, l = zc
-                mj = mx_ref[base + j * bm]
-                sj = sm_ref[base + j * bm]
-                zn = jnp.maximum(z, mj)
-                return zn, l * jnp.exp(z - zn) + sj * jnp.exp(mj - zn)
-
-            z, l = lax.fori_loop(0, ks_n, comb, (jnp.full((bm,), NEG, F32), jnp.zeros((bm,), F32)))
-            lz2 = jnp.where(ok, (z + jnp.log(jnp.maximum(l, 1e-30))) * LOG2E, jnp.inf)
-            return acc + jnp.exp2(_logits(q, c, s2) - lz2[:, None])
 
         acc = lax.fori_loop(0, per, body, jnp.zeros((bm, bk), F32))
         o_ref[pl.ds(pid * bk, bk)] = jnp.sum(acc, axis=0)
@@ -250,12 +179,10 @@ def scores_call(q, cent, counts, scale, bm=64, bk=128, nw=4, st=2, target=528, z
     if isinstance(parts, tuple):  # Z's outputs given
         mx, sm = parts
     else:
-        mz = make_scores_z2 if fast else make_scores_z
-        mx, sm = mz(d, bm, bkz, nwz, stz, h * m, h * nmb * ks)(qf, cf, counts.reshape(-1), prm, sc)
+        mx, sm = make_scores_z(d, bm, bkz, nwz, stz, h * m, h * nmb * ks, base2=fast)(qf, cf, counts.reshape(-1), prm, sc)
         if parts == "z":
             return mx, sm
-    mp_ = make_scores_p2 if fast else make_scores_p
-    part = mp_(d, bm, bkp, nwp, stp, h * m, h * nkbp * ms)(qf, cf, mx, sm, prm, sc)
+    part = make_scores_p(d, bm, bkp, nwp, stp, h * m, h * nkbp * ms, base2=fast)(qf, cf, mx, sm, prm, sc)
     s = jnp.sum(part.reshape(h, nkbp, ms, bkp), axis=2).reshape(h, kp)[:, :k] / m
     return jnp.where(counts > 0, s, 0.0)
 
@@ -487,7 +414,7 @@ def round12():
 
 
 def round15():
-    """The base-2 kernels (make_scores_z2 / make_scores_p2, the embedded contract unchanged) against round 12's
+    """The base-2 kernels (make_scores_z / make_scores_p with base2=True, the embedded contract unchanged) against round 12's
     embedded pair (BM 64, BK 128, 4 warps, 3 stages), each kernel alone and both, at the four input shapes, after
     the checks; EXPORT=1 writes the base-2 pair as scores_{z,p}_d{D}.cfg (and checks their IR against a second
     shape set)."""
@@ -510,6 +437,8 @@ def round15():
     say("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, h, m, k, layers in (("LLaMA-2-7B 32K", 32, 512, 1638, 16), ("LLaMA-3-8B 32K", 8, 2048, 1638, 16),
                                    ("LLaMA-2-7B 128K", 32, 512, 6554, 8), ("LLaMA-3-8B 128K", 8, 2048, 6554, 8)):
+        if os.environ.get("TIMING") == "0":  # checks and export only
+            break
         try:
             d = 128
             scale = 1.0 / d**0.5
@@ -535,8 +464,8 @@ def round15():
             a = (jax.ShapeDtypeStruct((1 << 16, d), BF16), jax.ShapeDtypeStruct((1 << 15, d), BF16))
             prm, sc = jax.ShapeDtypeStruct((8,), I32), jax.ShapeDtypeStruct((1,), F32)
             part = jax.ShapeDtypeStruct((64 * 64,), F32)
-            z = make_scores_z2(d, 64, 128, 4, 3, 1 << 16, 64)
-            pk = make_scores_p2(d, 64, 128, 4, 3, 1 << 16, 64)
+            z = make_scores_z(d, 64, 128, 4, 3, 1 << 16, 64, base2=True)
+            pk = make_scores_p(d, 64, 128, 4, 3, 1 << 16, 64, base2=True)
             zc = p2.extract_config(jax.jit(z).lower(*a, jax.ShapeDtypeStruct((1 << 15,), F32), prm, sc).as_text())
             pc = p2.extract_config(jax.jit(pk).lower(*a, part, part, prm, sc).as_text())
             with open(os.path.join(outdir, f"scores_z_d{d}.cfg"), "w") as fh:
@@ -546,8 +475,8 @@ def round15():
             # the same kernels lowered for another shape set: the IR must not change
             a2 = (jax.ShapeDtypeStruct((999, d), BF16), jax.ShapeDtypeStruct((333, d), BF16))
             part2 = jax.ShapeDtypeStruct((7 * 64,), F32)
-            z2 = make_scores_z2(d, 64, 128, 4, 3, 999, 7)
-            pk2 = make_scores_p2(d, 64, 128, 4, 3, 999, 7)
+            z2 = make_scores_z(d, 64, 128, 4, 3, 999, 7, base2=True)
+            pk2 = make_scores_p(d, 64, 128, 4, 3, 999, 7, base2=True)
             zc2 = p2.extract_config(jax.jit(z2).lower(*a2, jax.ShapeDtypeStruct((333,), F32), prm, sc).as_text())
             pc2 = p2.extract_config(jax.jit(pk2).lower(*a2, part2, part2, prm, sc).as_text())
             say(f"D={d}: base-2 IR equal for two shape sets: z {p2.ir_of(zc) == p2.ir_of(zc2)}, p {p2.ir_of(pc) == p2.ir_of(pc2)}")
