@@ -533,10 +533,10 @@ func (s *Sequence) Close() error {
 }
 
 // lose closes the sequence after a failed KV write freed part of its cache (errKVLost): later calls
-// return err. Its context's buffers are gone already (writeKV freed what was left); the dynamic segment's
-// are freed here.
-func (s *Sequence) lose(err error) {
-	if !s.shared {
+// return err. With ctxFreed, writeKV freed what was left of the context's buffers (the write was into
+// them); the rest is freed here.
+func (s *Sequence) lose(err error, ctxFreed bool) {
+	if ctxFreed && !s.shared {
 		s.ctx = nil
 	}
 	s.Close()
@@ -677,7 +677,7 @@ func (s *Sequence) prefillChunk(tokens []int, allLogits bool) ([][]float32, erro
 	newCtx, err := r.writeKV(dst, chunk, s.ctxLen, len(tokens), r.ctxCapacity(s.ctxLen+len(tokens)), own, true)
 	if err != nil {
 		if errors.Is(err, errKVLost) {
-			s.lose(err)
+			s.lose(err, true)
 		} else {
 			chunk.finalize()
 		}
@@ -698,7 +698,7 @@ func (s *Sequence) dynChunk(tokens []int, allLogits bool) ([][]float32, error) {
 			newCtx, err := r.writeKV(s.ctx, s.dyn, s.ctxLen, s.dynLen, r.ctxCapacity(s.ctxLen+s.dynLen), true, false)
 			if err != nil {
 				if errors.Is(err, errKVLost) {
-					s.lose(err)
+					s.lose(err, true)
 				}
 				return nil, err
 			}
@@ -715,7 +715,7 @@ func (s *Sequence) dynChunk(tokens []int, allLogits bool) ([][]float32, error) {
 			if err != nil {
 				if errors.Is(err, errKVLost) {
 					s.dyn = nil // freed by writeKV
-					s.lose(err)
+					s.lose(err, false)
 				}
 				return nil, err
 			}

@@ -342,4 +342,41 @@ func TestKVWriteFailure(t *testing.T) {
 	if err := s2.Close(); err != nil {
 		t.Errorf("Close after the loss: %v", err)
 	}
+
+	// A sequence over a shared prefix grows its dynamic segment (by DynBlock rows) with writeKV; a fault after a free loses the sequence but not the prefix, which others go on using.
+	p, err := r.Prefill(context.Background(), ids[:20])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Free()
+	s3 := p.NewSequence()
+	if _, err := s3.Append(context.Background(), append(s3.TakePending(), ids[20:24]...)); err != nil {
+		t.Fatal(err)
+	}
+	for pos := 24; ; pos++ { // single tokens until the next one needs a larger dynamic segment
+		if s3.dynLen+1 > s3.dyn.capacity() {
+			failAt(3)
+			_, err = s3.Append(context.Background(), ids[pos:pos+1])
+			writeKVFault = func(int) error { return nil }
+			break
+		}
+		if _, err := s3.Append(context.Background(), ids[pos:pos+1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !errors.Is(err, errKVLost) {
+		t.Fatalf("fault growing the dynamic segment: got %v, want errKVLost", err)
+	}
+	s3.Close()
+	s4 := p.NewSequence()
+	defer s4.Close()
+	got, err = s4.AppendAllLogits(context.Background(), append(s4.TakePending(), ids[20:26]...))
+	if err != nil {
+		t.Fatalf("the prefix after a sequence over it was lost: %v", err)
+	}
+	for i, row := range got {
+		if d := maxDiff(row, want[19+i]); d > 1e-4*maxAbs(want[19+i]) {
+			t.Fatalf("the prefix after a lost sequence, position %d: logits differ by %.2e", 19+i, d)
+		}
+	}
 }
