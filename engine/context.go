@@ -330,12 +330,10 @@ func (m *Model) loadOrComputePrefix(ctx context.Context, key prefixcache.Key, to
 	return p, FromComputed, note, nil
 }
 
+// writePrefix writes p's KV cache to the disk cache, one layer's keys or values on the host at a time
+// (WriteFrom reads each twice from the device: for the header's checksums, then for the file).
 func (m *Model) writePrefix(key prefixcache.Key, p *llama.Prefix) error {
-	blobs, err := p.Blobs()
-	if err != nil {
-		return err
-	}
-	return m.cache.disk.Write(key, m.meta(p.Tokens()), blobs)
+	return m.cache.disk.WriteFrom(key, m.meta(p.Tokens()), p.NumBlobs(), p.Blob)
 }
 
 // Close releases the context's reference on its prefix, once the context's calls in progress have

@@ -91,37 +91,57 @@ func (p *Prefix) NewSequence() *Sequence {
 // cachedRows is the number of tokens whose keys and values are stored.
 func (p *Prefix) cachedRows() int { return len(p.tokens) - 1 }
 
-// Blobs exports the cache for storage: per layer the keys then the values of the cached rows, each
-// [numKVHeads, rows, headDim] in the compute dtype's bytes. BlobShapes gives their shapes.
+// Blobs exports the cache for storage: the keys of every layer, then the values of every layer, each
+// [numKVHeads, rows, headDim] of the cached rows in the compute dtype's bytes. BlobShapes gives their
+// shapes. It holds the whole cache on the host; Blob reads one at a time (prefixcache.Disk.WriteFrom).
 func (p *Prefix) Blobs() ([][]byte, error) {
+	blobs := make([][]byte, p.NumBlobs())
+	for i := range blobs {
+		b, err := p.Blob(i)
+		if err != nil {
+			return nil, err
+		}
+		blobs[i] = b
+	}
+	return blobs, nil
+}
+
+// NumBlobs is the number of Blobs: two per layer.
+func (p *Prefix) NumBlobs() int { return 2 * p.r.cfg.NumHiddenLayers }
+
+// Blob is Blobs()[i], read from the device alone.
+func (p *Prefix) Blob(i int) ([]byte, error) {
 	if p.kv == nil {
 		return nil, errors.New("llama: prefix is freed")
 	}
+	if i < 0 || i >= p.NumBlobs() {
+		return nil, fmt.Errorf("llama: prefix blob %d of %d", i, p.NumBlobs())
+	}
 	c := p.r.cfg
 	rows := p.cachedRows()
-	var blobs [][]byte
-	for _, t := range append(slices.Clone(p.kv.k), p.kv.v...) {
-		capacity := t.Shape().Dimensions[1]
-		elem := t.Shape().DType.Size()
-		out := make([]byte, c.NumKeyValueHeads*rows*c.HeadDim*elem)
-		err := t.ConstBytes(func(data []byte) {
-			rowBytes := c.HeadDim * elem
-			for h := range c.NumKeyValueHeads {
-				src := data[h*capacity*rowBytes : (h*capacity+rows)*rowBytes]
-				copy(out[h*rows*rowBytes:], src)
-			}
-		})
-		if err != nil {
-			return nil, fmt.Errorf("llama: reading the KV cache: %w", err)
-		}
-		// ConstBytes left a host copy of the whole buffer in the tensor: drop it, or the host holds the
-		// cache twice (LLaMA-2-7B at 130,000 tokens: 2 × 68 GB, which killed a 128 GB machine in session 12).
-		if t.IsOnAnyDevice() {
-			t.FinalizeLocal()
-		}
-		blobs = append(blobs, out)
+	t := p.kv.k[i%c.NumHiddenLayers]
+	if i >= c.NumHiddenLayers {
+		t = p.kv.v[i-c.NumHiddenLayers]
 	}
-	return blobs, nil
+	capacity := t.Shape().Dimensions[1]
+	elem := t.Shape().DType.Size()
+	out := make([]byte, c.NumKeyValueHeads*rows*c.HeadDim*elem)
+	err := t.ConstBytes(func(data []byte) {
+		rowBytes := c.HeadDim * elem
+		for h := range c.NumKeyValueHeads {
+			src := data[h*capacity*rowBytes : (h*capacity+rows)*rowBytes]
+			copy(out[h*rows*rowBytes:], src)
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("llama: reading the KV cache: %w", err)
+	}
+	// ConstBytes left a host copy of the whole buffer in the tensor: drop it, or the host holds the cache
+	// twice (LLaMA-2-7B at 130,000 tokens: 2 × 68 GB, which killed a 128 GB machine in session 12).
+	if t.IsOnAnyDevice() {
+		t.FinalizeLocal()
+	}
+	return out, nil
 }
 
 // BlobShapes is the shape of each blob of a prefix of n context tokens (see Blobs).

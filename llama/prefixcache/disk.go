@@ -124,7 +124,23 @@ func (d *Disk) Remove(k Key) error {
 //
 // On any error (e.g. disk full) the temp file is removed, the entry's file is left as it was, and the
 // error names the file and the step that failed.
-func (d *Disk) Write(k Key, meta Meta, blobs [][]byte) (err error) {
+func (d *Disk) Write(k Key, meta Meta, blobs [][]byte) error {
+	return d.writeFrom(k, meta, len(blobs), func(i int) ([]byte, error) { return blobs[i], nil }, false)
+}
+
+// WriteFrom is Write with the n blobs produced one at a time by blob(i), so that the caller never holds
+// more than one (a prefix's KV cache read from the device one layer's keys or values at a time: LLaMA-2-7B
+// at 130,000 tokens is 68 GB). blob is called twice for each i, in order: a first pass checksums the blobs
+// for the header, which precedes them in the file, and a second writes them; it must return the same bytes
+// both times (a blob that changed between the passes fails the write). An error from blob fails the write
+// as any other.
+func (d *Disk) WriteFrom(k Key, meta Meta, n int, blob func(i int) ([]byte, error)) error {
+	return d.writeFrom(k, meta, n, blob, true)
+}
+
+// writeFrom is WriteFrom; recheck checksums each blob again as it is written (blobs that may change
+// between the passes).
+func (d *Disk) writeFrom(k Key, meta Meta, n int, blob func(i int) ([]byte, error), recheck bool) (err error) {
 	path := d.Path(k)
 	fail := func(step string, err error) error {
 		hint := ""
@@ -135,20 +151,32 @@ func (d *Disk) Write(k Key, meta Meta, blobs [][]byte) (err error) {
 	}
 
 	meta.FormatVersion = CurrentFormatVersion
-	sizes, err := checkLayout(meta.Shapes, meta.BlobDTypes, len(blobs))
+	sizes, err := checkLayout(meta.Shapes, meta.BlobDTypes, n)
 	if err != nil {
 		return fail("meta does not describe the blobs", err)
 	}
 	body := fileBody{
 		Key:      k.String(),
 		Meta:     meta,
-		BlobLens: make([]int64, len(blobs)),
-		BlobCRCs: make([]uint32, len(blobs)),
+		BlobLens: make([]int64, n),
+		BlobCRCs: make([]uint32, n),
 	}
-	for i, b := range blobs {
+	// get returns blob i, checked against its size.
+	get := func(i int) ([]byte, error) {
+		b, err := blob(i)
+		if err != nil {
+			return nil, fail(fmt.Sprintf("reading blob %d", i), err)
+		}
 		if int64(len(b)) != sizes[i] {
-			return fail("meta does not describe the blobs", fmt.Errorf("blob %d has %d bytes, but shape %v × %s needs %d",
+			return nil, fail("meta does not describe the blobs", fmt.Errorf("blob %d has %d bytes, but shape %v × %s needs %d",
 				i, len(b), meta.Shapes[i], meta.BlobDTypes[i], sizes[i]))
+		}
+		return b, nil
+	}
+	for i := range n {
+		b, err := get(i)
+		if err != nil {
+			return err
 		}
 		body.BlobLens[i] = int64(len(b))
 		body.BlobCRCs[i] = crc32.Checksum(b, castagnoli)
@@ -191,13 +219,20 @@ func (d *Disk) Write(k Key, meta Meta, blobs [][]byte) (err error) {
 	if _, err := bw.Write(header); err != nil {
 		return fail("writing header", err)
 	}
-	for i, b := range blobs {
+	for i := range n {
+		b, err := get(i)
+		if err != nil {
+			return err
+		}
+		if recheck && crc32.Checksum(b, castagnoli) != body.BlobCRCs[i] {
+			return fail(fmt.Sprintf("writing blob %d", i), errors.New("the blob changed between the checksum and the write"))
+		}
 		for len(b) > 0 {
-			n := min(len(b), chunkSize)
-			if _, err := bw.Write(b[:n]); err != nil {
+			m := min(len(b), chunkSize)
+			if _, err := bw.Write(b[:m]); err != nil {
 				return fail(fmt.Sprintf("writing blob %d", i), err)
 			}
-			b = b[n:]
+			b = b[m:]
 		}
 	}
 	if err := bw.Flush(); err != nil {

@@ -623,3 +623,80 @@ func TestDiskParallelKeys(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestDiskWriteFrom: blobs produced one at a time, each asked for twice in order (checksums, then the
+// write), make the same entry as Write; a failing or changing producer fails the write, leaves no file
+// and keeps the previous entry.
+func TestDiskWriteFrom(t *testing.T) {
+	d := openTestDisk(t)
+	k, meta, blobs := testEntry(3, 0)
+	var calls []int
+	from := func(i int) ([]byte, error) {
+		calls = append(calls, i)
+		return slices.Clone(blobs[i]), nil // a fresh buffer each time, as a device read gives
+	}
+	if err := d.WriteFrom(k, meta, len(blobs), from); err != nil {
+		t.Fatal(err)
+	}
+	n := len(blobs)
+	var want []int
+	for range 2 {
+		for i := range n {
+			want = append(want, i)
+		}
+	}
+	if !slices.Equal(calls, want) {
+		t.Fatalf("blob calls %v, want %v", calls, want)
+	}
+	viaFrom, err := os.ReadFile(d.Path(k))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, d, k, meta, blobs)
+	viaWrite, err := os.ReadFile(d.Path(k))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(viaFrom, viaWrite) {
+		t.Fatal("WriteFrom and Write wrote different files for the same blobs")
+	}
+	_, _, other := testEntry(3, 5)
+	for name, tc := range map[string]struct {
+		blob func(i, call int) ([]byte, error)
+		msg  string
+	}{
+		"fails in the second pass": {func(i, call int) ([]byte, error) {
+			if call == n+1 {
+				return nil, errors.New("device gone")
+			}
+			return other[i], nil
+		}, "reading blob 1: device gone"},
+		"changes between the passes": {func(i, call int) ([]byte, error) {
+			if call == n+2 {
+				b := slices.Clone(other[i])
+				b[0] ^= 1
+				return b, nil
+			}
+			return other[i], nil
+		}, "blob 2: the blob changed"},
+		"wrong size": {func(i, call int) ([]byte, error) { return other[i][:1], nil }, "blob 0 has 1 bytes"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			call := 0
+			err := d.WriteFrom(k, meta, len(other), func(i int) ([]byte, error) {
+				b, err := tc.blob(i, call)
+				call++
+				return b, err
+			})
+			if err == nil || !strings.Contains(err.Error(), tc.msg) || !strings.Contains(err.Error(), d.Path(k)) {
+				t.Fatalf("got %v, want an error naming the file and %q", err, tc.msg)
+			}
+			if names := dirFiles(t, d.Dir()); !slices.Equal(names, []string{k.String() + ".kv"}) {
+				t.Fatalf("directory holds %v, want only the previous entry", names)
+			}
+			if got, err := d.Read(k, meta); err != nil || !equalBlobs(got, blobs) {
+				t.Fatalf("previous entry damaged: %v", err)
+			}
+		})
+	}
+}
