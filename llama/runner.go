@@ -775,7 +775,9 @@ func (s *Sequence) step(tokens []int, nb int, ctxKV *kvTensors, ctxLen int, dynK
 	large := nb > graphRows
 	exec := r.steps[stepKind{allLogits: allLogits, prefill: dynKV == nil, hasCtx: ctxKV != nil, deviceToken: deviceToken, large: large}]
 	if s.sq != nil && ctxKV == s.ctx {
-		fresh := dynKV != nil && dynLen == 0
+		// A fresh dynamic segment compiles its own step only where it changes the graph (fused attention).
+		fresh := dynKV != nil && dynLen == 0 && !r.opts.NoFusedAttention &&
+			r.backend.Capabilities().Operations[compute.OpTypeFusedScaledDotProductAttention]
 		if exec, err = r.stepExecSqueezed(s.sq, allLogits, deviceToken, large, fresh); err != nil {
 			return nil, nil, err
 		}
