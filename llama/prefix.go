@@ -156,12 +156,27 @@ func (r *Runner) BlobShapes(n int) [][]int {
 
 // PrefixFromBlobs rebuilds a prefix of the given context tokens from Blobs' output.
 func (r *Runner) PrefixFromBlobs(tokens []int, blobs [][]byte) (*Prefix, error) {
+	if len(blobs) != 2*r.cfg.NumHiddenLayers {
+		return nil, fmt.Errorf("llama: prefix has %d blobs, want %d", len(blobs), 2*r.cfg.NumHiddenLayers)
+	}
+	return r.PrefixFromBlobFunc(tokens, func(each func(i int, b []byte) error) error {
+		for i, b := range blobs {
+			if err := each(i, b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// PrefixFromBlobFunc is PrefixFromBlobs with the blobs handed over one at a time: read calls each(i, b)
+// for i = 0, 1, ... in order (prefixcache.Disk.ReadEach), and each moves blob i to the device before it
+// returns, so that the host never holds more than the blobs read has in flight. An error of read is
+// returned as it is (after the buffers made so far are freed).
+func (r *Runner) PrefixFromBlobFunc(tokens []int, read func(each func(i int, b []byte) error) error) (*Prefix, error) {
 	c := r.cfg
 	if len(tokens) == 0 || len(tokens) > r.maxLen {
 		return nil, fmt.Errorf("llama: prefix of %d tokens (context %d)", len(tokens), r.maxLen)
-	}
-	if len(blobs) != 2*c.NumHiddenLayers {
-		return nil, fmt.Errorf("llama: prefix has %d blobs, want %d", len(blobs), 2*c.NumHiddenLayers)
 	}
 	rows := len(tokens) - 1
 	capacity := r.ctxCapacity(max(rows, 1))
@@ -169,11 +184,15 @@ func (r *Runner) PrefixFromBlobs(tokens []int, blobs [][]byte) (*Prefix, error) 
 	elem := dtype.Size()
 	rowBytes := c.HeadDim * elem
 	want := c.NumKeyValueHeads * rows * rowBytes
+	n := 2 * c.NumHiddenLayers
 	kv := &kvTensors{}
-	for i, b := range blobs {
-		if len(b) != want {
-			kv.finalize()
-			return nil, fmt.Errorf("llama: prefix blob %d has %d bytes, want %d", i, len(b), want)
+	next := 0
+	each := func(i int, b []byte) error {
+		switch {
+		case i != next || i >= n:
+			return fmt.Errorf("llama: prefix blob %d handed over after %d of %d", i, next, n)
+		case len(b) != want:
+			return fmt.Errorf("llama: prefix blob %d has %d bytes, want %d", i, len(b), want)
 		}
 		t := tensors.FromShape(shapes.Make(dtype, c.NumKeyValueHeads, capacity, c.HeadDim))
 		err := t.MutableBytes(func(data []byte) {
@@ -185,8 +204,8 @@ func (r *Runner) PrefixFromBlobs(tokens []int, blobs [][]byte) (*Prefix, error) 
 			err = t.MaterializeOnDevice(r.backend, false, 0)
 		}
 		if err != nil {
-			kv.finalize()
-			return nil, fmt.Errorf("llama: loading prefix: %w", err)
+			t.FinalizeAll()
+			return fmt.Errorf("llama: loading prefix: %w", err)
 		}
 		t.FinalizeLocal()
 		if i < c.NumHiddenLayers {
@@ -194,6 +213,16 @@ func (r *Runner) PrefixFromBlobs(tokens []int, blobs [][]byte) (*Prefix, error) 
 		} else {
 			kv.v = append(kv.v, t)
 		}
+		next++
+		return nil
+	}
+	if err := read(each); err != nil {
+		kv.finalize()
+		return nil, err
+	}
+	if next != n {
+		kv.finalize()
+		return nil, fmt.Errorf("llama: prefix has %d blobs, want %d", next, n)
 	}
 	return &Prefix{r: r, kv: kv, tokens: slices.Clone(tokens)}, nil
 }

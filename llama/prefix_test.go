@@ -2,6 +2,10 @@ package llama
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/gomlx/compute/dtypes"
@@ -87,3 +91,76 @@ func TestPrefixMatchesOneShot(t *testing.T) {
 		t.Fatalf("after other questions: logits differ by %.2e", d)
 	}
 }
+
+// TestPrefixFromBlobFunc: blobs handed over one at a time rebuild the prefix Blob reads them from; an error
+// of the reader comes back as it is, and blobs out of order, of the wrong size or too few are refused.
+func TestPrefixFromBlobFunc(t *testing.T) {
+	cases, err := loadGolden()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := cases[2].IDs[:60]
+	r := testRunner(t, dtypes.Float32, Options{MaxChunk: 128, DynBlock: 32})
+	p, err := r.Prefill(context.Background(), ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Free()
+	feed := func(order []int, mutate func(i int, b []byte) []byte, failAt int) func(each func(int, []byte) error) error {
+		return func(each func(int, []byte) error) error {
+			for k, i := range order {
+				if k == failAt {
+					return errReaderTest
+				}
+				b, err := p.Blob(i)
+				if err != nil {
+					return err
+				}
+				if mutate != nil {
+					b = mutate(i, b)
+				}
+				if err := each(i, b); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}
+	n := p.NumBlobs()
+	inOrder := make([]int, n)
+	for i := range inOrder {
+		inOrder[i] = i
+	}
+	q, err := r.PrefixFromBlobFunc(ids, feed(inOrder, nil, -1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		a, _ := p.Blob(i)
+		b, _ := q.Blob(i)
+		if !slices.Equal(a, b) {
+			t.Fatalf("blob %d differs after the round trip", i)
+		}
+	}
+	q.Free()
+	swapped := slices.Clone(inOrder)
+	swapped[1], swapped[2] = swapped[2], swapped[1]
+	for name, tc := range map[string]struct {
+		read func(each func(int, []byte) error) error
+		want string
+	}{
+		"reader error":  {feed(inOrder, nil, 3), errReaderTest.Error()},
+		"out of order":  {feed(swapped, nil, -1), "blob 2 handed over after 1"},
+		"wrong size":    {feed(inOrder, func(i int, b []byte) []byte { return b[:len(b)-4] }, -1), "blob 0 has"},
+		"too few blobs": {feed(inOrder[:n-1], nil, -1), fmt.Sprintf("prefix has %d blobs, want %d", n-1, n)},
+	} {
+		if q, err := r.PrefixFromBlobFunc(ids, tc.read); err == nil || !strings.Contains(err.Error(), tc.want) {
+			if q != nil {
+				q.Free()
+			}
+			t.Errorf("%s: got %v, want an error containing %q", name, err, tc.want)
+		}
+	}
+}
+
+var errReaderTest = errors.New("reader failed")

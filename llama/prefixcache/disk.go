@@ -272,7 +272,21 @@ func syncDir(dir string) {
 // "prefixcache: /x/ab12….kv: blob 3 checksum mismatch", and the file is removed so that the caller
 // recomputes and rewrites it. Other errors (e.g. permission denied, I/O errors) are returned as is and
 // leave the file alone. An invalid expect (e.g. unknown dtype) is an error that touches nothing.
-func (d *Disk) Read(k Key, expect Meta) (blobs [][]byte, err error) {
+func (d *Disk) Read(k Key, expect Meta) ([][]byte, error) {
+	return d.read(k, expect, nil)
+}
+
+// ReadEach is Read with the blobs handed to each(i, b) in order, each once its checksum is verified,
+// instead of returned, so that the caller need not hold the whole entry (a prefix's KV cache is moved to
+// the device one blob at a time). Up to the read workers' number of blobs are read ahead in parallel. An
+// entry found damaged at blob j fails (and is removed, as by Read) after each has received the blobs
+// before j; an error of each stops the read and is returned as is, leaving the file alone. each may keep b.
+func (d *Disk) ReadEach(k Key, expect Meta, each func(i int, b []byte) error) error {
+	_, err := d.read(k, expect, each)
+	return err
+}
+
+func (d *Disk) read(k Key, expect Meta, each func(i int, b []byte) error) (blobs [][]byte, err error) {
 	path := d.Path(k)
 	if _, err := checkLayout(expect.Shapes, expect.BlobDTypes, len(expect.Shapes)); err != nil {
 		return nil, fmt.Errorf("prefixcache: read %s: invalid expected meta: %w", path, err)
@@ -293,7 +307,7 @@ func (d *Disk) Read(k Key, expect Meta) (blobs [][]byte, err error) {
 		_ = f.Close()
 		return nil, fmt.Errorf("prefixcache: %s: not a regular file", path)
 	}
-	blobs, err = readEntry(f, info.Size(), path, k, &expect)
+	blobs, err = readEntry(f, info.Size(), path, k, &expect, each)
 	_ = f.Close()
 	if err != nil {
 		var ee *entryError
@@ -314,7 +328,8 @@ func (d *Disk) discard(path string, opened fs.FileInfo) {
 	}
 }
 
-func readEntry(f *os.File, size int64, path string, k Key, expect *Meta) ([][]byte, error) {
+// readEntry checks the entry in f and returns its blobs, or with each hands them over in order (readEach).
+func readEntry(f *os.File, size int64, path string, k Key, expect *Meta, each func(i int, b []byte) error) ([][]byte, error) {
 	corrupt := func(format string, args ...any) error {
 		return &entryError{path: path, kind: ErrCorrupt, msg: fmt.Sprintf(format, args...)}
 	}
@@ -411,31 +426,78 @@ func readEntry(f *os.File, size int64, path string, k Key, expect *Meta) ([][]by
 		offsets[i] = off
 		off += l
 	}
-	readBlob := func(i int) error {
+	readBlob := func(i int) ([]byte, error) {
 		b := make([]byte, body.BlobLens[i])
 		var c uint32
 		for off := 0; off < len(b); {
 			end := min(off+chunkSize, len(b))
 			if _, err := f.ReadAt(b[off:end], offsets[i]+int64(off)); err != nil {
-				return readErr(fmt.Sprintf("blob %d", i), err)
+				return nil, readErr(fmt.Sprintf("blob %d", i), err)
 			}
 			c = crc32.Update(c, castagnoli, b[off:end])
 			off = end
 		}
 		if c != body.BlobCRCs[i] {
-			return corrupt("blob %d checksum mismatch (stored %08x, computed %08x)", i, body.BlobCRCs[i], c)
+			return nil, corrupt("blob %d checksum mismatch (stored %08x, computed %08x)", i, body.BlobCRCs[i], c)
 		}
-		blobs[i] = b
-		return nil
+		return b, nil
 	}
 	workers := min(readWorkers, runtime.GOMAXPROCS(0), n)
 	if total-preambleLen-hlen < parallelReadMin {
 		workers = 1
 	}
-	if err := forEach(n, workers, readBlob); err != nil {
+	if each != nil {
+		return nil, readEach(n, workers, readBlob, each)
+	}
+	err = forEach(n, workers, func(i int) (err error) {
+		blobs[i], err = readBlob(i)
+		return err
+	})
+	if err != nil {
 		return nil, err
 	}
 	return blobs, nil
+}
+
+// readEach reads blobs 0..n-1 with read, up to workers of them ahead of the one handed to each, and hands
+// them to each in order. It returns at the first error (read's or each's); reads still in flight finish on
+// their own (their results are dropped).
+func readEach(n, workers int, read func(i int) ([]byte, error), each func(i int, b []byte) error) error {
+	type result struct {
+		b   []byte
+		err error
+	}
+	results := make([]chan result, n)
+	for i := range results {
+		results[i] = make(chan result, 1) // a read never blocks on a consumer that has gone
+	}
+	ahead := make(chan struct{}, max(workers, 1)) // one token per blob read but not yet handed over
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for i := range n {
+			select {
+			case ahead <- struct{}{}:
+			case <-stop:
+				return
+			}
+			go func() {
+				b, err := read(i)
+				results[i] <- result{b, err}
+			}()
+		}
+	}()
+	for i := range n {
+		r := <-results[i]
+		if r.err != nil {
+			return r.err
+		}
+		if err := each(i, r.b); err != nil {
+			return err
+		}
+		<-ahead
+	}
+	return nil
 }
 
 // forEach calls fn(0..n-1) from up to workers goroutines, and returns the error of the lowest index

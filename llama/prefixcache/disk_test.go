@@ -700,3 +700,65 @@ func TestDiskWriteFrom(t *testing.T) {
 		})
 	}
 }
+
+// TestDiskReadEach: the blobs come in order, as Read returns them, sequentially or read ahead in parallel;
+// a damaged blob fails the read after the blobs before it (and the file is removed, as by Read); an error
+// of the consumer is returned as is and leaves the file.
+func TestDiskReadEach(t *testing.T) {
+	d := openTestDisk(t)
+	k, meta, blobs := testEntry(3, 0)
+	mustWrite(t, d, k, meta, blobs)
+	for _, parallel := range []bool{false, true} {
+		func() {
+			defer func(old int64) { parallelReadMin = old }(parallelReadMin)
+			if parallel {
+				parallelReadMin = 0
+			}
+			var got [][]byte
+			err := d.ReadEach(k, meta, func(i int, b []byte) error {
+				if i != len(got) {
+					return fmt.Errorf("blob %d handed over after %d", i, len(got))
+				}
+				got = append(got, b)
+				return nil
+			})
+			if err != nil || !equalBlobs(got, blobs) {
+				t.Fatalf("parallel %v: ReadEach: %v (%d blobs)", parallel, err, len(got))
+			}
+		}()
+	}
+	stop := errors.New("consumer stops")
+	seen := 0
+	err := d.ReadEach(k, meta, func(i int, b []byte) error {
+		seen++
+		if i == 2 {
+			return stop
+		}
+		return nil
+	})
+	if err != stop || seen != 3 {
+		t.Fatalf("consumer error: got %v after %d blobs, want it as is after 3", err, seen)
+	}
+	if _, err := d.Read(k, meta); err != nil {
+		t.Fatalf("the entry after a consumer error: %v", err)
+	}
+	// Damage blob 4: blobs 0-3 arrive, then ErrCorrupt naming blob 4, and the entry is gone.
+	good, err := os.ReadFile(d.Path(k))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, offsets := layout(t, good, blobs)
+	bad := bytes.Clone(good)
+	bad[offsets[4]] ^= 0xff
+	if err := os.WriteFile(d.Path(k), bad, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	seen = 0
+	err = d.ReadEach(k, meta, func(i int, b []byte) error { seen++; return nil })
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "blob 4 checksum") || seen != 4 {
+		t.Fatalf("damaged blob 4: got %v after %d blobs, want ErrCorrupt naming blob 4 after 4", err, seen)
+	}
+	if _, err := d.Read(k, meta); !errors.Is(err, ErrMiss) {
+		t.Fatalf("the damaged entry was not removed: %v", err)
+	}
+}
