@@ -33,6 +33,14 @@ func BenchmarkDisk(b *testing.B) {
 				mustWrite(b, d, k, meta, blobs)
 			}
 		})
+		b.Run(fmt.Sprintf("WriteFrom/%dMiB", mib), func(b *testing.B) { // each blob produced twice, checksummed twice
+			b.SetBytes(int64(mib) << 20)
+			for b.Loop() {
+				if err := d.WriteFrom(k, meta, len(blobs), func(i int) ([]byte, error) { return blobs[i], nil }); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 		for _, workers := range []int{1, 8} {
 			b.Run(fmt.Sprintf("Read/%dMiB/workers=%d", mib, workers), func(b *testing.B) {
 				defer func(old int) { readWorkers = old }(readWorkers)
@@ -40,6 +48,16 @@ func BenchmarkDisk(b *testing.B) {
 				b.SetBytes(int64(mib) << 20)
 				for b.Loop() {
 					if _, err := d.Read(k, meta); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+			b.Run(fmt.Sprintf("ReadEach/%dMiB/workers=%d", mib, workers), func(b *testing.B) {
+				defer func(old int) { readWorkers = old }(readWorkers)
+				readWorkers = workers
+				b.SetBytes(int64(mib) << 20)
+				for b.Loop() {
+					if err := d.ReadEach(k, meta, func(int, []byte) error { return nil }); err != nil {
 						b.Fatal(err)
 					}
 				}

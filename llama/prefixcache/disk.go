@@ -463,6 +463,18 @@ func readEntry(f *os.File, size int64, path string, k Key, expect *Meta, each fu
 // them to each in order. It returns at the first error (read's or each's); reads still in flight finish on
 // their own (their results are dropped).
 func readEach(n, workers int, read func(i int) ([]byte, error), each func(i int, b []byte) error) error {
+	if workers <= 1 { // small entries: no read-ahead
+		for i := range n {
+			b, err := read(i)
+			if err != nil {
+				return err
+			}
+			if err := each(i, b); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	type result struct {
 		b   []byte
 		err error
@@ -471,7 +483,7 @@ func readEach(n, workers int, read func(i int) ([]byte, error), each func(i int,
 	for i := range results {
 		results[i] = make(chan result, 1) // a read never blocks on a consumer that has gone
 	}
-	ahead := make(chan struct{}, max(workers, 1)) // one token per blob read but not yet handed over
+	ahead := make(chan struct{}, workers) // one token per blob read but not yet handed over
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
