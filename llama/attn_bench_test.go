@@ -140,6 +140,9 @@ var abVariantList = []abVariant{
 	{name: "part-paged", phases: "decode", stage: true, about: "stage alone: the paged kernel and its split merge over a fixed list of the budget's rows (every 9th row; no lookup, no input tokens)"},
 	{name: "part-dyn", phases: "decode", stage: true, about: "stage alone: the decode token's attention over the input's tokens (squeeze.DenseAttention, as squeezedAttention's dynamic part)"},
 	{name: "part-paged-dyn", phases: "decode", stage: true, about: "part-paged and part-dyn merged (squeeze.Merge): the squeezed decode step without its lookup"},
+	{name: "part-kept", phases: "input", stage: true, about: "stage alone: the kept keys' gather and cuDNN attention (squeeze.SparseAttentionFused) over a fixed list of the budget's rows (every 9th row; no lookup, no input tokens)"},
+	{name: "part-dyn-in", phases: "input", stage: true, about: "stage alone: the input tokens' causal attention over themselves through cuDNN (squeeze.CausalAttentionFused, squeezedAttention's part for a fresh dynamic segment)"},
+	{name: "part-kept-dyn", phases: "input", stage: true, about: "part-kept and part-dyn-in merged (squeeze.Merge): the squeezed user-input step without its lookup"},
 }
 
 // abSearch is the boundary search a variant's name asks for.
@@ -416,8 +419,8 @@ func buildVariant(b compute.Backend, p abParams, v abVariant) (*graph.Exec, erro
 		if strings.HasSuffix(v.name, "-reduce") {
 			kernel = squeeze.KernelReduce
 		}
-		// The part-paged variants' fixed list: every 9th row of the context, the budget's number of them, for
-		// every head.
+		// The stage variants' fixed list (part-paged, part-kept): every 9th row of the context, the budget's
+		// number of them, for every head.
 		var fixedIdx, fixedValid *Node
 		if v.stage {
 			fixedIdx = MulScalar(Iota(g, shapes.Make(dtypes.Int32, kvh, p.maxKept), 1), 9)
@@ -482,6 +485,30 @@ func buildVariant(b compute.Backend, p abParams, v abVariant) (*graph.Exec, erro
 				if v.name != "part-paged" {
 					dm := Reshape(BroadcastToDims(Reshape(dynMask, n, 1, t), n, group, t), 1, n*group, t)
 					dyn := squeeze.DenseAttention(qg, dynK, dynV, dm, scale)
+					if pt.Out == nil {
+						pt = dyn
+					} else {
+						pt = squeeze.Merge(pt, dyn)
+					}
+				}
+				out := TransposeAllAxes(Reshape(ConvertDType(pt.Out, q.DType()), kvh, n, group, hd), 1, 0, 2, 3)
+				o = Reshape(out, n, heads*hd)
+			case "part-kept", "part-dyn-in", "part-kept-dyn":
+				qg := qgOf(q)
+				var pt squeeze.Partial
+				if v.name != "part-dyn-in" {
+					kept := BroadcastToDims(MinScalar(ConvertDType(Add(budget, window), dtypes.Int32), float64(p.maxKept)), kvh)
+					pk, ok := squeeze.SparseAttentionFused(qg, ctxK, ctxV, fixedIdx, kept, scale)
+					if !ok {
+						panic(errAbUnsupported)
+					}
+					pt = pk
+				}
+				if v.name != "part-kept" {
+					dyn, ok := squeeze.CausalAttentionFused(qg, dynK, dynV, scale)
+					if !ok {
+						panic(errAbUnsupported)
+					}
 					if pt.Out == nil {
 						pt = dyn
 					} else {
