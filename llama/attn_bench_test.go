@@ -472,48 +472,35 @@ func buildVariant(b compute.Backend, p abParams, v abVariant) (*graph.Exec, erro
 				o = lookupDependency(idx, n, heads*hd, q.DType())
 			case "lookup-scores":
 				o = lookupDependency(squeeze.ClusterScores(qgOf(q), buf(l, 5), buf(l, 6), scale), n, heads*hd, q.DType())
-			case "part-paged", "part-dyn", "part-paged-dyn":
+			case "part-paged", "part-dyn", "part-paged-dyn", "part-kept", "part-dyn-in", "part-kept-dyn":
+				// A stage of the squeezed step alone: the kept keys' part over the fixed list (decode: the paged
+				// kernel; input: the gather and cuDNN), the input tokens' part (decode: the masked graph; input:
+				// cuDNN, causal), or both merged.
 				qg := qgOf(q)
-				var pt squeeze.Partial
-				if v.name != "part-dyn" {
-					pp, ok := squeeze.SparseAttentionPaged(qg, ctxK, ctxV, fixedIdx, fixedValid, scale)
+				var parts []squeeze.Partial
+				add := func(pt squeeze.Partial, ok bool) {
 					if !ok {
 						panic(errAbUnsupported)
 					}
-					pt = pp
+					parts = append(parts, pt)
 				}
-				if v.name != "part-paged" {
-					dm := Reshape(BroadcastToDims(Reshape(dynMask, n, 1, t), n, group, t), 1, n*group, t)
-					dyn := squeeze.DenseAttention(qg, dynK, dynV, dm, scale)
-					if pt.Out == nil {
-						pt = dyn
-					} else {
-						pt = squeeze.Merge(pt, dyn)
-					}
-				}
-				out := TransposeAllAxes(Reshape(ConvertDType(pt.Out, q.DType()), kvh, n, group, hd), 1, 0, 2, 3)
-				o = Reshape(out, n, heads*hd)
-			case "part-kept", "part-dyn-in", "part-kept-dyn":
-				qg := qgOf(q)
-				var pt squeeze.Partial
-				if v.name != "part-dyn-in" {
+				switch v.name {
+				case "part-paged", "part-paged-dyn":
+					add(squeeze.SparseAttentionPaged(qg, ctxK, ctxV, fixedIdx, fixedValid, scale))
+				case "part-kept", "part-kept-dyn":
 					kept := BroadcastToDims(MinScalar(ConvertDType(Add(budget, window), dtypes.Int32), float64(p.maxKept)), kvh)
-					pk, ok := squeeze.SparseAttentionFused(qg, ctxK, ctxV, fixedIdx, kept, scale)
-					if !ok {
-						panic(errAbUnsupported)
-					}
-					pt = pk
+					add(squeeze.SparseAttentionFused(qg, ctxK, ctxV, fixedIdx, kept, scale))
 				}
-				if v.name != "part-kept" {
-					dyn, ok := squeeze.CausalAttentionFused(qg, dynK, dynV, scale)
-					if !ok {
-						panic(errAbUnsupported)
-					}
-					if pt.Out == nil {
-						pt = dyn
-					} else {
-						pt = squeeze.Merge(pt, dyn)
-					}
+				switch v.name {
+				case "part-dyn", "part-paged-dyn":
+					dm := Reshape(BroadcastToDims(Reshape(dynMask, n, 1, t), n, group, t), 1, n*group, t)
+					add(squeeze.DenseAttention(qg, dynK, dynV, dm, scale), true)
+				case "part-dyn-in", "part-kept-dyn":
+					add(squeeze.CausalAttentionFused(qg, dynK, dynV, scale))
+				}
+				pt := parts[0]
+				if len(parts) == 2 {
+					pt = squeeze.Merge(pt, parts[1])
 				}
 				out := TransposeAllAxes(Reshape(ConvertDType(pt.Out, q.DType()), kvh, n, group, hd), 1, 0, 2, 3)
 				o = Reshape(out, n, heads*hd)
