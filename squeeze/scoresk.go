@@ -29,8 +29,8 @@ import (
 //     [H·nKB·MS·128] float32, the MS splits' partial sums, which XLA adds and divides by M.
 //
 // Both read rows through clamped index vectors, take every size at run time, and serve any input length and
-// context (their Triton IR differs between shapes only in multiplications of a constant by 0; checked in round
-// 11). Written in Pallas (scripts/gpu/pallas_scores.py), exported like the paged kernels
+// context (round 12's Triton IR differs between shapes only in multiplications of a constant by 0, checked in
+// round 11; round 15's base-2 IR also differs between shapes and was not diffed). Written in Pallas (scripts/gpu/pallas_scores.py), exported like the paged kernels
 // (kernels/scores_{z,p}_d{D}.cfg.gz, D = 64 and 128, 64-row and 128-centroid blocks, 4 warps, 3 stages: the best
 // pair of round 12, which timed each kernel alone over 15 block, warp and stage choices). Since session 12 both
 // compute in base 2 (round 15, the same contract): the logits scaled by scale·log2 e in the product's one
