@@ -1006,11 +1006,11 @@ func writeTables(rows []abRow, md func(string, ...any)) {
 }
 
 // engineDefault is the squeezed variant that runs as the engine runs by default on a GPU that passed its probes:
-// the selection kernels, and for the decode of a model without grouped-query attention the paged kernel
-// (squeeze.PagedAuto); the first of those present, else sq-engine.
+// the selection kernels, and for a decode step of at most squeeze.PagedAutoMaxQueries query heads a KV head the
+// paged kernel (squeeze.PagedAuto); the first of those present, else sq-engine.
 func (r abRow) engineDefault() *abResult {
 	names := []string{"sq-engine-sel-sk", "sq-engine-sel", "sq-engine"}
-	if r.p.decode && r.p.shape.heads == r.p.shape.kvHeads {
+	if r.p.decode && r.p.shape.heads/r.p.shape.kvHeads <= squeeze.PagedAutoMaxQueries {
 		names = []string{"sq-engine-paged-sel", "sq-engine-sel", "sq-engine-paged", "sq-engine"}
 	}
 	for _, n := range names {

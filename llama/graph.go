@@ -355,8 +355,8 @@ var noSplitK = os.Getenv("SQLLM_NO_SPLITK") != ""
 // SQLLM_SQUEEZE_PASSES=1 makes the squeezed selection search its boundary in passes on accelerators too
 // (squeeze.NoAllPairs); SQLLM_SQUEEZE_SEARCH=passes|allpairs|sort picks the search (squeeze.Search) for
 // measuring them. SQLLM_SQUEEZE_PAGED picks when a decode step's kept keys go through the paged Triton kernel
-// (squeeze.Paged): 1 wherever there is one, 0 never, unset for one query row per KV head on a backend that
-// passed squeeze.ProbePaged (see squeeze/paged.go). SQLLM_SQUEEZE_SELECT picks when the selection (boundary and
+// (squeeze.Paged): 1 wherever there is one, 0 never, unset for up to squeeze.PagedAutoMaxQueries query rows per
+// KV head on a backend that passed squeeze.ProbePaged (see squeeze/paged.go). SQLLM_SQUEEZE_SELECT picks when the selection (boundary and
 // kept list) runs in the two selection Triton kernels (squeeze.SelectKernels): 1 wherever there are kernels, 0
 // never (XLA's selection, whose boundary search SQLLM_SQUEEZE_SEARCH picks), unset on a backend that passed
 // squeeze.ProbeSelect (see squeeze/selectk.go). SQLLM_SQUEEZE_SCORES picks when a user input's cluster scores

@@ -218,7 +218,8 @@ type Kernel int
 const (
 	// KernelAuto: the fused flash attention for steps of at least FusedMinQueries query rows per KV head
 	// where the backend has it (a user input), the paged kernel for decode steps as Paged says (by default
-	// for one query row per KV head, on a backend that passed ProbePaged), else KernelEinsum.
+	// for up to PagedAutoMaxQueries query rows per KV head, on a backend that passed ProbePaged), else
+	// KernelEinsum.
 	KernelAuto Kernel = iota
 	// KernelEinsum gathers the kept rows and attends with two batched products (SparseAttention).
 	KernelEinsum

@@ -67,8 +67,8 @@ func SetPagedSplits(ns int) int {
 type PagedMode int
 
 const (
-	// PagedAuto: for steps of at most PagedAutoMaxQueries query rows per KV head (the decode step of a model
-	// without grouped-query attention), on a backend that passed ProbePaged.
+	// PagedAuto: for steps of at most PagedAutoMaxQueries query rows per KV head (a decode step), on a backend
+	// that passed ProbePaged.
 	PagedAuto PagedMode = iota
 	PagedOff            // never
 	PagedOn             // for steps of at most PagedMaxQueries query rows per KV head, wherever there is a kernel
@@ -77,16 +77,19 @@ const (
 // Paged is KernelAuto's use of the paged kernel; the engine sets it from SQLLM_SQUEEZE_PAGED (1: PagedOn, 0:
 // PagedOff, unset: PagedAuto).
 //
-// Measured on an H200 (BENCHMARKS.md, sessions 8 and 9), the attention benchmark's decode with command buffers,
+// Measured on an H200 (BENCHMARKS.md, sessions 8, 9 and 13), the attention benchmark's decode with command buffers,
 // µs a layer with the paged kernel against XLA's gathers: LLaMA-2-7B shape (one query row per KV head) 116 against
 // 156 at 32K and 233 against 402 at 128K; the engine's whole decode step at 32K 7.21 against 8.13 ms (session 8)
-// and 7.33 against 8.19 and 8.49 (session 9; one earlier call of session 9 had 10.64 against 9.83, every squeezed
-// run of that call slow). LLaMA-3-8B shape (four rows per KV head): 76.5 against 68.3 at 32K and 207 against 190
-// at 128K, slower. Hence PagedAutoMaxQueries = 1.
+// and 7.33 against 8.19 and 8.49 (session 9). LLaMA-3-8B shape (four rows per KV head): with session 8's kernel
+// 76.5 against 68.3 at 32K and 207 against 190 at 128K, slower, so PagedAuto took one row only until session 13.
+// Since then the kernels for 2-8 rows prefetch their next blocks (Pallas round 14's pf2, 1.4× faster than
+// session 8's at 4 rows in Pallas, the same run): with ten calls a repetition 49.0 against 44.8 at 32K and 81.4
+// against 92.9 at 128K; the engine's decode at 8B 32K 5.62 and 5.96 against 6.39 and 6.34 ms a token, at 8B
+// 130,000 tokens 6.92 against 7.59 (one process each).
 var Paged PagedMode
 
 // PagedAutoMaxQueries is the most query rows per KV head for which PagedAuto takes the paged kernel.
-const PagedAutoMaxQueries = 1
+const PagedAutoMaxQueries = PagedMaxQueries
 
 // pagedProbed holds ProbePaged's result per backend (compute.Backend → bool).
 var pagedProbed sync.Map
@@ -113,6 +116,8 @@ func probed(m *sync.Map, b compute.Backend) bool {
 	return ok && v.(bool)
 }
 
+// probePaged runs one query row per KV head and four (grouped queries): since session 13 the kernels for 2-8 rows
+// are another Pallas kernel than the one for a single row (pallas_paged.py's pf2, their blocks prefetched).
 func probePaged(b compute.Backend) (ok bool) {
 	const h, s, d, n = 2, 96, 64, 40
 	err := exceptions.TryCatch[error](func() {
@@ -124,15 +129,19 @@ func probePaged(b compute.Backend) (ok bool) {
 			x := Iota(g, shapes.Make(dtypes.Float32, h, s, d), 1)
 			keys := ConvertDType(Cos(MulScalar(Add(x, Iota(g, shapes.Make(dtypes.Float32, h, s, d), 2)), 0.37)), bf)
 			values := ConvertDType(Sin(MulScalar(Add(x, Iota(g, shapes.Make(dtypes.Float32, h, s, d), 2)), 0.11)), bf)
-			q := Cos(MulScalar(Iota(g, shapes.Make(dtypes.Float32, h, 1, d), 2), 0.5))
 			idx := ModScalar(MulScalar(Iota(g, shapes.Make(dtypes.Int32, h, n), 1), 7), s)
 			valid := LessThan(Iota(g, shapes.Make(dtypes.Int32, h, n), 1), Const(g, [][]int32{{n}, {n - 9}}))
-			p, done := SparseAttentionPaged(q, keys, values, idx, valid, 0.125)
-			if !done {
-				return []*Node{Const(g, float32(-1))}
+			diff := Scalar(g, dtypes.Float32, 0)
+			for _, m := range []int{1, 4} {
+				qi := Add(Iota(g, shapes.Make(dtypes.Float32, h, m, d), 2), MulScalar(Iota(g, shapes.Make(dtypes.Float32, h, m, d), 1), 3))
+				q := Cos(MulScalar(qi, 0.5))
+				p, done := SparseAttentionPaged(q, keys, values, idx, valid, 0.125)
+				if !done {
+					return []*Node{Const(g, float32(-1))}
+				}
+				want := SparseAttention(q, keys, values, idx, valid, 0.125)
+				diff = Max(diff, Max(ReduceAllMax(Abs(Sub(p.Out, want.Out))), ReduceAllMax(Abs(Sub(p.LSE, want.LSE)))))
 			}
-			want := SparseAttention(q, keys, values, idx, valid, 0.125)
-			diff := Max(ReduceAllMax(Abs(Sub(p.Out, want.Out))), ReduceAllMax(Abs(Sub(p.LSE, want.LSE))))
 			return []*Node{diff}
 		})
 		diff := out[0].Value().(float32)

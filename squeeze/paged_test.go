@@ -162,9 +162,9 @@ func TestPagedFallbacks(t *testing.T) {
 	}
 }
 
-// TestAttendKeptPaged: KernelAuto takes the paged kernel for a decode step as Paged says (PagedAuto: one query
-// row per KV head, once the backend passed ProbePaged), KernelPaged always, and neither for a step of more query
-// rows than the kernels take.
+// TestAttendKeptPaged: KernelAuto takes the paged kernel for a decode step as Paged says (PagedAuto: up to
+// PagedMaxQueries query rows per KV head, once the backend passed ProbePaged), KernelPaged always, and neither for
+// a step of more query rows than the kernels take.
 func TestAttendKeptPaged(t *testing.T) {
 	saveCall, saveAvail, savePaged := pagedCall, pagedAvailable, Paged
 	defer func() { pagedCall, pagedAvailable, Paged = saveCall, saveAvail, savePaged }()
@@ -184,7 +184,8 @@ func TestAttendKeptPaged(t *testing.T) {
 		want   int
 	}{{PagedOff, true, KernelAuto, 1, 0}, {PagedOn, false, KernelAuto, 1, 1}, {PagedOff, false, KernelPaged, 4, 1},
 		{PagedOn, true, KernelAuto, 12, 0}, {PagedOn, true, KernelEinsum, 1, 0}, {PagedOn, false, KernelAuto, 4, 1},
-		{PagedAuto, false, KernelAuto, 1, 0}, {PagedAuto, true, KernelAuto, 1, 1}, {PagedAuto, true, KernelAuto, 4, 0}} {
+		{PagedAuto, false, KernelAuto, 1, 0}, {PagedAuto, true, KernelAuto, 1, 1}, {PagedAuto, true, KernelAuto, 4, 1},
+		{PagedAuto, false, KernelAuto, 4, 0}, {PagedAuto, true, KernelAuto, 12, 0}} {
 		Paged, calls = c.paged, 0
 		pagedProbed.Store(testBackend(), c.probed)
 		MustExecOnceN(testBackend(), func(q *Node) []*Node {

@@ -17,7 +17,10 @@ Loads past the program's last block re-read its last block (clamped), never anot
 Checks each variant against make_paged_dyn and the masked-dense reference, times them (16 layers chained, 8 at 128K,
 µs a layer with an empty call subtracted, XLA's merge of the splits included as in the engine) at the LLaMA-2-7B
 and LLaMA-3-8B shapes, 32K and 128K, and with EXPORT=1 writes every variant's configs (G = 1..8, D = 64, 128, R 32,
-4 warps) to $OUT/kernels/paged_{variant}_g{G}_d{D}.cfg and the IR-independence check (IR equal for two shape sets).
+4 warps; pf2 with 1 and 2 stages) to $OUT/kernels/paged_{variant}_s{stages}_g{G}_d{D}.cfg, after ir_diff (session 13:
+the Triton modules of two shape sets, their whole diff in $OUT/paged_pf2_ir_diff.txt) and the escaped-IR check
+(IR equal for two shape sets: false for every variant, the embedded one too; the diff shows why it does not matter).
+EXPORT_ONLY=1 skips the timings. Since session 13 pf2 (1 stage) is embedded for G = 2..8 (squeeze/kernels/README.md).
 Run on the GPU machine: python3 scripts/gpu/pallas_paged.py (appends to $OUT/pallas.md).
 """
 import functools
@@ -38,7 +41,7 @@ say = ps.say
 
 
 @functools.lru_cache(maxsize=None)
-def make_paged_pf(variant, g, d, r, n, p, hq, dtype=jnp.bfloat16, num_warps=4, num_stages=2):
+def make_paged_pf(variant, g, d, r, n, p, hq, dtype=jnp.bfloat16, num_warps=4, num_stages=2, debug=False):
     """make_paged_dyn's kernel with its blocks prefetched (variant "pf1" or "pf2", see the module comment)."""
 
     def kernel(q_ref, idx_ref, k_ref, v_ref, prm_ref, scale_ref, o_ref, lse_ref):
@@ -82,13 +85,13 @@ def make_paged_pf(variant, g, d, r, n, p, hq, dtype=jnp.bfloat16, num_warps=4, n
     return pl.pallas_call(
         kernel,
         out_shape=(jax.ShapeDtypeStruct((p, g, d), F32), jax.ShapeDtypeStruct((p, g), F32)),
-        grid=(p,), compiler_params=ps.compiler_params(num_warps, num_stages))
+        grid=(p,), compiler_params=ps.compiler_params(num_warps, num_stages), debug=debug)
 
 
-def make_kernel(variant, g, d, r, n, p, hq, dtype=jnp.bfloat16, num_warps=4, num_stages=2):
+def make_kernel(variant, g, d, r, n, p, hq, dtype=jnp.bfloat16, num_warps=4, num_stages=2, debug=False):
     if variant == "base":
         return p2.make_paged_dyn(g, d, r, n, p, hq, dtype, num_warps, num_stages)
-    return make_paged_pf(variant, g, d, r, n, p, hq, dtype, num_warps, num_stages)
+    return make_paged_pf(variant, g, d, r, n, p, hq, dtype, num_warps, num_stages, debug)
 
 
 def paged_call(variant, q, idx_hb, k, v, ns, r, scale, num_warps=4, num_stages=2):
@@ -106,8 +109,8 @@ def paged_call(variant, q, idx_hb, k, v, ns, r, scale, num_warps=4, num_stages=2
     return ps.merge_splits(o.reshape(hq, ns, g, d), lse.reshape(hq, ns, g))
 
 
-def lower_cfg(variant, g, d, r, n, p, hq, nw, st):
-    kern = make_kernel(variant, g, d, r, n, p, hq, jnp.bfloat16, nw, st)
+def lower_cfg(variant, g, d, r, n, p, hq, nw, st, debug=False):
+    kern = make_kernel(variant, g, d, r, n, p, hq, jnp.bfloat16, nw, st, debug)
     args = (jax.ShapeDtypeStruct((hq, g, d), jnp.bfloat16), jax.ShapeDtypeStruct((p * 256,), I32),
             jax.ShapeDtypeStruct((n, d), jnp.bfloat16), jax.ShapeDtypeStruct((n, d), jnp.bfloat16),
             jax.ShapeDtypeStruct((2,), I32), jax.ShapeDtypeStruct((1,), F32))
@@ -117,17 +120,50 @@ def lower_cfg(variant, g, d, r, n, p, hq, nw, st):
 VARIANTS = ("base", "pf1", "pf2")
 
 
+def ir_diff(v="pf2", st=1):
+    """Session 13: what differs between the variant's Triton modules lowered for two shape sets (debug=True prints
+    them), and whether the base kernel's escaped IR passes the same check."""
+    import contextlib
+    import difflib
+    import io
+    import re
+    texts = []
+    for n, p, hq in ((1 << 20, 64, 8), (12345, 7, 3)):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            lower_cfg(v, 4, 128, 32, n, p, hq, 4, st, True)
+        texts.append(buf.getvalue())
+    strip = lambda t: [re.sub(r"loc\(.*?\)|#loc\d*", "", ln) for ln in t.splitlines() if not ln.startswith("#loc")]
+    d = list(difflib.unified_diff(strip(texts[0]), strip(texts[1]), lineterm="", n=1))
+    with open(os.path.join(ps.OUT, f"paged_{v}_ir_diff.txt"), "w") as fh:
+        fh.write("\n".join(d))
+    say(f"{v} stages {st}: debug print diff between shape sets ({len(texts[0])} / {len(texts[1])} chars), {len(d)} lines, first 60:\n```\n" +
+        "\n".join(x[:300] for x in d[:60]) + "\n```")
+    a = p2.ir_of(lower_cfg("base", 4, 128, 32, 1 << 20, 64, 8, 4, 2))
+    b = p2.ir_of(lower_cfg("base", 4, 128, 32, 12345, 7, 3, 4, 2))
+    say(f"base: escaped IR equal for the two shape sets: {a == b}")
+    c1 = lower_cfg(v, 4, 128, 32, 1 << 20, 64, 8, 4, st)
+    c2 = lower_cfg(v, 4, 128, 32, 1 << 20, 64, 8, 4, st)
+    c3 = lower_cfg(v, 4, 128, 32, 1 << 21, 128, 8, 4, st)
+    say(f"{v}: escaped IR equal when lowered twice alike: {p2.ir_of(c1) == p2.ir_of(c2)}; for N 2^21, P 128: {p2.ir_of(c1) == p2.ir_of(c3)}")
+
+
 def export():
     outdir = os.path.join(ps.OUT, "kernels")
     os.makedirs(outdir, exist_ok=True)
+    try:
+        ir_diff("pf2", 1)
+    except Exception as e:  # noqa: BLE001
+        say(f"ir_diff failed: {str(e)[:300]}")
     for v in VARIANTS[1:]:
         a = p2.ir_of(lower_cfg(v, 4, 128, 32, 1 << 20, 64, 8, 4, 2))
         b = p2.ir_of(lower_cfg(v, 4, 128, 32, 12345, 7, 3, 4, 2))
         say(f"{v}: IR independent of N, P, H: {a == b} ({len(a)} chars escaped)")
         for d in (64, 128):
             for g in range(1, 9):
-                with open(os.path.join(outdir, f"paged_{v}_g{g}_d{d}.cfg"), "w") as f:
-                    f.write(lower_cfg(v, g, d, 32, 1 << 20, 64, 8, 4, 2))
+                for st in ((2, 1) if v == "pf2" else (2,)):
+                    with open(os.path.join(outdir, f"paged_{v}_s{st}_g{g}_d{d}.cfg"), "w") as f:
+                        f.write(lower_cfg(v, g, d, 32, 1 << 20, 64, 8, 4, st))
     say(f"wrote {len(os.listdir(outdir))} kernel configs to {outdir}")
 
 
@@ -135,6 +171,8 @@ def main():
     say(f"\n## round 14 (paged kernel, prefetched blocks): jax {jax.__version__}, {jax.devices()}")
     if os.environ.get("EXPORT"):
         export()
+        if os.environ.get("EXPORT_ONLY"):
+            return
     r, d, window = 32, 128, 100
     cases = (("LLaMA-2-7B 32K", 32, 1, 32768, 1638, 2048, 16), ("LLaMA-3-8B 32K", 8, 4, 32768, 1638, 2048, 16),
              ("LLaMA-2-7B 128K", 32, 1, 131072, 6554, 8192, 8), ("LLaMA-3-8B 128K", 8, 4, 131072, 6554, 8192, 8))

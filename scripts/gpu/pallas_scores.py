@@ -25,6 +25,8 @@ index vectors (no masks), so one config serves every input length and context (i
 
 Checks against the jnp formulation (the engine's XLA graph) and times both, chained over layers, at the 7B / 8B
 shapes, 32K and 128K; EXPORT=1 writes the configs (scores_{z,p}_d{D}.cfg) to $OUT/kernels.
+Round 15 (session 12): the same kernels in base 2 (embedded). Round 16 (session 13): a wider grid (32-row blocks, 2
+warps, 4 stages) and half-precision exponentials (ex2.approx.f16x2), neither faster than round 15's pair.
 Run on the GPU machine: python3 scripts/gpu/pallas_scores.py (appends to $OUT/pallas.md).
 """
 import functools
@@ -47,13 +49,22 @@ LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453
 say = ps.say
 
 
+def ex2_f16(x):
+    """2^x of a float32 tile through ex2.approx.f16x2 (two elements an instruction), back in float32 (round 16)."""
+    from jax.experimental.pallas import triton as plgpu
+    h = x.astype(jnp.float16)
+    [r] = plgpu.elementwise_inline_asm("ex2.approx.f16x2 $0, $1;", args=[h], constraints="=r,r", pack=2,
+                                       result_shape_dtypes=[jax.ShapeDtypeStruct(h.shape, jnp.float16)])
+    return r.astype(F32)
+
+
 def _logits(q, c, scale):
     """[BM, D]·[BK, D]ᵀ on the tensor cores, float32 accumulation, scaled."""
     return lax.dot_general(q, c, (((1,), (1,)), ((), ())), preferred_element_type=F32) * scale
 
 
 @functools.lru_cache(maxsize=None)
-def make_scores_z(d, bm, bk, num_warps=4, num_stages=2, n_static=1 << 16, p_static=64, debug=False, base2=False):
+def make_scores_z(d, bm, bk, num_warps=4, num_stages=2, n_static=1 << 16, p_static=64, debug=False, base2=False, f16=False):
     """q [Nq, D], c [Nc, D] bf16, counts [Nc] f32, prm [8] i32, scale [1] f32 → the rows' running maximum and sum
     mx, sm [P·BM] f32. Program p = (h·nMB + mb)·KS + ks covers the rows mb·BM .. of head h over its KS-th share of
     the head's centroid blocks (round 11: the centroids split over KS programs; round 10 had KS = 1).
@@ -61,6 +72,8 @@ def make_scores_z(d, bm, bk, num_warps=4, num_stages=2, n_static=1 << 16, p_stat
     in the product's one multiply, the counts' bias log2 N, ex2 instead of exp (exp(x) is ex2(x·log2 e): one
     multiply fewer an element), the maximum converted back to natural units at the end."""
     ex, lg_n = (jnp.exp2, jnp.log2) if base2 else (jnp.exp, jnp.log)
+    if f16:  # round 16: the per-element exponentials in half precision, two a MUFU instruction
+        ex = ex2_f16
 
     def kernel(q_ref, c_ref, n_ref, prm_ref, scale_ref, mx_ref, sm_ref):
         pid = pl.program_id(0)
@@ -85,7 +98,8 @@ def make_scores_z(d, bm, bk, num_warps=4, num_stages=2, n_static=1 << 16, p_stat
             bias = jnp.where((kk < k_cl) & (cnt > 0), lg_n(jnp.maximum(cnt, 1.0)), NEG)
             lg = _logits(q, c, scale) + bias[None, :]
             m_new = jnp.maximum(mx, jnp.max(lg, axis=1))
-            sm = sm * ex(mx - m_new) + jnp.sum(ex(lg - m_new[:, None]), axis=1)
+            sm = sm * jnp.exp2(mx - m_new) + jnp.sum(ex(lg - m_new[:, None]), axis=1) if base2 else \
+                sm * ex(mx - m_new) + jnp.sum(ex(lg - m_new[:, None]), axis=1)
             return m_new, sm
 
         mx, sm = lax.fori_loop(0, per, body, (jnp.full((bm,), NEG, F32), jnp.zeros((bm,), F32)))
@@ -100,7 +114,7 @@ def make_scores_z(d, bm, bk, num_warps=4, num_stages=2, n_static=1 << 16, p_stat
 
 
 @functools.lru_cache(maxsize=None)
-def make_scores_p(d, bm, bk, num_warps=4, num_stages=2, n_static=1 << 16, p_static=64, debug=False, base2=False):
+def make_scores_p(d, bm, bk, num_warps=4, num_stages=2, n_static=1 << 16, p_static=64, debug=False, base2=False, f16=False):
     """q [Nq, D], c [Nc, D] bf16, mx, sm [H·nMB·KS·BM] f32 (make_scores_z), prm [8] i32, scale [1] f32 → partial
     sums [P·BK] f32: program p = (h·nKB + kb)·MS + ms writes Σ over its rows of exp(logit − logZ) for the centroids
     kb·BK .. (read as [H, nKB, MS, BK]). Each M block's logZ comes from its KS partials; the block's probabilities are
@@ -141,7 +155,7 @@ def make_scores_p(d, bm, bk, num_warps=4, num_stages=2, n_static=1 << 16, p_stat
             lz = z + jnp.log(jnp.maximum(l, 1e-30))
             if base2:
                 lz2 = jnp.where(ok, lz * LOG2E, jnp.inf)
-                return acc + jnp.exp2(_logits(q, c, scale) - lz2[:, None])
+                return acc + (ex2_f16 if f16 else jnp.exp2)(_logits(q, c, scale) - lz2[:, None])
             lg = _logits(q, c, scale)
             return acc + jnp.where(ok[:, None], jnp.exp(lg - lz[:, None]), 0.0)
 
@@ -161,7 +175,7 @@ def splits(h, nmb, nkb, target):
 
 
 def scores_call(q, cent, counts, scale, bm=64, bk=128, nw=4, st=2, target=528, zcfg=None, pcfg=None, parts=None,
-                fast=False):
+                fast=False, f16z=False, f16p=False):
     """ClusterScores through the two kernels: q [H, M, D], cent [H, K, D] bf16, counts [H, K] f32 → [H, K] f32.
     zcfg / pcfg = (BK, warps, stages) of kernel Z / P (default: bk, nw, st for both; round 12 tunes them apart).
     parts = "z": kernel Z's outputs only; "p": kernel P (+ the sum) over Z outputs made once outside (for timing)."""
@@ -179,10 +193,10 @@ def scores_call(q, cent, counts, scale, bm=64, bk=128, nw=4, st=2, target=528, z
     if isinstance(parts, tuple):  # Z's outputs given
         mx, sm = parts
     else:
-        mx, sm = make_scores_z(d, bm, bkz, nwz, stz, h * m, h * nmb * ks, base2=fast)(qf, cf, counts.reshape(-1), prm, sc)
+        mx, sm = make_scores_z(d, bm, bkz, nwz, stz, h * m, h * nmb * ks, base2=fast, f16=f16z)(qf, cf, counts.reshape(-1), prm, sc)
         if parts == "z":
             return mx, sm
-    part = make_scores_p(d, bm, bkp, nwp, stp, h * m, h * nkbp * ms, base2=fast)(qf, cf, mx, sm, prm, sc)
+    part = make_scores_p(d, bm, bkp, nwp, stp, h * m, h * nkbp * ms, base2=fast, f16=f16p)(qf, cf, mx, sm, prm, sc)
     s = jnp.sum(part.reshape(h, nkbp, ms, bkp), axis=2).reshape(h, kp)[:, :k] / m
     return jnp.where(counts > 0, s, 0.0)
 
@@ -484,5 +498,128 @@ def round15():
     say(f"round 15 checks {'passed' if ok_all else 'FAILED'}")
 
 
+def round16():
+    """Session 13: kernels Z and P (base 2) timed apart over a grid that adds fewer warps and rows a program (more
+    programs resident an SM) and deeper pipelines, at the LLaMA-2-7B shape, 128K and 32K (the cells still under the
+    bar); their exponentials in half precision (ex2.approx.f16x2, two an instruction) beside; the best pair
+    (BM shared) checked and timed against round 15's embedded pair (64, 128, 4, 3) at the four input shapes; with
+    EXPORT=1 it is exported as scores_{z,p}_d{D}.cfg (+ scores.json) if it is at least 3% faster in sum."""
+    import json
+    say(f"\n## round 16 (cluster-score kernels: a wider grid, half-precision exponentials): jax {jax.__version__}, {jax.devices()}")
+    shapes_ = (("LLaMA-2-7B 128K", 32, 512, 6554, 8), ("LLaMA-2-7B 32K", 32, 512, 1638, 16))
+    grid = [(32, 64, 2, 3), (32, 128, 2, 3), (32, 128, 2, 4), (32, 64, 4, 3), (32, 128, 4, 3),
+            (64, 64, 4, 3), (64, 128, 4, 3), (64, 128, 4, 4), (64, 256, 4, 3), (64, 64, 2, 3), (64, 128, 2, 3),
+            (64, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 3)]
+    tz, tp, t16 = {}, {}, {}
+    for label, h, m, k, layers in shapes_:
+        d = 128
+        scale = 1.0 / d**0.5
+        per, first = timing_case(h, m, k, layers, 400)
+        tx = per(lambda q, c, n: xla_scores(q, c, n, scale))
+        say(f"{label}: XLA {tx:.1f} µs a layer")
+        zs = {}
+        for bm, bk, nw, st in grid:
+            try:
+                t = per(lambda q, c, n: scores_call(q, c, n, scale, bm, zcfg=(bk, nw, st), parts="z", fast=True))
+                tz.setdefault((bm, bk, nw, st), []).append(t)
+            except Exception as e:  # noqa: BLE001
+                say(f"Z {bm},{bk},{nw},{st}: failed {str(e)[:200]}")
+        for bm in sorted({g_[0] for g_ in grid}):
+            zs[bm] = jax.jit(lambda q, c, n, bm=bm: scores_call(q, c, n, scale, bm, zcfg=(128, 4, 3), parts="z", fast=True))(*first)
+        for bm, bk, nw, st in grid:
+            try:
+                zz = zs[bm]
+                t = per(lambda q, c, n, zz=zz: scores_call(q, c, n, scale, bm, zcfg=(128, 4, 3), pcfg=(bk, nw, st), parts=zz, fast=True))
+                tp.setdefault((bm, bk, nw, st), []).append(t)
+            except Exception as e:  # noqa: BLE001
+                say(f"P {bm},{bk},{nw},{st}: failed {str(e)[:200]}")
+        try:  # half-precision exponentials at round 15's config
+            cfg = dict(zcfg=(128, 4, 3), pcfg=(128, 4, 3), fast=True)
+            t16.setdefault("Z f16", []).append(per(lambda q, c, n: scores_call(q, c, n, scale, 64, parts="z", f16z=True, **cfg)))
+            zz = zs[64]
+            t16.setdefault("P f16", []).append(per(lambda q, c, n: scores_call(q, c, n, scale, 64, parts=zz, f16p=True, **cfg)))
+            t16.setdefault("both f32", []).append(per(lambda q, c, n: scores_call(q, c, n, scale, 64, **cfg)))
+            t16.setdefault("both f16", []).append(per(lambda q, c, n: scores_call(q, c, n, scale, 64, f16z=True, f16p=True, **cfg)))
+        except Exception:  # noqa: BLE001
+            say(f"f16 timing FAILED\n```\n{traceback.format_exc()[-1500:]}\n```")
+    say("\n| kernel | BM | BK | warps | stages | " + " | ".join(x[0] for x in shapes_) + " | sum |\n|---|---:|---:|---:|---:|" + "---:|" * (len(shapes_) + 1))
+    for name, tab in (("Z", tz), ("P", tp)):
+        for key, ts in sorted(tab.items(), key=lambda kv: sum(kv[1])):
+            if len(ts) == len(shapes_):
+                say(f"| {name} | {key[0]} | {key[1]} | {key[2]} | {key[3]} | " + " | ".join(f"{t:.1f}" for t in ts) + f" | {sum(ts):.1f} |")
+    for name, ts in t16.items():
+        say(f"| {name} (64, 128, 4, 3) | | | | | " + " | ".join(f"{t:.1f}" for t in ts) + f" | {sum(ts):.1f} |")
+    # f16 accuracy: error against XLA and the top-10% choice
+    try:
+        for case, (h, m, k) in enumerate(((8, 512, 1638), (4, 2048, 6554))):
+            q, cent, counts = case_data(jax.random.PRNGKey(50 + case), h, m, k, 128)
+            scale = 1.0 / 128**0.5
+            want = xla_scores(q, cent, counts, scale)
+            got = jax.jit(lambda q, c, n: scores_call(q, c, n, scale, 64, zcfg=(128, 4, 3), pcfg=(128, 4, 3), fast=True, f16z=True, f16p=True))(q, cent, counts)
+            err = float(jnp.max(jnp.abs(got - want)) / jnp.max(want))
+            kk = k // 10
+            tw = jax.lax.top_k(want, kk)[1]
+            tg = jax.lax.top_k(got, kk)[1]
+            same = float(jnp.mean(jnp.array([jnp.isin(tg[i], tw[i]).mean() for i in range(h)])))
+            say(f"f16 exponentials, H={h} M={m} K={k}: max err / max {err:.1e}, top-10% clusters shared with XLA's {same:.4f}")
+    except Exception:  # noqa: BLE001
+        say(f"f16 check FAILED\n```\n{traceback.format_exc()[-1500:]}\n```")
+    best = None
+    for bm in sorted({g_[0] for g_ in grid}):
+        zk = [kv for kv in tz.items() if kv[0][0] == bm and len(kv[1]) == len(shapes_)]
+        pk = [kv for kv in tp.items() if kv[0][0] == bm and len(kv[1]) == len(shapes_)]
+        if not zk or not pk:
+            continue
+        bz = min(zk, key=lambda kv: sum(kv[1]))
+        bp = min(pk, key=lambda kv: sum(kv[1]))
+        tot = sum(bz[1]) + sum(bp[1])
+        if best is None or tot < best[0]:
+            best = (tot, bm, bz[0][1:], bp[0][1:])
+    say(f"best pair: BM {best[1]}, Z (BK, warps, stages) {best[2]}, P {best[3]}")
+    _, bm, zc, pc = best
+    ok_all = True
+    for case, (h, m, k, d, tg) in enumerate(((3, 37, 50, 128, 528), (2, 512, 1638, 128, 10), (4, 100, 333, 64, 528),
+                                             (8, 2048, 1638, 128, 528), (2, 300, 5000, 128, 4000))):
+        q, cent, counts = case_data(jax.random.PRNGKey(case), h, m, k, d)
+        scale = 1.0 / d**0.5
+        want = xla_scores(q, cent, counts, scale)
+        got = jax.jit(lambda q, c, n: scores_call(q, c, n, scale, bm, target=tg, zcfg=zc, pcfg=pc, fast=True))(q, cent, counts)
+        err = float(jnp.max(jnp.abs(got - want)) / jnp.max(want))
+        ok = err < 1e-4 and bool(jnp.all(jnp.isfinite(got))) and bool(jnp.all(jnp.where(counts == 0, got == 0, True)))
+        ok_all &= ok
+        say(f"best pair check {case} (H={h} M={m} K={k} D={d}): {'OK' if ok else 'FAIL'} ({err:.1e})")
+    gain = []
+    say("\n| shape | XLA | round 15 pair | best pair | best pair, 1,056 programs |\n|---|---:|---:|---:|---:|")
+    for label, h, m, k, layers in (("LLaMA-2-7B 32K", 32, 512, 1638, 16), ("LLaMA-3-8B 32K", 8, 2048, 1638, 16),
+                                   ("LLaMA-2-7B 128K", 32, 512, 6554, 8), ("LLaMA-3-8B 128K", 8, 2048, 6554, 8)):
+        d = 128
+        scale = 1.0 / d**0.5
+        per, _ = timing_case(h, m, k, layers, 100)
+        tx = per(lambda q, c, n: xla_scores(q, c, n, scale))
+        t15 = per(lambda q, c, n: scores_call(q, c, n, scale, 64, zcfg=(128, 4, 3), pcfg=(128, 4, 3), fast=True))
+        tb = per(lambda q, c, n: scores_call(q, c, n, scale, bm, zcfg=zc, pcfg=pc, fast=True))
+        tb2 = per(lambda q, c, n: scores_call(q, c, n, scale, bm, zcfg=zc, pcfg=pc, fast=True, target=1056))
+        gain.append((t15, tb))
+        say(f"| {label} | {tx:.1f} | {t15:.1f} | {tb:.1f} ({t15 / tb:.2f}×) | {tb2:.1f} ({t15 / tb2:.2f}×) |")
+    faster = sum(a for a, _ in gain) > 1.03 * sum(b for _, b in gain)
+    if os.environ.get("EXPORT") and ok_all and faster:
+        outdir = os.path.join(ps.OUT, "kernels")
+        os.makedirs(outdir, exist_ok=True)
+        for d in (64, 128):
+            a = (jax.ShapeDtypeStruct((1 << 16, d), BF16), jax.ShapeDtypeStruct((1 << 15, d), BF16))
+            prm, sc = jax.ShapeDtypeStruct((8,), I32), jax.ShapeDtypeStruct((1,), F32)
+            part = jax.ShapeDtypeStruct((64 * bm,), F32)
+            z = make_scores_z(d, bm, zc[0], zc[1], zc[2], 1 << 16, 64, base2=True)
+            pk = make_scores_p(d, bm, pc[0], pc[1], pc[2], 1 << 16, 64, base2=True)
+            with open(os.path.join(outdir, f"scores_z_d{d}.cfg"), "w") as fh:
+                fh.write(p2.extract_config(jax.jit(z).lower(*a, jax.ShapeDtypeStruct((1 << 15,), F32), prm, sc).as_text()))
+            with open(os.path.join(outdir, f"scores_p_d{d}.cfg"), "w") as fh:
+                fh.write(p2.extract_config(jax.jit(pk).lower(*a, part, part, prm, sc).as_text()))
+        with open(os.path.join(outdir, "scores.json"), "w") as fh:
+            json.dump({"bm": bm, "z": zc, "p": pc}, fh)
+        say(f"exported the best pair to {outdir}")
+    say(f"round 16 checks {'passed' if ok_all else 'FAILED'}; best pair {'faster' if faster else 'not faster'} than round 15's by 3%")
+
+
 if __name__ == "__main__":
-    {"11": round11, "12": round12, "15": round15}[os.environ.get("ROUND", "12")]()
+    {"11": round11, "12": round12, "15": round15, "16": round16}[os.environ.get("ROUND", "12")]()
