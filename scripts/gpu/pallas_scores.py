@@ -345,6 +345,77 @@ DECODE_COMBOS = ((16, 128, 4, 2), (16, 256, 4, 2))  # a decode step's few query 
 COMBOS = ((64, 128, 4, 2), (64, 128, 8, 2), (128, 128, 8, 2), (64, 256, 8, 2))
 
 
+CHECK_CASES = ((3, 37, 50, 128, 528), (2, 512, 1638, 128, 10), (4, 100, 333, 64, 528), (8, 2048, 1638, 128, 528),
+               (2, 300, 5000, 128, 4000))  # (H, M, K, D, programs aimed at): ragged sizes, few and many splits
+INPUT_SHAPES = (("LLaMA-2-7B 32K", 32, 512, 1638, 16), ("LLaMA-3-8B 32K", 8, 2048, 1638, 16),
+                ("LLaMA-2-7B 128K", 32, 512, 6554, 8), ("LLaMA-3-8B 128K", 8, 2048, 6554, 8))  # (label, H, M, K, layers)
+
+
+def grid_report(tz, tp, shapes_):
+    """The table of kernels Z and P timed alone (tz, tp: (BM, BK, warps, stages) → µs a layer per shape)."""
+    say("\n| kernel | BM | BK | warps | stages | " + " | ".join(x[0] for x in shapes_) + " | sum |\n|---|---:|---:|---:|---:|" + "---:|" * (len(shapes_) + 1))
+    for name, tab in (("Z", tz), ("P", tp)):
+        for key, ts in sorted(tab.items(), key=lambda kv: sum(kv[1])):
+            if len(ts) == len(shapes_):
+                say(f"| {name} | {key[0]} | {key[1]} | {key[2]} | {key[3]} | " + " | ".join(f"{t:.1f}" for t in ts) + f" | {sum(ts):.1f} |")
+
+
+def best_pair(tz, tp, n_shapes, bms):
+    """The fastest Z and P (timed at every shape) sharing a BM (P reads Z's partials by BM rows): (BM, Z's (BK,
+    warps, stages), P's)."""
+    best = None
+    for bm in bms:
+        zk = [kv for kv in tz.items() if kv[0][0] == bm and len(kv[1]) == n_shapes]
+        pk = [kv for kv in tp.items() if kv[0][0] == bm and len(kv[1]) == n_shapes]
+        if not zk or not pk:
+            continue
+        bz = min(zk, key=lambda kv: sum(kv[1]))
+        bp = min(pk, key=lambda kv: sum(kv[1]))
+        tot = sum(bz[1]) + sum(bp[1])
+        if best is None or tot < best[0]:
+            best = (tot, bm, bz[0][1:], bp[0][1:])
+    say(f"best pair: BM {best[1]}, Z (BK, warps, stages) {best[2]}, P {best[3]}")
+    return best[1:]
+
+
+def check_pair(bm, zc, pc, fast=False, empty_zero=False):
+    """The pair against XLA's formulation on CHECK_CASES (relative 1e-4; finite; with empty_zero, 0 for an empty
+    cluster); says each case and returns whether all passed."""
+    ok_all = True
+    for case, (h, m, k, d, tg) in enumerate(CHECK_CASES):
+        q, cent, counts = case_data(jax.random.PRNGKey(case), h, m, k, d)
+        scale = 1.0 / d**0.5
+        want = xla_scores(q, cent, counts, scale)
+        got = jax.jit(lambda q, c, n: scores_call(q, c, n, scale, bm, target=tg, zcfg=zc, pcfg=pc, fast=fast))(q, cent, counts)
+        err = float(jnp.max(jnp.abs(got - want)) / jnp.max(want))
+        ok = err < 1e-4 and bool(jnp.all(jnp.isfinite(got)))
+        if empty_zero:
+            ok = ok and bool(jnp.all(jnp.where(counts == 0, got == 0, True)))
+        ok_all &= ok
+        say(f"best pair check {case} (H={h} M={m} K={k} D={d}): {'OK' if ok else 'FAIL'} ({err:.1e})")
+    return ok_all
+
+
+def export_pair(bm, zc, pc, base2=False):
+    """Writes the pair as the engine embeds it ($OUT/kernels/scores_{z,p}_d{64,128}.cfg and scores.json)."""
+    import json
+    outdir = os.path.join(ps.OUT, "kernels")
+    os.makedirs(outdir, exist_ok=True)
+    for d in (64, 128):
+        a = (jax.ShapeDtypeStruct((1 << 16, d), BF16), jax.ShapeDtypeStruct((1 << 15, d), BF16))
+        prm, sc = jax.ShapeDtypeStruct((8,), I32), jax.ShapeDtypeStruct((1,), F32)
+        part = jax.ShapeDtypeStruct((64 * bm,), F32)
+        z = make_scores_z(d, bm, zc[0], zc[1], zc[2], 1 << 16, 64, base2=base2)
+        pk = make_scores_p(d, bm, pc[0], pc[1], pc[2], 1 << 16, 64, base2=base2)
+        with open(os.path.join(outdir, f"scores_z_d{d}.cfg"), "w") as fh:
+            fh.write(p2.extract_config(jax.jit(z).lower(*a, jax.ShapeDtypeStruct((1 << 15,), F32), prm, sc).as_text()))
+        with open(os.path.join(outdir, f"scores_p_d{d}.cfg"), "w") as fh:
+            fh.write(p2.extract_config(jax.jit(pk).lower(*a, part, part, prm, sc).as_text()))
+    with open(os.path.join(outdir, "scores.json"), "w") as fh:
+        json.dump({"bm": bm, "z": zc, "p": pc}, fh)
+    say(f"exported the best pair to {outdir}")
+
+
 def round11():
     say(f"\n## round 11 (input cluster scores in two kernels, split and accumulated): jax {jax.__version__}, {jax.devices()}")
     ok_all = True
@@ -408,7 +479,6 @@ def round12():
     (BM, BK, warps, stages) at the 128K shapes, then the best pair checked and timed at all four shapes against XLA,
     and exported (EXPORT=1) as scores_{z,p}_d{D}.cfg with the chosen parameters in scores.json."""
     import itertools
-    import json
     say(f"\n## round 12 (cluster-score kernels Z and P tuned apart): jax {jax.__version__}, {jax.devices()}")
     shapes_ = (("LLaMA-2-7B 128K", 32, 512, 6554, 8), ("LLaMA-3-8B 128K", 8, 2048, 6554, 8))
     grid = [(bm, bk, nw, st) for bm, bk in itertools.product((64, 128), (64, 128, 256)) if (bm, bk) != (128, 256)
@@ -434,37 +504,10 @@ def round12():
                 tp.setdefault((bm, bk, nw, st), []).append(t)
             except Exception as e:  # noqa: BLE001
                 say(f"P {bm},{bk},{nw},{st}: failed {str(e)[:200]}")
-    say("\n| kernel | BM | BK | warps | stages | " + " | ".join(x[0] for x in shapes_) + " | sum |\n|---|---:|---:|---:|---:|" + "---:|" * (len(shapes_) + 1))
-    for name, tab in (("Z", tz), ("P", tp)):
-        for key, ts in sorted(tab.items(), key=lambda kv: sum(kv[1])):
-            if len(ts) == len(shapes_):
-                say(f"| {name} | {key[0]} | {key[1]} | {key[2]} | {key[3]} | " + " | ".join(f"{t:.1f}" for t in ts) + f" | {sum(ts):.1f} |")
-    best = None
-    for bm in (64, 128):
-        zk = [kv for kv in tz.items() if kv[0][0] == bm and len(kv[1]) == len(shapes_)]
-        pk = [kv for kv in tp.items() if kv[0][0] == bm and len(kv[1]) == len(shapes_)]
-        if not zk or not pk:
-            continue
-        bz = min(zk, key=lambda kv: sum(kv[1]))
-        bp = min(pk, key=lambda kv: sum(kv[1]))
-        tot = sum(bz[1]) + sum(bp[1])
-        if best is None or tot < best[0]:
-            best = (tot, bm, bz[0][1:], bp[0][1:])
-    say(f"best pair: BM {best[1]}, Z (BK, warps, stages) {best[2]}, P {best[3]}")
-    _, bm, zc, pc = best
-    ok_all = True
-    for case, (h, m, k, d, tg) in enumerate(((3, 37, 50, 128, 528), (2, 512, 1638, 128, 10), (4, 100, 333, 64, 528),
-                                             (8, 2048, 1638, 128, 528), (2, 300, 5000, 128, 4000))):
-        q, cent, counts = case_data(jax.random.PRNGKey(case), h, m, k, d)
-        scale = 1.0 / d**0.5
-        want = xla_scores(q, cent, counts, scale)
-        got = jax.jit(lambda q, c, n: scores_call(q, c, n, scale, bm, target=tg, zcfg=zc, pcfg=pc))(q, cent, counts)
-        err = float(jnp.max(jnp.abs(got - want)) / jnp.max(want))
-        ok = err < 1e-4 and bool(jnp.all(jnp.isfinite(got)))
-        ok_all &= ok
-        say(f"best pair check {case} (H={h} M={m} K={k} D={d}): {'OK' if ok else 'FAIL'} ({err:.1e})")
-    for label, h, m, k, layers in (("LLaMA-2-7B 32K", 32, 512, 1638, 16), ("LLaMA-3-8B 32K", 8, 2048, 1638, 16),
-                                   ("LLaMA-2-7B 128K", 32, 512, 6554, 8), ("LLaMA-3-8B 128K", 8, 2048, 6554, 8)):
+    grid_report(tz, tp, shapes_)
+    bm, zc, pc = best_pair(tz, tp, len(shapes_), (64, 128))
+    ok_all = check_pair(bm, zc, pc)
+    for label, h, m, k, layers in INPUT_SHAPES:
         d = 128
         scale = 1.0 / d**0.5
         per, _ = timing_case(h, m, k, layers, 100)
@@ -473,21 +516,7 @@ def round12():
         tb = per(lambda q, c, n: scores_call(q, c, n, scale, bm, zcfg=zc, pcfg=pc))
         say(f"| {label} | XLA {tx:.1f} µs | round 11 (64, 128, 4, 2) {t11:.1f} µs ({tx / t11:.2f}×) | best pair {tb:.1f} µs ({tx / tb:.2f}×) |")
     if os.environ.get("EXPORT"):
-        outdir = os.path.join(ps.OUT, "kernels")
-        os.makedirs(outdir, exist_ok=True)
-        for d in (64, 128):
-            a = (jax.ShapeDtypeStruct((1 << 16, d), BF16), jax.ShapeDtypeStruct((1 << 15, d), BF16))
-            prm, sc = jax.ShapeDtypeStruct((8,), I32), jax.ShapeDtypeStruct((1,), F32)
-            z = make_scores_z(d, bm, zc[0], zc[1], zc[2], 1 << 16, 64)
-            part = jax.ShapeDtypeStruct((64 * bm,), F32)
-            pk = make_scores_p(d, bm, pc[0], pc[1], pc[2], 1 << 16, 64)
-            with open(os.path.join(outdir, f"scores_z_d{d}.cfg"), "w") as fh:
-                fh.write(p2.extract_config(jax.jit(z).lower(*a, jax.ShapeDtypeStruct((1 << 15,), F32), prm, sc).as_text()))
-            with open(os.path.join(outdir, f"scores_p_d{d}.cfg"), "w") as fh:
-                fh.write(p2.extract_config(jax.jit(pk).lower(*a, part, part, prm, sc).as_text()))
-        with open(os.path.join(outdir, "scores.json"), "w") as fh:
-            json.dump({"bm": bm, "z": zc, "p": pc}, fh)
-        say(f"exported the best pair to {outdir}")
+        export_pair(bm, zc, pc)
     say(f"round 12 checks {'passed' if ok_all else 'FAILED'}")
 
 
@@ -568,7 +597,6 @@ def round16():
     bar); their exponentials in half precision (ex2.approx.f16x2, two an instruction) beside; the best pair
     (BM shared) checked and timed against round 15's embedded pair (64, 128, 4, 3) at the four input shapes; with
     EXPORT=1 it is exported as scores_{z,p}_d{D}.cfg (+ scores.json) if it is at least 3% faster in sum."""
-    import json
     say(f"\n## round 16 (cluster-score kernels: a wider grid, half-precision exponentials): jax {jax.__version__}, {jax.devices()}")
     shapes_ = (("LLaMA-2-7B 128K", 32, 512, 6554, 8), ("LLaMA-2-7B 32K", 32, 512, 1638, 16))
     grid = [(32, 64, 2, 3), (32, 128, 2, 3), (32, 128, 2, 4), (32, 64, 4, 3), (32, 128, 4, 3),
@@ -606,11 +634,7 @@ def round16():
             t16.setdefault("both f16", []).append(per(lambda q, c, n: scores_call(q, c, n, scale, 64, f16z=True, f16p=True, **cfg)))
         except Exception:  # noqa: BLE001
             say(f"f16 timing FAILED\n```\n{traceback.format_exc()[-1500:]}\n```")
-    say("\n| kernel | BM | BK | warps | stages | " + " | ".join(x[0] for x in shapes_) + " | sum |\n|---|---:|---:|---:|---:|" + "---:|" * (len(shapes_) + 1))
-    for name, tab in (("Z", tz), ("P", tp)):
-        for key, ts in sorted(tab.items(), key=lambda kv: sum(kv[1])):
-            if len(ts) == len(shapes_):
-                say(f"| {name} | {key[0]} | {key[1]} | {key[2]} | {key[3]} | " + " | ".join(f"{t:.1f}" for t in ts) + f" | {sum(ts):.1f} |")
+    grid_report(tz, tp, shapes_)
     for name, ts in t16.items():
         say(f"| {name} (64, 128, 4, 3) | | | | | " + " | ".join(f"{t:.1f}" for t in ts) + f" | {sum(ts):.1f} |")
     # f16 accuracy: error against XLA and the top-10% choice
@@ -628,34 +652,11 @@ def round16():
             say(f"f16 exponentials, H={h} M={m} K={k}: max err / max {err:.1e}, top-10% clusters shared with XLA's {same:.4f}")
     except Exception:  # noqa: BLE001
         say(f"f16 check FAILED\n```\n{traceback.format_exc()[-1500:]}\n```")
-    best = None
-    for bm in sorted({g_[0] for g_ in grid}):
-        zk = [kv for kv in tz.items() if kv[0][0] == bm and len(kv[1]) == len(shapes_)]
-        pk = [kv for kv in tp.items() if kv[0][0] == bm and len(kv[1]) == len(shapes_)]
-        if not zk or not pk:
-            continue
-        bz = min(zk, key=lambda kv: sum(kv[1]))
-        bp = min(pk, key=lambda kv: sum(kv[1]))
-        tot = sum(bz[1]) + sum(bp[1])
-        if best is None or tot < best[0]:
-            best = (tot, bm, bz[0][1:], bp[0][1:])
-    say(f"best pair: BM {best[1]}, Z (BK, warps, stages) {best[2]}, P {best[3]}")
-    _, bm, zc, pc = best
-    ok_all = True
-    for case, (h, m, k, d, tg) in enumerate(((3, 37, 50, 128, 528), (2, 512, 1638, 128, 10), (4, 100, 333, 64, 528),
-                                             (8, 2048, 1638, 128, 528), (2, 300, 5000, 128, 4000))):
-        q, cent, counts = case_data(jax.random.PRNGKey(case), h, m, k, d)
-        scale = 1.0 / d**0.5
-        want = xla_scores(q, cent, counts, scale)
-        got = jax.jit(lambda q, c, n: scores_call(q, c, n, scale, bm, target=tg, zcfg=zc, pcfg=pc, fast=True))(q, cent, counts)
-        err = float(jnp.max(jnp.abs(got - want)) / jnp.max(want))
-        ok = err < 1e-4 and bool(jnp.all(jnp.isfinite(got))) and bool(jnp.all(jnp.where(counts == 0, got == 0, True)))
-        ok_all &= ok
-        say(f"best pair check {case} (H={h} M={m} K={k} D={d}): {'OK' if ok else 'FAIL'} ({err:.1e})")
+    bm, zc, pc = best_pair(tz, tp, len(shapes_), sorted({g_[0] for g_ in grid}))
+    ok_all = check_pair(bm, zc, pc, fast=True, empty_zero=True)
     gain = []
     say("\n| shape | XLA | round 15 pair | best pair | best pair, 1,056 programs |\n|---|---:|---:|---:|---:|")
-    for label, h, m, k, layers in (("LLaMA-2-7B 32K", 32, 512, 1638, 16), ("LLaMA-3-8B 32K", 8, 2048, 1638, 16),
-                                   ("LLaMA-2-7B 128K", 32, 512, 6554, 8), ("LLaMA-3-8B 128K", 8, 2048, 6554, 8)):
+    for label, h, m, k, layers in INPUT_SHAPES:
         d = 128
         scale = 1.0 / d**0.5
         per, _ = timing_case(h, m, k, layers, 100)
@@ -667,21 +668,7 @@ def round16():
         say(f"| {label} | {tx:.1f} | {t15:.1f} | {tb:.1f} ({t15 / tb:.2f}×) | {tb2:.1f} ({t15 / tb2:.2f}×) |")
     faster = sum(a for a, _ in gain) > 1.03 * sum(b for _, b in gain)
     if os.environ.get("EXPORT") and ok_all and faster:
-        outdir = os.path.join(ps.OUT, "kernels")
-        os.makedirs(outdir, exist_ok=True)
-        for d in (64, 128):
-            a = (jax.ShapeDtypeStruct((1 << 16, d), BF16), jax.ShapeDtypeStruct((1 << 15, d), BF16))
-            prm, sc = jax.ShapeDtypeStruct((8,), I32), jax.ShapeDtypeStruct((1,), F32)
-            part = jax.ShapeDtypeStruct((64 * bm,), F32)
-            z = make_scores_z(d, bm, zc[0], zc[1], zc[2], 1 << 16, 64, base2=True)
-            pk = make_scores_p(d, bm, pc[0], pc[1], pc[2], 1 << 16, 64, base2=True)
-            with open(os.path.join(outdir, f"scores_z_d{d}.cfg"), "w") as fh:
-                fh.write(p2.extract_config(jax.jit(z).lower(*a, jax.ShapeDtypeStruct((1 << 15,), F32), prm, sc).as_text()))
-            with open(os.path.join(outdir, f"scores_p_d{d}.cfg"), "w") as fh:
-                fh.write(p2.extract_config(jax.jit(pk).lower(*a, part, part, prm, sc).as_text()))
-        with open(os.path.join(outdir, "scores.json"), "w") as fh:
-            json.dump({"bm": bm, "z": zc, "p": pc}, fh)
-        say(f"exported the best pair to {outdir}")
+        export_pair(bm, zc, pc, base2=True)
     say(f"round 16 checks {'passed' if ok_all else 'FAILED'}; best pair {'faster' if faster else 'not faster'} than round 15's by 3%")
 
 
@@ -717,8 +704,7 @@ def round17():
             say(f"fixed-reference check {case}: FAILED\n```\n{traceback.format_exc()[-2000:]}\n```")
     say("\n| shape | XLA | round 15 Z | fixed-ref Z | round 15 pair | fixed-ref Z + round 15 P |\n|---|---:|---:|---:|---:|---:|")
     tot15 = totnew = 0.0
-    for label, h, m, k, layers in (("LLaMA-2-7B 32K", 32, 512, 1638, 16), ("LLaMA-3-8B 32K", 8, 2048, 1638, 16),
-                                   ("LLaMA-2-7B 128K", 32, 512, 6554, 8), ("LLaMA-3-8B 128K", 8, 2048, 6554, 8)):
+    for label, h, m, k, layers in INPUT_SHAPES:
         try:
             d = 128
             scale = 1.0 / d**0.5
