@@ -202,7 +202,8 @@ func TestAttendKeptPaged(t *testing.T) {
 }
 
 // TestProbePaged: the probe passes with a kernel that computes what SparseAttention does (the emulation), and
-// fails where the backend has no kernel, where the kernel's results differ, and where it cannot be compiled.
+// fails where the backend has no kernel, where the kernel's results differ (for one or for four query rows a
+// KV head), and where it cannot be compiled.
 func TestProbePaged(t *testing.T) {
 	saveCall, saveAvail := pagedCall, pagedAvailable
 	defer func() { pagedCall, pagedAvailable = saveCall, saveAvail }()
@@ -221,6 +222,16 @@ func TestProbePaged(t *testing.T) {
 	}
 	if probePaged(testBackend()) {
 		t.Errorf("probe passed with a kernel whose outputs differ")
+	}
+	pagedCall = func(cfg string, programs int, ops []*Node, outs []shapes.Shape) []*Node {
+		r := emu(cfg, programs, ops, outs)
+		if ops[0].Shape().Dimensions[1] > 1 { // wrong for grouped queries only (the kernels for 2-8 rows differ)
+			return []*Node{MulScalar(r[0], 1.1), r[1]}
+		}
+		return r
+	}
+	if probePaged(testBackend()) {
+		t.Errorf("probe passed with a kernel whose outputs differ for four query rows a KV head")
 	}
 	pagedCall = func(string, int, []*Node, []shapes.Shape) []*Node {
 		panic(errors.New("custom call: cannot parse the kernel's bytecode")) // as a compilation failure surfaces
