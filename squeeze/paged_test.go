@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gomlx/compute"
 	"github.com/gomlx/compute/dtypes"
 	"github.com/gomlx/compute/shapes"
 	. "github.com/gomlx/gomlx/core/graph" //nolint:revive
@@ -201,46 +202,58 @@ func TestAttendKeptPaged(t *testing.T) {
 	}
 }
 
+// kernelCallFn is the type of the embedded kernels' launch hooks (pagedCall, selectCall, scoresCall).
+type kernelCallFn = func(cfg string, programs int, ops []*Node, outs []shapes.Shape) []*Node
+
+// checkProbe runs what every kernel family's probe must do, with its launch hook *call (restored afterwards): fail
+// where the backend takes no custom calls, pass with the emulated kernels emu, fail with each broken kernel (broken
+// maps a description to a change of the emulation's results, given the call's operands), and fail with a kernel
+// whose compilation fails. It leaves *call = emu and pagedAvailable true.
+func checkProbe(t *testing.T, probe func(compute.Backend) bool, call *kernelCallFn, emu kernelCallFn,
+	broken map[string]func(ops, r []*Node) []*Node) {
+	saveCall, saveAvail := *call, pagedAvailable
+	t.Cleanup(func() { *call, pagedAvailable = saveCall, saveAvail })
+	*call = emu
+	pagedAvailable = func(*Graph) bool { return false }
+	if probe(testBackend()) {
+		t.Errorf("probe passed on a backend without custom calls")
+	}
+	pagedAvailable = func(*Graph) bool { return true }
+	if !probe(testBackend()) {
+		t.Errorf("probe failed with the emulated kernels")
+	}
+	for name, change := range broken {
+		*call = func(cfg string, programs int, ops []*Node, outs []shapes.Shape) []*Node {
+			return change(ops, emu(cfg, programs, ops, outs))
+		}
+		if probe(testBackend()) {
+			t.Errorf("probe passed with a kernel %s", name)
+		}
+	}
+	*call = func(string, int, []*Node, []shapes.Shape) []*Node {
+		panic(errors.New("custom call: cannot parse the kernel's bytecode")) // as a compilation failure surfaces
+	}
+	if probe(testBackend()) {
+		t.Errorf("probe passed with a kernel that fails")
+	}
+	*call = emu
+}
+
 // TestProbePaged: the probe passes with a kernel that computes what SparseAttention does (the emulation), and
 // fails where the backend has no kernel, where the kernel's results differ (for one or for four query rows a
 // KV head), and where it cannot be compiled.
 func TestProbePaged(t *testing.T) {
-	saveCall, saveAvail := pagedCall, pagedAvailable
-	defer func() { pagedCall, pagedAvailable = saveCall, saveAvail }()
-	if probePaged(testBackend()) {
-		t.Errorf("probe passed on the %s backend, which has no paged kernel", testBackend())
-	}
 	emu := emulatePaged(t)
-	pagedAvailable = func(*Graph) bool { return true }
-	pagedCall = emu
-	if !probePaged(testBackend()) {
-		t.Errorf("probe failed with the emulated kernel")
-	}
-	pagedCall = func(cfg string, programs int, ops []*Node, outs []shapes.Shape) []*Node {
-		r := emu(cfg, programs, ops, outs)
-		return []*Node{MulScalar(r[0], 1.1), r[1]} // wrong outputs
-	}
-	if probePaged(testBackend()) {
-		t.Errorf("probe passed with a kernel whose outputs differ")
-	}
-	pagedCall = func(cfg string, programs int, ops []*Node, outs []shapes.Shape) []*Node {
-		r := emu(cfg, programs, ops, outs)
-		if ops[0].Shape().Dimensions[1] > 1 { // wrong for grouped queries only (the kernels for 2-8 rows differ)
-			return []*Node{MulScalar(r[0], 1.1), r[1]}
-		}
-		return r
-	}
-	if probePaged(testBackend()) {
-		t.Errorf("probe passed with a kernel whose outputs differ for four query rows a KV head")
-	}
-	pagedCall = func(string, int, []*Node, []shapes.Shape) []*Node {
-		panic(errors.New("custom call: cannot parse the kernel's bytecode")) // as a compilation failure surfaces
-	}
-	if probePaged(testBackend()) {
-		t.Errorf("probe passed with a kernel that fails")
-	}
+	checkProbe(t, probePaged, &pagedCall, emu, map[string]func(ops, r []*Node) []*Node{
+		"whose outputs differ": func(_, r []*Node) []*Node { return []*Node{MulScalar(r[0], 1.1), r[1]} },
+		"whose outputs differ for four query rows a KV head": func(ops, r []*Node) []*Node {
+			if ops[0].Shape().Dimensions[1] > 1 { // the kernels for 2-8 rows differ from the one-row kernel
+				return []*Node{MulScalar(r[0], 1.1), r[1]}
+			}
+			return r
+		},
+	})
 	defer pagedProbed.Delete(testBackend())
-	pagedCall = emu
 	if !ProbePaged(testBackend()) {
 		t.Fatalf("ProbePaged failed with the emulated kernel")
 	}

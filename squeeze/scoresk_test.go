@@ -1,7 +1,6 @@
 package squeeze
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -234,44 +233,22 @@ func TestAttendSelectedScores(t *testing.T) {
 // that drops a centroid block or mislays its partials, not with one that fails to run.
 func TestProbeScores(t *testing.T) {
 	withScoresKernels(t, SelectAuto)
-	emu := scoresCall
 	defer scoresProbed.Delete(testBackend())
-	pagedAvailable = func(*Graph) bool { return false }
-	if probeScores(testBackend()) {
-		t.Errorf("probe passed on a backend without custom calls")
-	}
-	pagedAvailable = func(*Graph) bool { return true }
-	if !probeScores(testBackend()) {
-		t.Errorf("probe failed with the emulated kernels")
-	}
-	for name, broken := range map[string]func(r []*Node) []*Node{
-		"P's last block zero": func(r []*Node) []*Node {
+	checkProbe(t, probeScores, &scoresCall, scoresCall, map[string]func(ops, r []*Node) []*Node{
+		"whose P's last block is zero": func(_, r []*Node) []*Node {
 			if len(r) != 1 {
 				return r
 			}
 			n := r[0].Shape().Dimensions[0]
 			return []*Node{Where(GreaterOrEqual(Iota(r[0].Graph(), shapes.Make(dtypes.Int32, n), 0), Scalar(r[0].Graph(), dtypes.Int32, n-scoresBK)), ZerosLike(r[0]), r[0])}
 		},
-		"Z's sums halved": func(r []*Node) []*Node {
+		"whose Z's sums are halved": func(_, r []*Node) []*Node {
 			if len(r) != 2 {
 				return r
 			}
 			return []*Node{r[0], MulScalar(r[1], 0.5)}
 		},
-	} {
-		scoresCall = func(cfg string, programs int, ops []*Node, outs []shapes.Shape) []*Node {
-			return broken(emu(cfg, programs, ops, outs))
-		}
-		if probeScores(testBackend()) {
-			t.Errorf("probe passed with a kernel whose %s", name)
-		}
-	}
-	scoresCall = func(string, int, []*Node, []shapes.Shape) []*Node {
-		panic(errors.New("custom call: cannot parse the kernel's bytecode"))
-	}
-	if probeScores(testBackend()) {
-		t.Errorf("probe passed with a kernel that fails")
-	}
+	})
 }
 
 // TestScoresKernelConfigs: both kernels are embedded for head dims 64 and 128 (none for others), with a launch

@@ -1,7 +1,6 @@
 package squeeze
 
 import (
-	"errors"
 	"fmt"
 	"math/bits"
 	"math/rand/v2"
@@ -253,35 +252,18 @@ func attendTestIndex(kb, vb *Node, clustered, window, k int, hier, remainder boo
 func TestProbeSelect(t *testing.T) {
 	withSelectKernels(t, SelectAuto, PagedOff)
 	emu := selectCall
-	pagedAvailable = func(*Graph) bool { return false }
-	if probeSelect(testBackend()) {
-		t.Errorf("probe passed on a backend without custom calls")
-	}
-	pagedAvailable = func(*Graph) bool { return true }
-	if !probeSelect(testBackend()) {
-		t.Errorf("probe failed with the emulated kernels")
-	}
-	selectCall = func(cfg string, programs int, ops []*Node, outs []shapes.Shape) []*Node {
-		r := emu(cfg, programs, ops, outs)
-		if len(ops) == 6 { // kernel B: the first slot of each program one row off
-			g := r[0].Graph()
-			n := r[0].Shape().Dimensions[0]
-			first := Equal(ModScalar(Iota(g, shapes.Make(dtypes.Int32, n), 0), selectSlots), Scalar(g, dtypes.Int32, 0))
-			return []*Node{Where(And(first, GreaterThan(r[0], ZerosLike(r[0]))), AddScalar(r[0], -1), r[0])}
-		}
-		return r
-	}
-	if probeSelect(testBackend()) {
-		t.Errorf("probe passed with a kernel that misplaces rows")
-	}
-	selectCall = func(string, int, []*Node, []shapes.Shape) []*Node {
-		panic(errors.New("custom call: cannot parse the kernel's bytecode"))
-	}
-	if probeSelect(testBackend()) {
-		t.Errorf("probe passed with a kernel that fails")
-	}
+	checkProbe(t, probeSelect, &selectCall, emu, map[string]func(ops, r []*Node) []*Node{
+		"that misplaces rows": func(ops, r []*Node) []*Node {
+			if len(ops) == 6 { // kernel B: the first slot of each program one row off
+				g := r[0].Graph()
+				n := r[0].Shape().Dimensions[0]
+				first := Equal(ModScalar(Iota(g, shapes.Make(dtypes.Int32, n), 0), selectSlots), Scalar(g, dtypes.Int32, 0))
+				return []*Node{Where(And(first, GreaterThan(r[0], ZerosLike(r[0]))), AddScalar(r[0], -1), r[0])}
+			}
+			return r
+		},
+	})
 	defer selectProbed.Delete(testBackend())
-	selectCall = emu
 	if !ProbeSelect(testBackend()) {
 		t.Fatalf("ProbeSelect failed with the emulated kernels")
 	}
