@@ -306,6 +306,9 @@ func (r *Runner) newExec(kind stepKind, sq *squeezeIndex) (*graph.Exec, error) {
 		if squeeze.Paged == squeeze.PagedAuto {
 			squeeze.ProbePaged(r.backend)
 		}
+		if squeeze.PagedSeg == squeeze.PagedAuto {
+			squeeze.ProbePagedSeg(r.backend)
+		}
 		if squeeze.SelectKernels == squeeze.SelectAuto {
 			squeeze.ProbeSelect(r.backend)
 		}

@@ -276,6 +276,9 @@ type squeezeLayer struct {
 	// scoresMode is when a user input's cluster scores run in the cluster-score kernels (zero:
 	// squeeze.ScoresKernels, from SQLLM_SQUEEZE_SCORES; the attention benchmark sets others).
 	scoresMode squeeze.SelectMode
+	// segMode is when a decode step's dynamic segment is attended in the paged kernel's launch (zero:
+	// squeeze.PagedSeg, from SQLLM_SQUEEZE_PAGEDSEG; the attention benchmark sets others).
+	segMode squeeze.SelectMode
 	// freshDyn: the dynamic segment was empty before this step (stepKind.freshDyn): its valid rows are the
 	// step's own tokens, rows [0, n), and their attention is causal.
 	freshDyn bool
@@ -305,6 +308,9 @@ type SqueezeInfo struct {
 	// PagedDecode says whether decode steps attend the kept keys with the paged Triton kernel (squeeze.PagedFor)
 	// rather than XLA's gathers.
 	PagedDecode bool
+	// PagedSegDecode says whether those decode steps also attend the dynamic segment (the user input and the
+	// generated tokens) in the paged kernel's launch (squeeze.PagedSegFor) rather than XLA's dense attention.
+	PagedSegDecode bool
 	// SelectKernels says whether steps select their kept keys with the selection Triton kernels
 	// (squeeze.SelectFor) rather than XLA's ops.
 	SelectKernels bool
@@ -452,8 +458,10 @@ func (p *Prefix) SqueezeInfo() (info SqueezeInfo, ok bool) {
 	}
 	return SqueezeInfo{Options: sq.opts, ListSizes: slices.Clone(sq.layerKept), Clustered: sq.clustered, Window: sq.window, Budget: sq.budget,
 		Centroids: sq.k, CoarseCentroids: sq.k1, ScoredCentroids: sq.slots,
-		KeptFraction:  sq.readFraction(kept),
-		PagedDecode:   squeeze.PagedFor(p.r.backend, p.r.cfg.GroupSize(), p.r.cfg.HeadDim, p.r.DType()),
+		KeptFraction: sq.readFraction(kept),
+		PagedDecode:  squeeze.PagedFor(p.r.backend, p.r.cfg.GroupSize(), p.r.cfg.HeadDim, p.r.DType()),
+		PagedSegDecode: squeeze.PagedFor(p.r.backend, p.r.cfg.GroupSize(), p.r.cfg.HeadDim, p.r.DType()) &&
+			squeeze.PagedSegFor(p.r.backend, p.r.cfg.GroupSize(), p.r.cfg.HeadDim) && !sq.opts.Remainder,
 		SelectKernels: squeeze.SelectFor(p.r.backend, sq.slots),
 		ScoreKernels:  sq.k1 == 0 && !sq.opts.Remainder && squeeze.ScoresFor(p.r.backend, p.r.cfg.HeadDim, p.r.centroidDType()),
 		Threshold:     sq.threshold, CalibratedKept: sq.calibratedKept,
@@ -535,7 +543,7 @@ func squeezedAttention(c *Config, q, ctxK, ctxV, dynK, dynV, dynMask *Node, sq *
 	centroids := lookupCentroids(sq.centroids, q.DType())
 	ix := unpackIndex(squeeze.LayerIndex{Centroids: centroids, Counts: sq.counts, Starts: sq.starts, Order: sq.order,
 		Clustered: sq.clustered, Window: sq.window, Budget: sq.budget, Threshold: sq.threshold, Mass: sq.mass, MaxKept: sq.maxKept,
-		Means: sq.means, MeanSums: sq.meanSums, Search: cmp.Or(sq.search, squeezeSearch), Select: sq.selectMode, Scores: sq.scoresMode})
+		Means: sq.means, MeanSums: sq.meanSums, Search: cmp.Or(sq.search, squeezeSearch), Select: sq.selectMode, Scores: sq.scoresMode, Seg: sq.segMode})
 	// With ix.Means, the dropped keys too, approximately (SqueezeOptions.Remainder).
 	if squeeze.UsesPaged(qg, ctxK, ctxV, sq.kernel) {
 		// With the paged kernel in the graph, XLA fused the dynamic segment's scores with the cache update
@@ -544,19 +552,23 @@ func squeezedAttention(c *Config, q, ctxK, ctxV, dynK, dynV, dynMask *Node, sq *
 		b := OptimizationBarriers(dynK, dynV)
 		dynK, dynV = b[0], b[1]
 	}
-	sparse, kept := squeeze.AttendSelected(qg, ctxK, ctxV, ix, scale, sq.kernel)
 	// The dynamic segment's part: over a fresh segment (a user input's first chunk after a prefix: its rows
 	// [0, n) are the step's own keys) through the backend's fused causal attention, instead of a graph that
-	// writes the [KV heads, n·group, dynCap] float32 scores and reads them back.
-	var dyn squeeze.Partial
-	ok := false
+	// writes the [KV heads, n·group, dynCap] float32 scores and reads them back. Otherwise (decode steps) through
+	// squeeze.AttendSelectedDyn: with the paged kernel, in the same launch where squeeze.PagedSeg takes it
+	// (SQLLM_SQUEEZE_PAGEDSEG), else the masked dense graph merged with the kept keys' part.
+	var out, kept *Node
 	if sq.freshDyn && n*group >= squeeze.FusedMinQueries {
-		dyn, ok = squeeze.CausalAttentionFused(qg, Slice(dynK, AxisRange(), AxisRange(0, n)), Slice(dynV, AxisRange(), AxisRange(0, n)), scale)
+		sparse, k := squeeze.AttendSelected(qg, ctxK, ctxV, ix, scale, sq.kernel)
+		dyn, ok := squeeze.CausalAttentionFused(qg, Slice(dynK, AxisRange(), AxisRange(0, n)), Slice(dynV, AxisRange(), AxisRange(0, n)), scale)
+		if !ok {
+			dyn = squeeze.DenseAttention(qg, dynK, dynV, dm, scale)
+		}
+		out, kept = squeeze.Merge(sparse, dyn).Out, k // [numKVHeads, n*group, headDim] float32 (squeeze.Attend)
+	} else {
+		p, k := squeeze.AttendSelectedDyn(qg, ctxK, ctxV, dynK, dynV, dm, ix, scale, sq.kernel)
+		out, kept = p.Out, k
 	}
-	if !ok {
-		dyn = squeeze.DenseAttention(qg, dynK, dynV, dm, scale)
-	}
-	out := squeeze.Merge(sparse, dyn).Out // [numKVHeads, n*group, headDim] float32 (squeeze.Attend)
 	// The clustered keys this step reads, summed over the KV heads (the window's rows are not counted).
 	sq.keptKeys = ReduceSum(MaxScalar(Sub(kept, BroadcastToDims(ConvertDType(sq.window, dtypes.Int32), kept.Shape().Dimensions...)), 0))
 	out = TransposeAllAxes(Reshape(ConvertDType(out, q.DType()), kvh, n, group, hd), 1, 0, 2, 3)

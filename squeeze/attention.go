@@ -34,6 +34,10 @@ type LayerIndex struct {
 	// without Means, steps of at least ScoresMinQueries query rows a KV head): SelectAuto (the zero value) as
 	// the package's ScoresKernels says, SelectOff or SelectOn whatever it says.
 	Scores SelectMode
+	// Seg says when AttendSelectedDyn attends the dynamic segment inside the paged kernel's launch (pagedSegList):
+	// SelectAuto (the zero value) as the package's PagedSeg says, SelectOff never, SelectOn wherever the paged kernel
+	// reads the kept keys and there is a kernel.
+	Seg SelectMode
 	// Means [H, K, D] is each cluster's mean value (ClusterMeans). Set, Attend attends the keys a step
 	// drops approximately (RemainderAttention) instead of leaving them out. A hierarchical index needs
 	// MeanSums too (HierarchicalMeanSums of Means and Counts).
@@ -172,6 +176,41 @@ func AttendSelected(qg, ctxK, ctxV *Node, ix LayerIndex, scale float64, kernel K
 		p = Merge(p, remainderFromLookup(s.logP, s.logZ, ix.Means, s.dropped))
 	}
 	return p, s.kept
+}
+
+// AttendSelectedDyn is AttendSelected merged with the attention of the same queries over the dynamic segment dynK,
+// dynV [H, T, D] (mask [1, M, T] bool, or [M, T]: the rows each query row sees, the same for every head):
+// Merge(AttendSelected(...), DenseAttention(qg, dynK, dynV, mask)). Where the paged kernel reads the kept keys and
+// PagedSeg takes it (pagedSegKernel; not with ix.Means), the dynamic segment is attended in the same launch
+// (pagedSegList) instead.
+func AttendSelectedDyn(qg, ctxK, ctxV, dynK, dynV, mask *Node, ix LayerIndex, scale float64, kernel Kernel) (p Partial, kept *Node) {
+	m, t := qg.Shape().Dimensions[1], dynK.Shape().Dimensions[1]
+	if mask.Rank() == 2 {
+		mask = Reshape(mask, 1, m, t)
+	}
+	if d := mask.Shape().Dimensions; len(d) != 3 || d[0] != 1 || d[1] != m || d[2] != t {
+		exceptions.Panicf("squeeze: dynamic-segment mask %s for %d query rows over %d rows: want [1, %d, %d]", mask.Shape(), m, t, m, t)
+	}
+	cfg := ""
+	if ix.Means == nil {
+		cfg = pagedSegKernel(qg, ctxK, ctxV, dynK, dynV, kernel, ix.Seg)
+	}
+	if cfg == "" {
+		p, kept = AttendSelected(qg, ctxK, ctxV, ix, scale, kernel)
+		return Merge(p, DenseAttention(qg, dynK, dynV, mask, scale)), kept
+	}
+	s := ctxK.Shape().Dimensions[1]
+	sel := selectLookup(qg, ix, scale, &listPlan{s: s, paged: true})
+	var gidx *Node
+	var ns, iters int
+	if sel.gidx != nil {
+		// The kernels' list is in the paged kernel's format and layout already.
+		gidx = sel.gidx
+		ns, iters, _ = pagedLayout(ix.MaxKept, selectSlots)
+	} else {
+		gidx, ns, iters = pagedGlobalList(sel.idx, sel.valid, s)
+	}
+	return pagedSegList(qg, ctxK, ctxV, gidx, ns, iters, dynK, dynV, mask, scale, cfg), sel.kept
 }
 
 // RemainderAttention attends the queries q [H, M, D] to the keys a step dropped, approximately: each

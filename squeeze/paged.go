@@ -34,7 +34,7 @@ import (
 // at 32K against 163.6 for dense attention over every key (4.11×), 89.7 against 579.8 at 128K (6.46×);
 // XLA's gathers and products over the same list took 85.4 and 240.5 µs.
 
-//go:embed kernels/paged_*.cfg.gz kernels/select_*.cfg.gz kernels/scores_*.cfg.gz
+//go:embed kernels/paged_*.cfg.gz kernels/pagedseg_*.cfg.gz kernels/select_*.cfg.gz kernels/scores_*.cfg.gz
 var kernelFS embed.FS
 
 // PagedMaxQueries is the most query rows per KV head (a decode step's group of query heads) that the
@@ -276,23 +276,29 @@ func pagedWanted(m int, probed func() bool) bool {
 // inputs (the pure-Go backend, keys or values not bfloat16, M > PagedMaxQueries, a head dim other than 64 or
 // 128): use SparseAttention then.
 func SparseAttentionPaged(q, keys, values, idx, valid *Node, scale float64) (p Partial, ok bool) {
-	g := q.Graph()
-	h := q.Shape().Dimensions[0]
 	s := keys.Shape().Dimensions[1]
-	b := idx.Shape().Dimensions[1]
 	cfg := pagedKernel(q, keys, values)
 	if cfg == "" {
 		return p, false
 	}
+	gidx, ns, iters := pagedGlobalList(idx, valid, s)
+	return pagedList(q, keys, values, gidx, ns, iters, scale, cfg), true
+}
+
+// pagedGlobalList is the paged kernel's list for the rows idx [H, B] (valid [H, B]) of keys with s rows a head:
+// gidx [H·bp] int32, global row numbers into the keys seen as [H·s, D], -1 in empty slots, laid out for
+// pagedLayout's ns programs a head of iters tiles each.
+func pagedGlobalList(idx, valid *Node, s int) (gidx *Node, ns, iters int) {
+	g := idx.Graph()
+	h, b := idx.Shape().Dimensions[0], idx.Shape().Dimensions[1]
 	ns, iters, bp := pagedLayout(b, pagedRows)
-	// Global row numbers into keys and values seen as [H·S, D]; -1 marks an empty slot.
 	i32 := dtypes.Int32
 	base := MulScalar(Iota(g, shapes.Make(i32, h, b), 0), s)
-	gidx := Where(valid, Add(ConvertDType(idx, i32), base), Scalar(g, i32, -1))
+	gidx = Where(valid, Add(ConvertDType(idx, i32), base), Scalar(g, i32, -1))
 	if bp > b {
 		gidx = Concatenate([]*Node{gidx, BroadcastToDims(Scalar(g, i32, -1), h, bp-b)}, 1)
 	}
-	return pagedList(q, keys, values, Reshape(gidx, h*bp), ns, iters, scale, cfg), true
+	return Reshape(gidx, h*bp), ns, iters
 }
 
 // pagedLayout is the paged kernel's launch for lists of b slots a head: ns programs a head (splits), iters
@@ -336,4 +342,146 @@ func mergeSplits(o, lse *Node) Partial {
 	out = Div(out, BroadcastToDims(Reshape(MaxScalar(sw, 1e-30), h, m, 1), h, m, d))
 	l := Where(GreaterThan(sw, ZerosLike(sw)), Add(Reshape(mx, h, m), Log(MaxScalar(sw, 1e-30))), Scalar(g, f32, negInf))
 	return Partial{Out: out, LSE: Reshape(l, h, m, 1)}
+}
+
+// The paged kernel with the dynamic segment (kernels/pagedseg_g{M}_d{D}.cfg.gz): a decode step's attention over the
+// dynamic segment (the user input and the generated tokens) runs as more programs of the paged kernel's launch
+// instead of XLA's dense attention and a merge (about six kernels a layer, 11-13 µs at the LLaMA-2-7B and
+// LLaMA-3-8B shapes in session 14's CUPTI timeline of the attention benchmark, H200). Programs [0, H·NS) are the
+// paged kernel's, unchanged; program H·NS + h·NSD + j attends head h's query rows to its dynamic rows
+// [j·dit·R, (j+1)·dit·R) ∩ [0, T), each row with its own mask row; every program writes its partial and the
+// NS + NSD splits of a head are merged as before (mergeSplits). Operands: the paged kernel's q, gidx, keys, values,
+// then dk, dv [H·T, D] bf16, mask [M·T] int32 (1: attended), prm [iters, NS, NSD, dit, T, H] int32, scale [1]
+// float32; outputs o [P, M, D], lse [P, M] float32, P = H·(NS + NSD). Pallas round 19 (make_paged_seg in
+// scripts/gpu/pallas_finish.py): the paged kernel's body (make_paged_dyn's for one row, pf2 for 2-8) behind
+// pl.when, 32-row tiles, 4 warps, the same stages as the paged kernels.
+//
+// Measured on an H200 (session 14; BENCHMARKS.md): in the attention benchmark's decode (command buffers, ten calls a
+// repetition, µs a layer, the dynamic segment in XLA's graph against in the launch) LLaMA-2-7B shape 62.2 against
+// 49.0 at 32K and 129.2 against 116.5 at 128K, LLaMA-3-8B shape 54.9 against 42.2 at 32K and 88.2 against 86.7 at
+// 128K; the engine's decode at 32K 6.16 against 5.72 ms a token (7B) and 5.61 against 5.55 (8B), one process each.
+// In Pallas (jax's timing, no command buffers) the 8B shape was slower at 128K (87.9-89.1 against 78.3 µs), which
+// the attention benchmark did not reproduce.
+
+// PagedSegAutoMaxQueries is the most query rows per KV head for which PagedSeg's PagedAuto runs the dynamic segment
+// inside the paged kernel's launch: all that the paged kernel takes.
+const PagedSegAutoMaxQueries = PagedMaxQueries
+
+// PagedSeg says when a step that reads its kept keys through the paged kernel (UsesPaged) attends the dynamic
+// segment in the same launch (AttendSelectedDyn): PagedAuto for up to PagedSegAutoMaxQueries query rows per KV head
+// on a backend that passed ProbePagedSeg, PagedOn wherever there is a kernel, PagedOff never. The engine sets it from
+// SQLLM_SQUEEZE_PAGEDSEG (1, 0, unset).
+var PagedSeg PagedMode
+
+// pagedSegProbed holds ProbePagedSeg's result per backend (compute.Backend → bool).
+var pagedSegProbed sync.Map
+
+// ProbePagedSeg compiles and runs a small case through the paged kernel with the dynamic segment on b, once per
+// backend, and says whether it ran and agreed with SparseAttention merged with DenseAttention (one and four query
+// rows a KV head). False at once on a backend without the kernel.
+func ProbePagedSeg(b compute.Backend) bool { return probeOnce(&pagedSegProbed, b, probePagedSeg) }
+
+func probePagedSeg(b compute.Backend) (ok bool) {
+	const h, s, d, n, t = 2, 96, 64, 40, 45
+	err := exceptions.TryCatch[error](func() {
+		out := MustExecOnceN(b, func(g *Graph) []*Node {
+			if !pagedAvailable(g) {
+				return []*Node{Const(g, float32(-1))}
+			}
+			bf := dtypes.BFloat16
+			wave := func(dims []int, f float64) *Node {
+				x := Iota(g, shapes.Make(dtypes.Float32, dims...), 1)
+				return ConvertDType(Cos(MulScalar(Add(x, Iota(g, shapes.Make(dtypes.Float32, dims...), 2)), f)), bf)
+			}
+			keys, values, dk, dv := wave([]int{h, s, d}, 0.37), wave([]int{h, s, d}, 0.11), wave([]int{h, t, d}, 0.23), wave([]int{h, t, d}, 0.07)
+			idx := ModScalar(MulScalar(Iota(g, shapes.Make(dtypes.Int32, h, n), 1), 7), s)
+			valid := LessThan(Iota(g, shapes.Make(dtypes.Int32, h, n), 1), Const(g, [][]int32{{n}, {n - 9}}))
+			diff := Scalar(g, dtypes.Float32, 0)
+			for _, m := range []int{1, 4} {
+				qi := Add(Iota(g, shapes.Make(dtypes.Float32, h, m, d), 2), MulScalar(Iota(g, shapes.Make(dtypes.Float32, h, m, d), 1), 3))
+				q := Cos(MulScalar(qi, 0.5))
+				// Row r sees the dynamic rows below 40 - 3r.
+				mask := LessThan(Iota(g, shapes.Make(dtypes.Int32, 1, m, t), 2), SubScalar(MulScalar(Iota(g, shapes.Make(dtypes.Int32, 1, m, t), 1), -3), -40))
+				cfg := pagedSegConfig(m, d)
+				if cfg == "" {
+					return []*Node{Const(g, float32(-1))}
+				}
+				gidx, ns, iters := pagedGlobalList(idx, valid, s)
+				p := pagedSegList(ConvertDType(q, bf), keys, values, gidx, ns, iters, dk, dv, mask, 0.125, cfg)
+				want := Merge(SparseAttention(q, keys, values, idx, valid, 0.125), DenseAttention(q, dk, dv, mask, 0.125))
+				diff = Max(diff, Max(ReduceAllMax(Abs(Sub(p.Out, want.Out))), ReduceAllMax(Abs(Sub(p.LSE, want.LSE)))))
+			}
+			return []*Node{diff}
+		})
+		diff := out[0].Value().(float32)
+		ok = diff >= 0 && diff < 1e-2
+	})
+	return err == nil && ok
+}
+
+// pagedSegConfig returns the embedded backend_config of the paged kernel with the dynamic segment for m query rows
+// and head dim d ("" if there is none).
+func pagedSegConfig(m, d int) string {
+	return kernelConfig(fmt.Sprintf("kernels/pagedseg_g%d_d%d.cfg.gz", m, d))
+}
+
+// pagedSegKernel is the config of the paged kernel with the dynamic segment dynK, dynV [H, T, D] for queries q
+// [H, M, D] over keys and values [H, S, D] that the paged kernel reads under kernel, when the index's mode (Seg;
+// SelectAuto: PagedSeg) takes it; "" otherwise.
+func pagedSegKernel(q, keys, values, dynK, dynV *Node, kernel Kernel, mode SelectMode) string {
+	m := q.Shape().Dimensions[1]
+	bf16 := dtypes.BFloat16
+	if !UsesPaged(q, keys, values, kernel) || dynK.DType() != bf16 || dynV.DType() != bf16 {
+		return ""
+	}
+	switch {
+	case mode == SelectOff, mode == SelectAuto && PagedSeg == PagedOff:
+		return ""
+	case mode == SelectAuto && PagedSeg == PagedAuto:
+		if m > PagedSegAutoMaxQueries || !probed(&pagedSegProbed, q.Graph().Backend()) {
+			return ""
+		}
+	}
+	return pagedSegConfig(m, q.Shape().Dimensions[2])
+}
+
+// PagedSegFor says whether steps of m query rows per KV head (head dim d, bfloat16 keys and values) on backend b
+// attend their dynamic segment inside the paged kernel's launch (under PagedAuto it runs ProbePagedSeg once), given
+// that they read their kept keys through the paged kernel.
+func PagedSegFor(b compute.Backend, m, d int) bool {
+	if PagedSeg == PagedOff || pagedSegConfig(m, d) == "" || b.String() == "go" {
+		return false
+	}
+	return PagedSeg == PagedOn || (m <= PagedSegAutoMaxQueries && ProbePagedSeg(b))
+}
+
+// segSplits is the programs a head for a dynamic segment of t rows (NSD): one per 128 rows, 1 to 16.
+func segSplits(t int) int { return min(16, max(1, (t+127)/128)) }
+
+// pagedSegList is pagedList with the dynamic segment dynK, dynV [H, T, D] bf16 (mask [M, T] or [1, M, T] bool:
+// the rows each query row sees) in the same launch (config cfg), merged: Out [H, M, D], LSE [H, M, 1].
+func pagedSegList(q, keys, values, gidx *Node, ns, iters int, dynK, dynV, mask *Node, scale float64, cfg string) Partial {
+	g := q.Graph()
+	i32 := dtypes.Int32
+	h, m, d := q.Shape().Dimensions[0], q.Shape().Dimensions[1], q.Shape().Dimensions[2]
+	s, t := keys.Shape().Dimensions[1], dynK.Shape().Dimensions[1]
+	nsd := segSplits(t)
+	mi := ConvertDType(Reshape(mask, m, t), i32)
+	// dit: tiles a dynamic program, for rows up to the last one any query row sees (the same for every layer of a
+	// step: XLA computes it once).
+	last := ReduceAllMax(Mul(mi, AddScalar(Iota(g, shapes.Make(i32, m, t), 1), 1)))
+	dit := DivScalar(AddScalar(DivScalar(AddScalar(last, pagedRows-1), pagedRows), nsd-1), nsd)
+	prm := Concatenate([]*Node{Const(g, []int32{int32(iters), int32(ns), int32(nsd)}), Reshape(dit, 1),
+		Const(g, []int32{int32(t), int32(h)})}, 0)
+	programs := h * (ns + nsd)
+	outs := pagedCall(cfg, programs, []*Node{
+		ConvertDType(q, dtypes.BFloat16), gidx, Reshape(keys, h*s, d), Reshape(values, h*s, d),
+		Reshape(dynK, h*t, d), Reshape(dynV, h*t, d), Reshape(mi, m*t), prm, Const(g, []float32{float32(scale)}),
+	}, []shapes.Shape{shapes.Make(dtypes.Float32, programs, m, d), shapes.Make(dtypes.Float32, programs, m)})
+	split := func(x *Node, dims ...int) *Node {
+		a := Reshape(Slice(x, AxisRange(0, h*ns)), append([]int{h, ns}, dims...)...)
+		b := Reshape(Slice(x, AxisRange(h*ns, programs)), append([]int{h, nsd}, dims...)...)
+		return Concatenate([]*Node{a, b}, 1)
+	}
+	return mergeSplits(split(outs[0], m, d), split(outs[1], m))
 }

@@ -335,6 +335,9 @@ func squeezed(ctx context.Context, w io.Writer, m *engine.Model, name string, le
 				}
 				if info.PagedDecode {
 					mode += ", paged kernel"
+					if info.PagedSegDecode {
+						mode += " with the input tokens"
+					}
 				}
 				if info.SelectKernels {
 					mode += ", selection kernels"

@@ -380,6 +380,9 @@ func squeezeReport(info llama.SqueezeInfo) string {
 	report := indexReport(info, made)
 	if info.PagedDecode {
 		report += "; decode reads the kept keys with the paged Triton kernel"
+		if info.PagedSegDecode {
+			report += ", the input's and generated tokens in the same launch"
+		}
 	}
 	if info.SelectKernels {
 		report += "; the kept keys are selected by the selection Triton kernels"

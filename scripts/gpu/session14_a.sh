@@ -11,14 +11,14 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv,noheader | tee -
 . scripts/gpu/xla-env.sh >/dev/null 2>&1
 run() {  # label shape ctx phase variant
   echo "== $1" | tee -a "$R"
-  (cd llama && timeout 150 ncu --csv --metrics gpu__time_duration.sum ../bin/llama.test -test.run '^TestAttentionBench$' \
+  (cd llama && timeout 130 ncu --csv --metrics gpu__time_duration.sum ../bin/llama.test -test.run '^TestAttentionBench$' \
     -test.timeout 20m -attnbench gpu -attnbench.shapes $2 -attnbench.ctx $3 -attnbench.phases $4 -attnbench.check=false \
     -attnbench.variants $5 -attnbench.cluster=false -attnbench.reps 3 -attnbench.graphs=false > "$OUT/$1.csv" 2> "$OUT/$1.err")
   echo "rc=$?" | tee -a "$R"
   python3 scripts/gpu/ncu_summary.py "$OUT/$1.csv" | tee -a "$R"
 }
+run decode-8b-32k 8b 32768 decode sq-engine-paged-sel
 run decode-7b-32k 7b 32768 decode sq-engine-paged-sel
 run decode-8b-128k 8b 131072 decode sq-engine-paged-sel
 run input-7b-128k 7b 131072 input sq-engine-sel-sk
-run input-7b-32k 7b 32768 input sq-engine-sel-sk
 exit 0
