@@ -359,7 +359,8 @@ var noSplitK = os.Getenv("SQLLM_NO_SPLITK") != ""
 // KV head on a backend that passed squeeze.ProbePaged (see squeeze/paged.go). SQLLM_SQUEEZE_PAGEDSEG picks when such a
 // decode step attends its dynamic segment in the paged kernel's launch (squeeze.PagedSeg): 1 wherever there is a
 // kernel, 0 never, unset for up to squeeze.PagedSegAutoMaxQueries query rows per KV head on a backend that passed
-// squeeze.ProbePagedSeg. SQLLM_SQUEEZE_SELECT picks when the selection (boundary and
+// squeeze.ProbePagedSeg; SQLLM_SQUEEZE_SEGMERGE=0 merges its splits with XLA's ops instead of the merge kernel
+// (squeeze.NoMergeKernel), for measuring. SQLLM_SQUEEZE_SELECT picks when the selection (boundary and
 // kept list) runs in the two selection Triton kernels (squeeze.SelectKernels): 1 wherever there are kernels, 0
 // never (XLA's selection, whose boundary search SQLLM_SQUEEZE_SEARCH picks), unset on a backend that passed
 // squeeze.ProbeSelect (see squeeze/selectk.go). SQLLM_SQUEEZE_SCORES picks when a user input's cluster scores
@@ -372,6 +373,7 @@ func init() {
 		"0": squeeze.PagedOff})
 	squeeze.PagedSeg = envChoice("SQLLM_SQUEEZE_PAGEDSEG", map[string]squeeze.PagedMode{"": squeeze.PagedAuto, "1": squeeze.PagedOn,
 		"0": squeeze.PagedOff})
+	squeeze.NoMergeKernel = os.Getenv("SQLLM_SQUEEZE_SEGMERGE") == "0"
 	squeezeSearch = envChoice("SQLLM_SQUEEZE_SEARCH", map[string]squeeze.Search{"": squeeze.SearchAuto,
 		"passes": squeeze.SearchPasses, "allpairs": squeeze.SearchAllPairs, "sort": squeeze.SearchSort})
 	squeeze.SelectKernels = envChoice("SQLLM_SQUEEZE_SELECT", map[string]squeeze.SelectMode{"": squeeze.SelectAuto,

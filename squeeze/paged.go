@@ -34,7 +34,7 @@ import (
 // at 32K against 163.6 for dense attention over every key (4.11×), 89.7 against 579.8 at 128K (6.46×);
 // XLA's gathers and products over the same list took 85.4 and 240.5 µs.
 
-//go:embed kernels/paged_*.cfg.gz kernels/pagedseg_*.cfg.gz kernels/select_*.cfg.gz kernels/scores_*.cfg.gz
+//go:embed kernels/paged_*.cfg.gz kernels/pagedseg_*.cfg.gz kernels/merge_*.cfg.gz kernels/select_*.cfg.gz kernels/scores_*.cfg.gz
 var kernelFS embed.FS
 
 // PagedMaxQueries is the most query rows per KV head (a decode step's group of query heads) that the
@@ -350,9 +350,10 @@ func mergeSplits(o, lse *Node) Partial {
 // LLaMA-3-8B shapes in session 14's CUPTI timeline of the attention benchmark, H200). Programs [0, H·NS) are the
 // paged kernel's, unchanged; program H·NS + h·NSD + j attends head h's query rows to its dynamic rows
 // [j·dit·R, (j+1)·dit·R) ∩ [0, T), each row with its own mask row; every program writes its partial and the
-// NS + NSD splits of a head are merged as before (mergeSplits). Operands: the paged kernel's q, gidx, keys, values,
-// then dk, dv [H·T, D] bf16, mask [M·T] int32 (1: attended), prm [iters, NS, NSD, dit, T, H] int32, scale [1]
-// float32; outputs o [P, M, D], lse [P, M] float32, P = H·(NS + NSD). Pallas round 19 (make_paged_seg in
+// NS + NSD splits of a head are merged by the merge kernel (mergeConfig; XLA's mergeSplits without one).
+// Operands: the paged kernel's q, gidx, keys, values, then dk, dv [H·T, D] bf16, mask [M·T] int32 (1: attended),
+// prm [iters, NS, NSD, dit, T, H] int32, scale [1] float32; outputs o [P, M, D], lse [P, M] float32,
+// P = H·(NS + NSD). Pallas round 19 (make_paged_seg in
 // scripts/gpu/pallas_finish.py): the paged kernel's body (make_paged_dyn's for one row, pf2 for 2-8) behind
 // pl.when, 32-row tiles, 4 warps, the same stages as the paged kernels.
 //
@@ -478,10 +479,35 @@ func pagedSegList(q, keys, values, gidx *Node, ns, iters int, dynK, dynV, mask *
 		ConvertDType(q, dtypes.BFloat16), gidx, Reshape(keys, h*s, d), Reshape(values, h*s, d),
 		Reshape(dynK, h*t, d), Reshape(dynV, h*t, d), Reshape(mi, m*t), prm, Const(g, []float32{float32(scale)}),
 	}, []shapes.Shape{shapes.Make(dtypes.Float32, programs, m, d), shapes.Make(dtypes.Float32, programs, m)})
+	if mcfg := mergeConfig(m, d); mcfg != "" && !NoMergeKernel {
+		mo := pagedCall(mcfg, h*m, []*Node{outs[0], outs[1], Const(g, []int32{int32(ns), int32(nsd), int32(h)})},
+			[]shapes.Shape{shapes.Make(dtypes.Float32, h, m, d), shapes.Make(dtypes.Float32, h, m)})
+		lse := Where(GreaterThan(mo[1], Scalar(g, dtypes.Float32, negInf)), mo[1], Scalar(g, dtypes.Float32, negInf))
+		return Partial{Out: mo[0], LSE: Reshape(lse, h, m, 1)}
+	}
 	split := func(x *Node, dims ...int) *Node {
 		a := Reshape(Slice(x, AxisRange(0, h*ns)), append([]int{h, ns}, dims...)...)
 		b := Reshape(Slice(x, AxisRange(h*ns, programs)), append([]int{h, nsd}, dims...)...)
 		return Concatenate([]*Node{a, b}, 1)
 	}
 	return mergeSplits(split(outs[0], m, d), split(outs[1], m))
+}
+
+// NoMergeKernel makes pagedSegList merge the splits with XLA's ops (mergeSplits) instead of the merge kernel, for
+// measuring what the kernel gains; the engine sets it from SQLLM_SQUEEZE_SEGMERGE=0.
+var NoMergeKernel bool
+
+// mergeConfig returns the embedded backend_config of the merge kernel for m query rows and head dim d ("" if there
+// is none): kernels/merge_g{M}_d{D}.cfg.gz, Pallas round 21 (make_merge2 in scripts/gpu/pallas_finish.py), one
+// program a (KV head, query row), 4 warps, 2 stages. Program h·M + r merges row r of head h over the paged kernel
+// with the dynamic segment's partials: the head's NS list programs (rows [h·NS, (h+1)·NS) of o [P, M, D], lse
+// [P, M]) and its NSD dynamic programs (rows [H·NS + h·NSD, H·NS + (h+1)·NSD)), 32 at a time. Operands o, lse, prm
+// [NS, NSD, H] int32; outputs out [H, M, D], lse [H, M] float32 (-Inf where nothing was seen). It replaces XLA's
+// merge (mergeSplits), four kernels a layer (6.9 µs at the LLaMA-2-7B shape, 32K, in session 14's CUPTI timeline).
+// Measured (H200, session 14, attention benchmark, ten calls a repetition, two processes, µs a layer, against XLA's
+// merge): 47.6 / 47.9 at LLaMA-2-7B 32K, 114.7 / 117.9 at 128K, 84.3 / 86.5 at LLaMA-3-8B 128K, 49.2 / 44.3 at 8B 32K
+// (whose dense attention moved from 55.2 to 49.8 between the processes); the engine's decode at 7B 32K 5.67 against
+// 5.80 ms a token. A small gain, not beyond the spread between processes everywhere.
+func mergeConfig(m, d int) string {
+	return kernelConfig(fmt.Sprintf("kernels/merge_g%d_d%d.cfg.gz", m, d))
 }

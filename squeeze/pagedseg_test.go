@@ -24,6 +24,9 @@ import (
 func emulatePagedSeg(t *testing.T) kernelCallFn {
 	paged := emulatePaged(t)
 	return func(cfg string, programs int, ops []*Node, outs []shapes.Shape) []*Node {
+		if len(ops) == 3 {
+			return emulateMerge(t, cfg, programs, ops, outs)
+		}
 		if len(ops) != 9 {
 			return paged(cfg, programs, ops, outs)
 		}
@@ -75,6 +78,41 @@ func emulatePagedSeg(t *testing.T) kernelCallFn {
 	}
 }
 
+// emulateMerge is the merge kernel's contract (mergeConfig; Pallas round 21, make_merge2) in graph ops: operands o
+// [P, M, D], lse [P, M] (-Inf: a program that saw nothing), prm [NS, NSD, H] int32 with P = H·(NS + NSD); program
+// h·M + r merges row r of head h's list programs (rows [h·NS, (h+1)·NS)) and dynamic programs (rows [H·NS + h·NSD,
+// H·NS + (h+1)·NSD)): out [H, M, D], lse [H, M] (-Inf where nothing was seen). NS and NSD come from the launch (H·M
+// programs, outs[0] [H, M, D]) and the dynamic segment's rule (segSplits is not known here: prm is read at run time,
+// its H checked, its NS and NSD must split P as the outputs say: else NaN).
+func emulateMerge(t *testing.T, cfg string, programs int, ops []*Node, outs []shapes.Shape) []*Node {
+	o, lse, prm := ops[0], ops[1], ops[2]
+	g := o.Graph()
+	f32 := dtypes.Float32
+	h, m, d := outs[0].Dimensions[0], outs[0].Dimensions[1], outs[0].Dimensions[2]
+	p := o.Shape().Dimensions[0]
+	if cfg != mergeConfig(m, d) || programs != h*m || o.DType() != f32 || lse.DType() != f32 || p%h != 0 {
+		t.Errorf("merge kernel: %d programs for %s, o %s, lse %s", programs, outs[0], o.Shape(), lse.Shape())
+		return []*Node{Zeros(g, outs[0]), Zeros(g, outs[1])}
+	}
+	// Every split of a head, list and dynamic: a [H, P/H] gather of rows by the run-time NS and NSD.
+	nt := p / h
+	ns := Slice(prm, AxisElem(0))
+	j := Iota(g, shapes.Make(dtypes.Int32, h, nt), 1)
+	hh := Iota(g, shapes.Make(dtypes.Int32, h, nt), 0)
+	nsB, nsdB := BroadcastToDims(ns, h, nt), BroadcastToDims(Slice(prm, AxisElem(1)), h, nt)
+	rows := Where(LessThan(j, nsB), Add(Mul(hh, nsB), j), Add(Add(MulScalar(nsB, float64(h)), Mul(hh, nsdB)), Sub(j, nsB)))
+	rows = Clamp(Scalar(g, dtypes.Int32, 0), rows, Scalar(g, dtypes.Int32, p-1))
+	og := Reshape(Gather(o, Reshape(rows, h*nt, 1)), h, nt, m, d)
+	lg := Reshape(Gather(lse, Reshape(rows, h*nt, 1)), h, nt, m)
+	part := mergeSplits(og, lg)
+	out, l := part.Out, Reshape(part.LSE, h, m)
+	l = Where(GreaterThan(l, Scalar(g, f32, negInf)), l, Scalar(g, f32, math.Inf(-1)))
+	want := Const(g, []int32{int32(h)})
+	bad := Or(NotEqual(Slice(prm, AxisElem(2)), want), NotEqual(Add(Slice(prm, AxisElem(0)), Slice(prm, AxisElem(1))), Const(g, []int32{int32(nt)})))
+	out = Where(BroadcastToDims(Reshape(bad, 1, 1, 1), h, m, d), Scalar(g, f32, math.NaN()), out)
+	return []*Node{out, l}
+}
+
 // withPagedSeg installs the emulated kernels (paged, with the dynamic segment, and selection) with the given modes.
 func withPagedSeg(t *testing.T, seg PagedMode, sel SelectMode) {
 	withSelectKernels(t, sel, PagedOn)
@@ -86,7 +124,8 @@ func withPagedSeg(t *testing.T, seg PagedMode, sel SelectMode) {
 // TestAttendSelectedDyn: AttendSelectedDyn through the paged kernel with the dynamic segment (emulated) gives the
 // kept keys' attention merged with dense attention over the dynamic rows each query row sees, as AttendSelected and
 // DenseAttention merged: one and three query rows a KV head, head dims 64 and 128, dynamic segments shorter than a
-// tile and over several programs, masks that differ by row, an empty one, XLA's and the kernels' selection lists.
+// tile and over several programs, masks that differ by row, an empty one, XLA's and the kernels' selection lists, a
+// hierarchical index, the calibrated mode; the splits merged by the merge kernel (emulated).
 // With the remainder, PagedSeg off or the index's Seg off, it takes the two-part path, with the same result; the
 // index's Seg on takes the kernel whatever PagedSeg says.
 func TestAttendSelectedDyn(t *testing.T) {
@@ -101,16 +140,19 @@ func TestAttendSelectedDyn(t *testing.T) {
 		remainder bool
 		wantSeg   bool
 		ixSeg     SelectMode // the index's own mode (LayerIndex.Seg)
+		mode      string     // "hier": a hierarchical index; "threshold": calibrated mode
 	}{
-		{"decode-xla-list", 1, 64, 45, []int{40}, SelectOff, PagedOn, false, true, SelectAuto},
-		{"decode-kernel-list", 1, 128, 300, []int{271}, SelectOn, PagedOn, false, true, SelectAuto},
-		{"grouped-rows-differ", 3, 64, 300, []int{300, 150, 7}, SelectOn, PagedOn, false, true, SelectAuto},
-		{"grouped-empty-row", 3, 128, 70, []int{0, 33, 70}, SelectOff, PagedOn, false, true, SelectAuto},
-		{"nothing-visible", 2, 64, 70, []int{0, 0}, SelectOn, PagedOn, false, true, SelectAuto},
-		{"remainder", 1, 64, 45, []int{40}, SelectOn, PagedOn, true, false, SelectAuto},
-		{"seg-off", 3, 64, 300, []int{300, 150, 7}, SelectOn, PagedOff, false, false, SelectAuto},
-		{"index-off", 1, 64, 45, []int{40}, SelectOn, PagedOn, false, false, SelectOff},
-		{"index-on", 1, 64, 45, []int{40}, SelectOn, PagedOff, false, true, SelectOn},
+		{"decode-xla-list", 1, 64, 45, []int{40}, SelectOff, PagedOn, false, true, SelectAuto, ""},
+		{"decode-kernel-list", 1, 128, 300, []int{271}, SelectOn, PagedOn, false, true, SelectAuto, ""},
+		{"grouped-rows-differ", 3, 64, 300, []int{300, 150, 7}, SelectOn, PagedOn, false, true, SelectAuto, ""},
+		{"grouped-empty-row", 3, 128, 70, []int{0, 33, 70}, SelectOff, PagedOn, false, true, SelectAuto, ""},
+		{"nothing-visible", 2, 64, 70, []int{0, 0}, SelectOn, PagedOn, false, true, SelectAuto, ""},
+		{"remainder", 1, 64, 45, []int{40}, SelectOn, PagedOn, true, false, SelectAuto, ""},
+		{"seg-off", 3, 64, 300, []int{300, 150, 7}, SelectOn, PagedOff, false, false, SelectAuto, ""},
+		{"index-off", 1, 64, 45, []int{40}, SelectOn, PagedOn, false, false, SelectOff, ""},
+		{"index-on", 1, 64, 45, []int{40}, SelectOn, PagedOff, false, true, SelectOn, ""},
+		{"hierarchical", 1, 64, 45, []int{40}, SelectOn, PagedOn, false, true, SelectAuto, "hier"},
+		{"threshold", 3, 64, 70, []int{70, 20, 5}, SelectOn, PagedOn, false, true, SelectAuto, "threshold"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			q := randn(rng, 2, h, c.m, c.d)
@@ -124,11 +166,14 @@ func TestAttendSelectedDyn(t *testing.T) {
 			}
 			maskT := tensors.FromFlatDataAndDimensions(mask, 1, c.m, c.t)
 			withPagedSeg(t, c.seg, c.sel)
-			segCalls := 0
+			segCalls, mergeCalls := 0, 0
 			emu := pagedCall
 			pagedCall = func(cfg string, programs int, ops []*Node, outs []shapes.Shape) []*Node {
-				if len(ops) == 9 {
+				switch len(ops) {
+				case 9:
 					segCalls++
+				case 3:
+					mergeCalls++
 				}
 				return emu(cfg, programs, ops, outs)
 			}
@@ -136,7 +181,10 @@ func TestAttendSelectedDyn(t *testing.T) {
 				bf, f32 := dtypes.BFloat16, dtypes.Float32
 				kb, vb, dkb, dvb := ConvertDType(keys, bf), ConvertDType(vals, bf), ConvertDType(dk, bf), ConvertDType(dv, bf)
 				qf := ConvertDType(ConvertDType(q, bf), f32)
-				ix := attendTestIndex(kb, vb, clustered, window, k, false, c.remainder)
+				ix := attendTestIndex(kb, vb, clustered, window, k, c.mode == "hier", c.remainder)
+				if c.mode == "threshold" {
+					ix.Threshold = Const(q.Graph(), float32(1.0/float32(clustered)))
+				}
 				ix.Seg = c.ixSeg
 				p, kept := AttendSelectedDyn(qf, kb, vb, dkb, dvb, mask, ix, Scale(c.d), KernelAuto)
 				// The reference: the same kept keys through the paged kernel alone, the dynamic rows in float32.
@@ -148,8 +196,8 @@ func TestAttendSelectedDyn(t *testing.T) {
 				}
 				return []*Node{p.Out, p.LSE, kept, ref.Out, ref.LSE, refKept}
 			}, q, keys, vals, dk, dv, maskT)
-			if got := segCalls > 0; got != c.wantSeg {
-				t.Errorf("the kernel with the dynamic segment ran %d times, want it used: %v", segCalls, c.wantSeg)
+			if got := segCalls > 0; got != c.wantSeg || mergeCalls != segCalls {
+				t.Errorf("the kernel with the dynamic segment ran %d times, the merge kernel %d, want them used: %v", segCalls, mergeCalls, c.wantSeg)
 			}
 			o, lse, ro, rl := flat(out[0]), flat(out[1]), flat(out[3]), flat(out[4])
 			allFinite(t, "output", o)
@@ -209,6 +257,12 @@ func TestProbePagedSeg(t *testing.T) {
 			}
 			return r
 		},
+		"whose merged log-sum-exp is off": func(ops, r []*Node) []*Node {
+			if len(ops) == 3 {
+				return []*Node{r[0], AddScalar(r[1], -0.5)}
+			}
+			return r
+		},
 	})
 	defer pagedSegProbed.Delete(testBackend())
 	savePaged, saveSeg := Paged, PagedSeg
@@ -244,6 +298,9 @@ func TestPagedSegConfigs(t *testing.T) {
 			}
 			if cfg == pagedConfig(m, d) {
 				t.Errorf("M=%d D=%d: the same config as the paged kernel's", m, d)
+			}
+			if mc := mergeConfig(m, d); mc == "" || mc == cfg || !strings.Contains(pagedBackendConfig(mc, 24), "grid_x = 24 : i32") {
+				t.Errorf("M=%d D=%d: no usable merge kernel config", m, d)
 			}
 			if got := pagedBackendConfig(cfg, 555); !strings.Contains(got, "grid_x = 555 : i32") || strings.Count(got, "grid_x") != 1 {
 				t.Errorf("M=%d D=%d: launch config %.60q…", m, d, got)
