@@ -118,29 +118,49 @@ func probed(m *sync.Map, b compute.Backend) bool {
 
 // probePaged runs one query row per KV head and four (grouped queries): since session 13 the kernels for 2-8 rows
 // are another Pallas kernel than the one for a single row (pallas_paged.py's pf2, their blocks prefetched).
-func probePaged(b compute.Backend) (ok bool) {
-	const h, s, d, n = 2, 96, 64, 40
+func probePaged(b compute.Backend) bool {
+	return runPagedProbe(b, func(pd probeData, q *Node, m int) *Node {
+		p, done := SparseAttentionPaged(q, pd.keys, pd.values, pd.idx, pd.valid, 0.125)
+		if !done {
+			return nil
+		}
+		return partialDiff(p, SparseAttention(q, pd.keys, pd.values, pd.idx, pd.valid, 0.125))
+	})
+}
+
+// probeData are the inputs of the paged kernels' probes on one graph: keys and values [2, 96, 64] bf16, a list of 40
+// rows a head (the second head's last 9 slots empty), and a dynamic segment dk, dv [2, 45, 64] bf16.
+type probeData struct {
+	keys, values, dk, dv, idx, valid *Node
+	s                                int // rows a head of keys
+}
+
+// runPagedProbe runs compare (the kernel's partial against its reference: their largest difference; nil where
+// there is no kernel) for one and four query rows a KV head on b, and says whether it ran and every difference is
+// below 1e-2.
+func runPagedProbe(b compute.Backend, compare func(pd probeData, q *Node, m int) *Node) (ok bool) {
+	const h, s, d, n, t = 2, 96, 64, 40, 45
 	err := exceptions.TryCatch[error](func() {
 		out := MustExecOnceN(b, func(g *Graph) []*Node {
 			if !pagedAvailable(g) {
 				return []*Node{Const(g, float32(-1))}
 			}
-			bf := dtypes.BFloat16
-			x := Iota(g, shapes.Make(dtypes.Float32, h, s, d), 1)
-			keys := ConvertDType(Cos(MulScalar(Add(x, Iota(g, shapes.Make(dtypes.Float32, h, s, d), 2)), 0.37)), bf)
-			values := ConvertDType(Sin(MulScalar(Add(x, Iota(g, shapes.Make(dtypes.Float32, h, s, d), 2)), 0.11)), bf)
-			idx := ModScalar(MulScalar(Iota(g, shapes.Make(dtypes.Int32, h, n), 1), 7), s)
-			valid := LessThan(Iota(g, shapes.Make(dtypes.Int32, h, n), 1), Const(g, [][]int32{{n}, {n - 9}}))
+			wave := func(dims []int, f float64, trig func(*Node) *Node) *Node {
+				x := Add(Iota(g, shapes.Make(dtypes.Float32, dims...), 1), Iota(g, shapes.Make(dtypes.Float32, dims...), 2))
+				return ConvertDType(trig(MulScalar(x, f)), dtypes.BFloat16)
+			}
+			pd := probeData{keys: wave([]int{h, s, d}, 0.37, Cos), values: wave([]int{h, s, d}, 0.11, Sin),
+				dk: wave([]int{h, t, d}, 0.23, Cos), dv: wave([]int{h, t, d}, 0.07, Cos), s: s,
+				idx:   ModScalar(MulScalar(Iota(g, shapes.Make(dtypes.Int32, h, n), 1), 7), s),
+				valid: LessThan(Iota(g, shapes.Make(dtypes.Int32, h, n), 1), Const(g, [][]int32{{n}, {n - 9}}))}
 			diff := Scalar(g, dtypes.Float32, 0)
 			for _, m := range []int{1, 4} {
 				qi := Add(Iota(g, shapes.Make(dtypes.Float32, h, m, d), 2), MulScalar(Iota(g, shapes.Make(dtypes.Float32, h, m, d), 1), 3))
-				q := Cos(MulScalar(qi, 0.5))
-				p, done := SparseAttentionPaged(q, keys, values, idx, valid, 0.125)
-				if !done {
+				dm := compare(pd, Cos(MulScalar(qi, 0.5)), m)
+				if dm == nil {
 					return []*Node{Const(g, float32(-1))}
 				}
-				want := SparseAttention(q, keys, values, idx, valid, 0.125)
-				diff = Max(diff, Max(ReduceAllMax(Abs(Sub(p.Out, want.Out))), ReduceAllMax(Abs(Sub(p.LSE, want.LSE)))))
+				diff = Max(diff, dm)
 			}
 			return []*Node{diff}
 		})
@@ -148,6 +168,11 @@ func probePaged(b compute.Backend) (ok bool) {
 		ok = diff >= 0 && diff < 1e-2
 	})
 	return err == nil && ok
+}
+
+// partialDiff is the largest difference between two partials' outputs and log-sum-exps.
+func partialDiff(p, want Partial) *Node {
+	return Max(ReduceAllMax(Abs(Sub(p.Out, want.Out))), ReduceAllMax(Abs(Sub(p.LSE, want.LSE))))
 }
 
 var (
@@ -382,42 +407,19 @@ var pagedSegProbed sync.Map
 // rows a KV head). False at once on a backend without the kernel.
 func ProbePagedSeg(b compute.Backend) bool { return probeOnce(&pagedSegProbed, b, probePagedSeg) }
 
-func probePagedSeg(b compute.Backend) (ok bool) {
-	const h, s, d, n, t = 2, 96, 64, 40, 45
-	err := exceptions.TryCatch[error](func() {
-		out := MustExecOnceN(b, func(g *Graph) []*Node {
-			if !pagedAvailable(g) {
-				return []*Node{Const(g, float32(-1))}
-			}
-			bf := dtypes.BFloat16
-			wave := func(dims []int, f float64) *Node {
-				x := Iota(g, shapes.Make(dtypes.Float32, dims...), 1)
-				return ConvertDType(Cos(MulScalar(Add(x, Iota(g, shapes.Make(dtypes.Float32, dims...), 2)), f)), bf)
-			}
-			keys, values, dk, dv := wave([]int{h, s, d}, 0.37), wave([]int{h, s, d}, 0.11), wave([]int{h, t, d}, 0.23), wave([]int{h, t, d}, 0.07)
-			idx := ModScalar(MulScalar(Iota(g, shapes.Make(dtypes.Int32, h, n), 1), 7), s)
-			valid := LessThan(Iota(g, shapes.Make(dtypes.Int32, h, n), 1), Const(g, [][]int32{{n}, {n - 9}}))
-			diff := Scalar(g, dtypes.Float32, 0)
-			for _, m := range []int{1, 4} {
-				qi := Add(Iota(g, shapes.Make(dtypes.Float32, h, m, d), 2), MulScalar(Iota(g, shapes.Make(dtypes.Float32, h, m, d), 1), 3))
-				q := Cos(MulScalar(qi, 0.5))
-				// Row r sees the dynamic rows below 40 - 3r.
-				mask := LessThan(Iota(g, shapes.Make(dtypes.Int32, 1, m, t), 2), SubScalar(MulScalar(Iota(g, shapes.Make(dtypes.Int32, 1, m, t), 1), -3), -40))
-				cfg := pagedSegConfig(m, d)
-				if cfg == "" {
-					return []*Node{Const(g, float32(-1))}
-				}
-				gidx, ns, iters := pagedGlobalList(idx, valid, s)
-				p := pagedSegList(ConvertDType(q, bf), keys, values, gidx, ns, iters, dk, dv, mask, 0.125, cfg)
-				want := Merge(SparseAttention(q, keys, values, idx, valid, 0.125), DenseAttention(q, dk, dv, mask, 0.125))
-				diff = Max(diff, Max(ReduceAllMax(Abs(Sub(p.Out, want.Out))), ReduceAllMax(Abs(Sub(p.LSE, want.LSE)))))
-			}
-			return []*Node{diff}
-		})
-		diff := out[0].Value().(float32)
-		ok = diff >= 0 && diff < 1e-2
+func probePagedSeg(b compute.Backend) bool {
+	return runPagedProbe(b, func(pd probeData, q *Node, m int) *Node {
+		g, t := q.Graph(), pd.dk.Shape().Dimensions[1]
+		cfg := pagedSegConfig(m, q.Shape().Dimensions[2])
+		if cfg == "" {
+			return nil
+		}
+		// Row r sees the dynamic rows below 40 - 3r.
+		mask := LessThan(Iota(g, shapes.Make(dtypes.Int32, 1, m, t), 2), SubScalar(MulScalar(Iota(g, shapes.Make(dtypes.Int32, 1, m, t), 1), -3), -40))
+		gidx, ns, iters := pagedGlobalList(pd.idx, pd.valid, pd.s)
+		p := pagedSegList(ConvertDType(q, dtypes.BFloat16), pd.keys, pd.values, gidx, ns, iters, pd.dk, pd.dv, mask, 0.125, cfg)
+		return partialDiff(p, Merge(SparseAttention(q, pd.keys, pd.values, pd.idx, pd.valid, 0.125), DenseAttention(q, pd.dk, pd.dv, mask, 0.125)))
 	})
-	return err == nil && ok
 }
 
 // pagedSegConfig returns the embedded backend_config of the paged kernel with the dynamic segment for m query rows

@@ -25,6 +25,7 @@ Run on the GPU machine: python3 scripts/gpu/pallas_finish.py (appends to $OUT/pa
 import functools
 import os
 import sys
+import types
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pallas_squeeze as ps  # noqa: E402
@@ -172,6 +173,56 @@ def make_list(hq, t, b, ns, r=32, seed=0, empty_head=False):
     return idx_hb, gidx, iters
 
 
+
+BENCH_CASES = (("LLaMA-2-7B 32K", 32, 1, 32768, 16), ("LLaMA-3-8B 32K", 8, 4, 32768, 16),
+               ("LLaMA-2-7B 128K", 32, 1, 131072, 8), ("LLaMA-3-8B 128K", 8, 4, 131072, 8))
+
+
+def bench_setup(hq, g, t, layers, ns=32, d=128, dyn_t=1024, valid=544):
+    """A timing case: `layers` layers of random keys, values and dynamic segments [hq, ·, d] bf16, a kept list of
+    10% of the context (+128) over ns splits, queries of g rows a head, every row seeing the first `valid` dynamic
+    rows; per(t) turns a chain's time into µs a layer (an empty call subtracted)."""
+    scale = 1.0 / d**0.5
+    b = -(-int(0.1 * (t - 100)) // 64) * 64 + 128
+    idx_hb, gidx, iters = make_list(hq, t, b, ns)
+    data = []
+    for i in range(layers):
+        ks = jax.random.split(jax.random.PRNGKey(100 + i), 4)
+        data.append(tuple(jax.random.normal(kk, (hq, tt, d), F32).astype(jnp.bfloat16)
+                          for kk, tt in zip(ks, (t, t, dyn_t, dyn_t))))
+    q = jax.random.normal(jax.random.PRNGKey(5), (hq, g, d), F32).astype(jnp.bfloat16)
+    t_empty = ps.timeit(jax.jit(lambda q, *a: q.astype(F32) + 1.0), (q,))
+    return types.SimpleNamespace(
+        scale=scale, gidx=gidx, iters=iters, ns=ns, q=q, data=data, per_layer=[[x[j] for x in data] for j in range(4)],
+        mask=jnp.broadcast_to(jnp.arange(dyn_t)[None, :] < valid, (g, dyn_t)),
+        per=lambda tt: (tt - t_empty) / layers * 1e6)
+
+
+def chain_time(c, layer):
+    """µs a layer of `layer(q, k, v, dk, dv)` chained over the case's layers."""
+    return c.per(ps.timeit(ps.chain_layers(layer), (c.q, *c.per_layer)))
+
+
+def check_data(g, d, t, dyn_t, valid, ns, b, big, hq=3):
+    """A check case: random q (×big), keys, values, a dynamic segment whose row r sees the rows below valid − 3r, a
+    kept list of b rows a head (the last head's empty)."""
+    ks = jax.random.split(jax.random.PRNGKey(g * 7 + d), 6)
+    q = (big * jax.random.normal(ks[0], (hq, g, d), F32)).astype(jnp.bfloat16)
+    k, v = (jax.random.normal(kk, (hq, t, d), F32).astype(jnp.bfloat16) for kk in ks[1:3])
+    dk, dv = (jax.random.normal(kk, (hq, dyn_t, d), F32).astype(jnp.bfloat16) for kk in ks[3:5])
+    mask = jnp.arange(dyn_t)[None, :] < (valid - jnp.arange(g)[:, None] * 3)
+    idx_hb, gidx, iters = make_list(hq, t, b, ns, empty_head=True)
+    return q, k, v, dk, dv, mask, idx_hb, gidx, iters, 1.0 / d**0.5
+
+
+def errors(out, ol, ro, rl):
+    """Largest output and (finite) log-sum-exp differences, and whether -Inf and finiteness agree."""
+    fin = jnp.isfinite(rl)
+    e2 = float(jnp.max(jnp.where(fin, jnp.abs(ol - rl), 0.0)))
+    agree = bool(jnp.all(jnp.isfinite(ol) == fin)) and bool(jnp.all(jnp.isfinite(out)))
+    return float(jnp.max(jnp.abs(out - ro))), e2, agree
+
+
 CONFIGS = ((32, 4, 2), (64, 4, 2), (32, 4, 1), (64, 8, 2))
 
 
@@ -181,66 +232,38 @@ def check(r, nw, st):
     worst = 0.0
     for g, d, t, dyn_t, valid, ns, b, big in ((1, 128, 4096, 1000, 544, 32, 400, 1.0), (3, 64, 2000, 77, 77, 8, 250, 1.0),
                                               (8, 128, 3000, 300, 0, 40, 1300, 1.0), (4, 128, 4096, 1024, 1000, 32, 3456, 40.0)):
-        ks = jax.random.split(jax.random.PRNGKey(g * 7 + d), 6)
-        hq = 3
-        q = (big * jax.random.normal(ks[0], (hq, g, d), F32)).astype(jnp.bfloat16)
-        k = jax.random.normal(ks[1], (hq, t, d), F32).astype(jnp.bfloat16)
-        v = jax.random.normal(ks[2], (hq, t, d), F32).astype(jnp.bfloat16)
-        dk = jax.random.normal(ks[3], (hq, dyn_t, d), F32).astype(jnp.bfloat16)
-        dv = jax.random.normal(ks[4], (hq, dyn_t, d), F32).astype(jnp.bfloat16)
-        pos = jnp.arange(dyn_t)[None, :]
-        mask = pos < (valid - jnp.arange(g)[:, None] * 3)  # rows see different prefixes (row 0: valid)
-        idx_hb, gidx, iters = make_list(hq, t, b, ns, empty_head=True)
-        scale = 1.0 / d**0.5
+        q, k, v, dk, dv, mask, idx_hb, gidx, iters, scale = check_data(g, d, t, dyn_t, valid, ns, b, big)
         o, lse = paged_splits(q, gidx, k, v, ns, iters, scale)
         out, ol = jax.jit(lambda *a: finish_call(*a, ns, scale, r, nw, st))(q, dk, dv, mask, o, lse)
-        ro, rl = reference(q, idx_hb, k, v, dk, dv, mask, scale)
-        e1 = float(jnp.max(jnp.abs(out - ro)))
-        fin = jnp.isfinite(rl)
-        e2 = float(jnp.max(jnp.where(fin, jnp.abs(ol - rl), 0.0)))
-        agree = bool(jnp.all(jnp.isfinite(ol) == fin)) and bool(jnp.all(jnp.isfinite(out)))
+        e1, e2, agree = errors(out, ol, *reference(q, idx_hb, k, v, dk, dv, mask, scale))
         say(f"check R{r} w{nw} s{st}: G{g} D{d} dyn {dyn_t} (≤{valid} seen) NS {ns}: out {e1:.2e}, lse {e2:.2e}, -Inf agree {agree}")
         worst = max(worst, e1, e2, 0.0 if agree else 1.0)
     return worst
 
 
 def bench():
-    cases = (("LLaMA-2-7B 32K", 32, 1, 32768, 16), ("LLaMA-3-8B 32K", 8, 4, 32768, 16),
-             ("LLaMA-2-7B 128K", 32, 1, 131072, 8), ("LLaMA-3-8B 128K", 8, 4, 131072, 8))
-    d, dyn_t, valid, ns = 128, 1024, 544, 32
     say("\n| shape | layers | paged + XLA (merge, dense dyn, merge) | " + " | ".join(f"paged + finish R{r} w{nw} s{st}" for r, nw, st in CONFIGS) + " | finish alone (first config) | XLA part alone |")
     say("|---|---:|---:|" + "---:|" * len(CONFIGS) + "---:|---:|")
     sums = [0.0] * len(CONFIGS)
-    for label, hq, g, t, layers in cases:
-        scale = 1.0 / d**0.5
-        b = -(-int(0.1 * (t - 100)) // 64) * 64 + 128
-        idx_hb, gidx, iters = make_list(hq, t, b, ns)
-        data = []
-        for i in range(layers):
-            ks = jax.random.split(jax.random.PRNGKey(100 + i), 4)
-            data.append(tuple(jax.random.normal(kk, (hq, tt, d), F32).astype(jnp.bfloat16)
-                              for kk, tt in zip(ks, (t, t, dyn_t, dyn_t))))
-        q = jax.random.normal(jax.random.PRNGKey(5), (hq, g, d), F32).astype(jnp.bfloat16)
-        mask = jnp.broadcast_to(jnp.arange(dyn_t)[None, :] < valid, (g, dyn_t))
-        per_layer = [[x[j] for x in data] for j in range(4)]
-        t_empty = ps.timeit(jax.jit(lambda q, *a: q.astype(F32) + 1.0), (q,))
-        per = lambda tt: (tt - t_empty) / layers * 1e6
+    for label, hq, g, t, layers in BENCH_CASES:
+        c = bench_setup(hq, g, t, layers)
+        ns, mask, scale = c.ns, c.mask, c.scale
 
         def chain(fin):
             def layer(qq, k, v, dk, dv):
-                o, lse = paged_splits(qq, gidx, k, v, ns, iters, scale)
+                o, lse = paged_splits(qq, c.gidx, k, v, ns, c.iters, scale)
                 return fin(qq, dk, dv, mask, o, lse)[0]
-            return ps.chain_layers(layer)
+            return layer
 
-        row = [per(ps.timeit(chain(lambda *a: xla_finish(*a, ns, scale)), (q, *per_layer)))]
+        row = [chain_time(c, chain(lambda *a: xla_finish(*a, ns, scale)))]
         for r, nw, st in CONFIGS:
-            row.append(per(ps.timeit(chain(lambda *a, r=r, nw=nw, st=st: finish_call(*a, ns, scale, r, nw, st)), (q, *per_layer))))
-        o, lse = paged_splits(q, gidx, data[0][0], data[0][1], ns, iters, scale)
+            row.append(chain_time(c, chain(lambda *a, r=r, nw=nw, st=st: finish_call(*a, ns, scale, r, nw, st))))
+        o, lse = paged_splits(c.q, c.gidx, c.data[0][0], c.data[0][1], ns, c.iters, scale)
         r0, nw0, st0 = CONFIGS[0]
         alone = [jax.jit(lambda q, dk, dv, o, lse: finish_call(q, dk, dv, mask, o, lse, ns, scale, r0, nw0, st0)[0]),
                  jax.jit(lambda q, dk, dv, o, lse: xla_finish(q, dk, dv, mask, o, lse, ns, scale)[0])]
         for f in alone:
-            row.append(ps.timeit(f, (q, data[0][2], data[0][3], o, lse)) * 1e6)
+            row.append(ps.timeit(f, (c.q, c.data[0][2], c.data[0][3], o, lse)) * 1e6)
         say(f"| {label} | {layers} | " + " | ".join(f"{x:.1f}" for x in row) + " |")
         sums = [a + b_ for a, b_ in zip(sums, row[1:1 + len(CONFIGS)])]
     return sums
@@ -386,22 +409,9 @@ def seg_variant(g):
 
 def seg_call(q, gidx, k, v, dk, dv, mask, ns, iters, nsd, scale, r=32, variant=None, st=None, nw=4, shared_mask=False):
     """The paged kernel over the list with the dynamic segment as NSD more programs a head; merged by XLA."""
-    hq, g, d = q.shape
-    t = k.shape[1]
-    td = dk.shape[1]
-    last = jnp.max(jnp.where(mask, jnp.arange(td, dtype=I32)[None, :] + 1, 0))
-    tiles = (last + r - 1) // r
-    dit = (tiles + nsd - 1) // nsd
-    prm = jnp.stack([jnp.int32(iters), jnp.int32(ns), jnp.int32(nsd), dit, jnp.int32(td), jnp.int32(hq)]).astype(I32)
-    v0, s0 = seg_variant(g)
-    variant, st = variant or v0, st or s0
-    p = hq * (ns + nsd)
-    kern = make_paged_seg(variant, g, d, r, hq * t, p, hq, hq * td, g * td, nw, st, False, shared_mask)
-    o, lse = kern(q, gidx, k.reshape(hq * t, d), v.reshape(hq * t, d), dk.reshape(hq * td, d), dv.reshape(hq * td, d),
-                  mask.astype(I32).reshape(-1), prm, jnp.array([scale], F32))
-    oc, lc = o[:hq * ns].reshape(hq, ns, g, d), lse[:hq * ns].reshape(hq, ns, g)
-    od, ld = o[hq * ns:].reshape(hq, nsd, g, d), lse[hq * ns:].reshape(hq, nsd, g)
-    return ps.merge_splits(jnp.concatenate([oc, od], axis=1), jnp.concatenate([lc, ld], axis=1))
+    hq = q.shape[0]
+    o, lse = seg_raw(q, gidx, k, v, dk, dv, mask, ns, iters, nsd, scale, r, variant, st, nw, shared_mask)
+    return xla_merge2(o, lse, hq, ns, nsd)
 
 
 def check_seg():
@@ -409,62 +419,31 @@ def check_seg():
     for g, d, t, dyn_t, valid, ns, b, nsd, big in ((1, 128, 4096, 1000, 544, 32, 400, 8, 1.0), (3, 64, 2000, 77, 77, 8, 250, 4, 1.0),
                                                    (8, 128, 3000, 300, 0, 40, 1300, 8, 1.0), (4, 128, 4096, 1024, 1000, 32, 3456, 8, 40.0),
                                                    (2, 64, 2000, 600, 333, 16, 700, 1, 1.0)):
-        ks = jax.random.split(jax.random.PRNGKey(g * 7 + d), 6)
-        hq = 3
-        q = (big * jax.random.normal(ks[0], (hq, g, d), F32)).astype(jnp.bfloat16)
-        k = jax.random.normal(ks[1], (hq, t, d), F32).astype(jnp.bfloat16)
-        v = jax.random.normal(ks[2], (hq, t, d), F32).astype(jnp.bfloat16)
-        dk = jax.random.normal(ks[3], (hq, dyn_t, d), F32).astype(jnp.bfloat16)
-        dv = jax.random.normal(ks[4], (hq, dyn_t, d), F32).astype(jnp.bfloat16)
-        mask = jnp.arange(dyn_t)[None, :] < (valid - jnp.arange(g)[:, None] * 3)
-        idx_hb, gidx, iters = make_list(hq, t, b, ns, empty_head=True)
-        scale = 1.0 / d**0.5
+        q, k, v, dk, dv, mask, idx_hb, gidx, iters, scale = check_data(g, d, t, dyn_t, valid, ns, b, big)
         out, ol = jax.jit(lambda *a: seg_call(*a, ns, iters, nsd, scale))(q, gidx, k, v, dk, dv, mask)
-        ro, rl = reference(q, idx_hb, k, v, dk, dv, mask, scale)
-        e1 = float(jnp.max(jnp.abs(out - ro)))
-        fin = jnp.isfinite(rl)
-        e2 = float(jnp.max(jnp.where(fin, jnp.abs(ol - rl), 0.0)))
-        agree = bool(jnp.all(jnp.isfinite(ol) == fin)) and bool(jnp.all(jnp.isfinite(out)))
+        e1, e2, agree = errors(out, ol, *reference(q, idx_hb, k, v, dk, dv, mask, scale))
         say(f"check seg: G{g} D{d} dyn {dyn_t} (≤{valid} seen) NS {ns} NSD {nsd}: out {e1:.2e}, lse {e2:.2e}, -Inf agree {agree}")
         worst = max(worst, e1, e2, 0.0 if agree else 1.0)
     return worst
 
 
 def bench_seg(nsds=(4, 8, 16)):
-    cases = (("LLaMA-2-7B 32K", 32, 1, 32768, 16), ("LLaMA-3-8B 32K", 8, 4, 32768, 16),
-             ("LLaMA-2-7B 128K", 32, 1, 131072, 8), ("LLaMA-3-8B 128K", 8, 4, 131072, 8))
-    d, dyn_t, valid, ns = 128, 1024, 544, 32
     say("\n| shape | layers | paged + XLA (merge, dense dyn, merge) | " + " | ".join(f"paged+seg NSD {x}" for x in nsds) + " | paged alone + XLA merge |")
     say("|---|---:|---:|" + "---:|" * len(nsds) + "---:|")
-    for label, hq, g, t, layers in cases:
-        scale = 1.0 / d**0.5
-        b = -(-int(0.1 * (t - 100)) // 64) * 64 + 128
-        idx_hb, gidx, iters = make_list(hq, t, b, ns)
-        data = []
-        for i in range(layers):
-            ks = jax.random.split(jax.random.PRNGKey(100 + i), 4)
-            data.append(tuple(jax.random.normal(kk, (hq, tt, d), F32).astype(jnp.bfloat16)
-                              for kk, tt in zip(ks, (t, t, dyn_t, dyn_t))))
-        q = jax.random.normal(jax.random.PRNGKey(5), (hq, g, d), F32).astype(jnp.bfloat16)
-        mask = jnp.broadcast_to(jnp.arange(dyn_t)[None, :] < valid, (g, dyn_t))
-        per_layer = [[x[j] for x in data] for j in range(4)]
-        t_empty = ps.timeit(jax.jit(lambda q, *a: q.astype(F32) + 1.0), (q,))
-        per = lambda tt: (tt - t_empty) / layers * 1e6
-
-        def base_layer(qq, k, v, dk, dv):
-            o, lse = paged_splits(qq, gidx, k, v, ns, iters, scale)
-            return xla_finish(qq, dk, dv, mask, o, lse, ns, scale)[0]
-
-        def paged_only(qq, k, v, dk, dv):
-            o, lse = paged_splits(qq, gidx, k, v, ns, iters, scale)
-            return ps.merge_splits(o.reshape(hq, ns, g, d), lse.reshape(hq, ns, g))[0]
-
-        row = [per(ps.timeit(ps.chain_layers(base_layer), (q, *per_layer)))]
+    for label, hq, g, t, layers in BENCH_CASES:
+        c = bench_setup(hq, g, t, layers)
+        row = [chain_time(c, lambda qq, k, v, dk, dv: xla_finish(qq, dk, dv, c.mask, *paged_splits(qq, c.gidx, k, v, c.ns, c.iters, c.scale), c.ns, c.scale)[0])]
         for nsd in nsds:
-            row.append(per(ps.timeit(ps.chain_layers(
-                lambda qq, k, v, dk, dv, nsd=nsd: seg_call(qq, gidx, k, v, dk, dv, mask, ns, iters, nsd, scale)[0]), (q, *per_layer))))
-        row.append(per(ps.timeit(ps.chain_layers(paged_only), (q, *per_layer))))
+            row.append(chain_time(c, lambda qq, k, v, dk, dv, nsd=nsd: seg_call(qq, c.gidx, k, v, dk, dv, c.mask, c.ns, c.iters, nsd, c.scale)[0]))
+        row.append(chain_time(c, lambda qq, k, v, dk, dv: paged_only(c, qq, k, v)))
         say(f"| {label} | {layers} | " + " | ".join(f"{x:.1f}" for x in row) + " |")
+
+
+def paged_only(c, qq, k, v):
+    """The paged kernel alone over the case's list, merged by XLA."""
+    hq, g, d = qq.shape
+    o, lse = paged_splits(qq, c.gidx, k, v, c.ns, c.iters, c.scale)
+    return ps.merge_splits(o.reshape(hq, c.ns, g, d), lse.reshape(hq, c.ns, g))[0]
 
 
 def lower_seg(g, d, hq=8, n=1 << 20, p=320, nd=1 << 16, tm=1 << 14):
@@ -493,38 +472,24 @@ def export_seg():
 def bench_seg20():
     """Round 20: why the G ≥ 2 kernel is slower than the paged kernel alone at 8B (dynamic programs never run: NSD 0;
     one shared mask row; base body with 2 stages; 8 warps)."""
-    d, dyn_t, valid, ns = 128, 1024, 544, 32
     variants = (("paged alone + merge", None), ("seg NSD 16", dict(nsd=16)), ("seg NSD 0", dict(nsd=0)),
                 ("seg NSD 16 shared mask", dict(nsd=16, shared_mask=True)), ("seg NSD 16 base s2", dict(nsd=16, variant="base", st=2)),
                 ("seg NSD 16 pf2 s2", dict(nsd=16, st=2)), ("seg NSD 16 8 warps", dict(nsd=16, nw=8)))
     say("\n| shape | " + " | ".join(v[0] for v in variants) + " |\n|---|" + "---:|" * len(variants))
-    for label, hq, g, t, layers in (("LLaMA-3-8B 32K", 8, 4, 32768, 16), ("LLaMA-3-8B 128K", 8, 4, 131072, 8)):
-        scale = 1.0 / d**0.5
-        b = -(-int(0.1 * (t - 100)) // 64) * 64 + 128
-        idx_hb, gidx, iters = make_list(hq, t, b, ns)
-        data = []
-        for i in range(layers):
-            ks = jax.random.split(jax.random.PRNGKey(100 + i), 4)
-            data.append(tuple(jax.random.normal(kk, (hq, tt, d), F32).astype(jnp.bfloat16)
-                              for kk, tt in zip(ks, (t, t, dyn_t, dyn_t))))
-        q = jax.random.normal(jax.random.PRNGKey(5), (hq, g, d), F32).astype(jnp.bfloat16)
-        mask = jnp.broadcast_to(jnp.arange(dyn_t)[None, :] < valid, (g, dyn_t))
-        per_layer = [[x[j] for x in data] for j in range(4)]
-        t_empty = ps.timeit(jax.jit(lambda q, *a: q.astype(F32) + 1.0), (q,))
-        per = lambda tt: (tt - t_empty) / layers * 1e6
+    for label, hq, g, t, layers in BENCH_CASES[1::2]:
+        c = bench_setup(hq, g, t, layers)
         row = []
         for name, kw in variants:
             if kw is None:
                 def f(qq, k, v, dk, dv):
-                    o, lse = paged_splits(qq, gidx, k, v, ns, iters, scale)
-                    return ps.merge_splits(o.reshape(hq, ns, g, d), lse.reshape(hq, ns, g))[0]
+                    return paged_only(c, qq, k, v)
             else:
                 def f(qq, k, v, dk, dv, kw=kw):
                     kw = dict(kw)
                     nsd = kw.pop("nsd")
-                    return seg_call(qq, gidx, k, v, dk, dv, mask, ns, iters, nsd, scale, **kw)[0]
+                    return seg_call(qq, c.gidx, k, v, dk, dv, c.mask, c.ns, c.iters, nsd, c.scale, **kw)[0]
             try:
-                row.append(f"{per(ps.timeit(ps.chain_layers(f), (q, *per_layer))):.1f}")
+                row.append(f"{chain_time(c, f):.1f}")
             except Exception as e:  # noqa: BLE001
                 row.append("failed")
                 say(f"{name}: {str(e)[:200]}")
@@ -590,8 +555,8 @@ def make_merge2(g, d, h, p, num_warps=4, num_stages=1, debug=False):
         grid=(h * g,), compiler_params=ps.compiler_params(num_warps, num_stages), debug=debug)
 
 
-def seg_raw(q, gidx, k, v, dk, dv, mask, ns, iters, nsd, scale, r=32):
-    """The seg kernel's unmerged outputs o [H·(NS+NSD), G, D], lse."""
+def seg_raw(q, gidx, k, v, dk, dv, mask, ns, iters, nsd, scale, r=32, variant=None, st=None, nw=4, shared_mask=False):
+    """The seg kernel's unmerged outputs o [H·(NS+NSD), G, D], lse (the embedded body and stages unless given)."""
     hq, g, d = q.shape
     t = k.shape[1]
     td = dk.shape[1]
@@ -599,8 +564,8 @@ def seg_raw(q, gidx, k, v, dk, dv, mask, ns, iters, nsd, scale, r=32):
     tiles = (last + r - 1) // r
     dit = (tiles + nsd - 1) // nsd
     prm = jnp.stack([jnp.int32(iters), jnp.int32(ns), jnp.int32(nsd), dit, jnp.int32(td), jnp.int32(hq)]).astype(I32)
-    variant, st = seg_variant(g)
-    kern = make_paged_seg(variant, g, d, r, hq * t, hq * (ns + nsd), hq, hq * td, g * td, 4, st)
+    v0, s0 = seg_variant(g)
+    kern = make_paged_seg(variant or v0, g, d, r, hq * t, hq * (ns + nsd), hq, hq * td, g * td, nw, st or s0, False, shared_mask)
     return kern(q, gidx, k.reshape(hq * t, d), v.reshape(hq * t, d), dk.reshape(hq * td, d), dv.reshape(hq * td, d),
                 mask.astype(I32).reshape(-1), prm, jnp.array([scale], F32))
 
@@ -632,47 +597,27 @@ def check_merge(nw, st):
         lse = jnp.where(empty, -jnp.inf, lse)
         lse = lse.at[:ns].set(-jnp.inf).at[hq * ns:hq * ns + nsd].set(-jnp.inf)  # head 0 saw nothing
         out, ol = jax.jit(lambda o, l: merge2_call(o, l, hq, ns, nsd, nw, st))(o, lse)
-        ro, rl = xla_merge2(o, lse, hq, ns, nsd)
-        e1 = float(jnp.max(jnp.abs(out - ro)))
-        fin = jnp.isfinite(rl)
-        e2 = float(jnp.max(jnp.where(fin, jnp.abs(ol - rl), 0.0)))
-        agree = bool(jnp.all(jnp.isfinite(ol) == fin)) and bool(jnp.all(jnp.isfinite(out)))
+        e1, e2, agree = errors(out, ol, *xla_merge2(o, lse, hq, ns, nsd))
         say(f"check merge w{nw} s{st}: G{g} D{d} H{hq} NS {ns} NSD {nsd} ×{big}: out {e1:.2e}, lse {e2:.2e}, -Inf agree {agree}")
         worst = max(worst, e1, e2 / max(1.0, big), 0.0 if agree else 1.0)
     return worst
 
 
-def bench_merge(ok):
-    cases = (("LLaMA-2-7B 32K", 32, 1, 32768, 16), ("LLaMA-3-8B 32K", 8, 4, 32768, 16),
-             ("LLaMA-2-7B 128K", 32, 1, 131072, 8), ("LLaMA-3-8B 128K", 8, 4, 131072, 8))
-    d, dyn_t, valid, ns, nsd = 128, 1024, 544, 32, 8
+def bench_merge(ok, nsd=8):
     say("\n| shape | layers | seg + XLA merge | " + " | ".join(f"seg + merge w{nw} s{st}" for nw, st in ok) + " |")
     say("|---|---:|---:|" + "---:|" * len(ok))
     sums = [0.0] * len(ok)
-    for label, hq, g, t, layers in cases:
-        scale = 1.0 / d**0.5
-        b = -(-int(0.1 * (t - 100)) // 64) * 64 + 128
-        idx_hb, gidx, iters = make_list(hq, t, b, ns)
-        data = []
-        for i in range(layers):
-            ks = jax.random.split(jax.random.PRNGKey(100 + i), 4)
-            data.append(tuple(jax.random.normal(kk, (hq, tt, d), F32).astype(jnp.bfloat16)
-                              for kk, tt in zip(ks, (t, t, dyn_t, dyn_t))))
-        q = jax.random.normal(jax.random.PRNGKey(5), (hq, g, d), F32).astype(jnp.bfloat16)
-        mask = jnp.broadcast_to(jnp.arange(dyn_t)[None, :] < valid, (g, dyn_t))
-        per_layer = [[x[j] for x in data] for j in range(4)]
-        t_empty = ps.timeit(jax.jit(lambda q, *a: q.astype(F32) + 1.0), (q,))
-        per = lambda tt: (tt - t_empty) / layers * 1e6
+    for label, hq, g, t, layers in BENCH_CASES:
+        c = bench_setup(hq, g, t, layers)
 
-        def layer_xla(qq, k, v, dk, dv):
-            o, lse = seg_raw(qq, gidx, k, v, dk, dv, mask, ns, iters, nsd, scale)
-            return xla_merge2(o, lse, hq, ns, nsd)[0]
-        row = [per(ps.timeit(ps.chain_layers(layer_xla), (q, *per_layer)))]
+        def layer(merge):
+            def f(qq, k, v, dk, dv):
+                o, lse = seg_raw(qq, c.gidx, k, v, dk, dv, c.mask, c.ns, c.iters, nsd, c.scale)
+                return merge(o, lse)[0]
+            return f
+        row = [chain_time(c, layer(lambda o, lse: xla_merge2(o, lse, hq, c.ns, nsd)))]
         for nw, st in ok:
-            def layer_k(qq, k, v, dk, dv, nw=nw, st=st):
-                o, lse = seg_raw(qq, gidx, k, v, dk, dv, mask, ns, iters, nsd, scale)
-                return merge2_call(o, lse, hq, ns, nsd, nw, st)[0]
-            row.append(per(ps.timeit(ps.chain_layers(layer_k), (q, *per_layer))))
+            row.append(chain_time(c, layer(lambda o, lse, nw=nw, st=st: merge2_call(o, lse, hq, c.ns, nsd, nw, st))))
         say(f"| {label} | {layers} | " + " | ".join(f"{x:.1f}" for x in row) + " |")
         sums = [a + b_ for a, b_ in zip(sums, row[1:])]
     return sums
@@ -713,7 +658,6 @@ def main_merge():
                 with open(os.path.join(outdir, f"merge_g{g}_d{d}.cfg"), "w") as f:
                     f.write(lower_merge(g, d, *best))
         say(f"wrote merge configs (w{best[0]} s{best[1]}) to {outdir}")
-
 
 if __name__ == "__main__":
     rnd = os.environ.get("ROUND", "19")
