@@ -373,7 +373,7 @@ func init() {
 		"0": squeeze.PagedOff})
 	squeeze.PagedSeg = envChoice("SQLLM_SQUEEZE_PAGEDSEG", map[string]squeeze.PagedMode{"": squeeze.PagedAuto, "1": squeeze.PagedOn,
 		"0": squeeze.PagedOff})
-	squeeze.NoMergeKernel = os.Getenv("SQLLM_SQUEEZE_SEGMERGE") == "0"
+	squeeze.NoMergeKernel = envChoice("SQLLM_SQUEEZE_SEGMERGE", map[string]bool{"": false, "1": false, "0": true})
 	squeezeSearch = envChoice("SQLLM_SQUEEZE_SEARCH", map[string]squeeze.Search{"": squeeze.SearchAuto,
 		"passes": squeeze.SearchPasses, "allpairs": squeeze.SearchAllPairs, "sort": squeeze.SearchSort})
 	squeeze.SelectKernels = envChoice("SQLLM_SQUEEZE_SELECT", map[string]squeeze.SelectMode{"": squeeze.SelectAuto,
