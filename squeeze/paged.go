@@ -434,16 +434,9 @@ func pagedSegConfig(m, d int) string {
 func pagedSegKernel(q, keys, values, dynK, dynV *Node, kernel Kernel, mode SelectMode) string {
 	m := q.Shape().Dimensions[1]
 	bf16 := dtypes.BFloat16
-	if !UsesPaged(q, keys, values, kernel) || dynK.DType() != bf16 || dynV.DType() != bf16 {
+	if !UsesPaged(q, keys, values, kernel) || dynK.DType() != bf16 || dynV.DType() != bf16 ||
+		!pagedSegWanted(m, mode, func() bool { return probed(&pagedSegProbed, q.Graph().Backend()) }) {
 		return ""
-	}
-	switch {
-	case mode == SelectOff, mode == SelectAuto && PagedSeg == PagedOff:
-		return ""
-	case mode == SelectAuto && PagedSeg == PagedAuto:
-		if m > PagedSegAutoMaxQueries || !probed(&pagedSegProbed, q.Graph().Backend()) {
-			return ""
-		}
 	}
 	return pagedSegConfig(m, q.Shape().Dimensions[2])
 }
@@ -452,10 +445,22 @@ func pagedSegKernel(q, keys, values, dynK, dynV *Node, kernel Kernel, mode Selec
 // attend their dynamic segment inside the paged kernel's launch (under PagedAuto it runs ProbePagedSeg once), given
 // that they read their kept keys through the paged kernel.
 func PagedSegFor(b compute.Backend, m, d int) bool {
-	if PagedSeg == PagedOff || pagedSegConfig(m, d) == "" || b.String() == "go" {
+	if pagedSegConfig(m, d) == "" || b.String() == "go" {
 		return false
 	}
-	return PagedSeg == PagedOn || (m <= PagedSegAutoMaxQueries && ProbePagedSeg(b))
+	return pagedSegWanted(m, SelectAuto, func() bool { return ProbePagedSeg(b) })
+}
+
+// pagedSegWanted is the answer of an index's mode (SelectAuto: PagedSeg's) for m query rows per KV head; probed
+// reports the backend's ProbePagedSeg result.
+func pagedSegWanted(m int, mode SelectMode, probed func() bool) bool {
+	switch {
+	case mode == SelectOn || mode == SelectAuto && PagedSeg == PagedOn:
+		return true
+	case mode == SelectAuto && PagedSeg == PagedAuto:
+		return m <= PagedSegAutoMaxQueries && probed()
+	}
+	return false
 }
 
 // segSplits is the programs a head for a dynamic segment of t rows (NSD): one per 128 rows, 1 to 16.

@@ -276,6 +276,16 @@ def xla_scores(q, cent, counts, scale):
     return jnp.mean(jnp.exp(lp), axis=1)
 
 
+def scores_error(got, want, counts, empty_zero=True):
+    """The kernels' scores got against XLA's want: the largest difference relative to want's largest, and whether
+    they pass (within 1e-4, finite, and with empty_zero 0 for every empty cluster)."""
+    err = float(jnp.max(jnp.abs(got - want)) / jnp.max(want))
+    ok = err < 1e-4 and bool(jnp.all(jnp.isfinite(got)))
+    if empty_zero:
+        ok = ok and bool(jnp.all(jnp.where(counts == 0, got == 0, True)))
+    return err, ok
+
+
 def case_data(key, h, m, k, d, empty_frac=0.05):
     k1, k2, k3 = jax.random.split(key, 3)
     q = (jax.random.normal(k1, (h, m, d), F32) * 2.0).astype(BF16)
@@ -387,10 +397,7 @@ def check_pair(bm, zc, pc, fast=False, empty_zero=False):
         scale = 1.0 / d**0.5
         want = xla_scores(q, cent, counts, scale)
         got = jax.jit(lambda q, c, n: scores_call(q, c, n, scale, bm, target=tg, zcfg=zc, pcfg=pc, fast=fast))(q, cent, counts)
-        err = float(jnp.max(jnp.abs(got - want)) / jnp.max(want))
-        ok = err < 1e-4 and bool(jnp.all(jnp.isfinite(got)))
-        if empty_zero:
-            ok = ok and bool(jnp.all(jnp.where(counts == 0, got == 0, True)))
+        err, ok = scores_error(got, want, counts, empty_zero)
         ok_all &= ok
         say(f"best pair check {case} (H={h} M={m} K={k} D={d}): {'OK' if ok else 'FAIL'} ({err:.1e})")
     return ok_all
@@ -431,9 +438,8 @@ def round11():
             scale = 1.0 / d**0.5
             want = xla_scores(q, cent, counts, scale)
             got = jax.jit(lambda q, c, n: scores_call(q, c, n, scale, target=tg))(q, cent, counts)
-            err = float(jnp.max(jnp.abs(got - want)) / jnp.max(want))
+            err, ok = scores_error(got, want, counts)
             sm = float(jnp.max(jnp.abs(jnp.sum(got * counts, axis=1) - 1.0)))
-            ok = err < 1e-4 and bool(jnp.all(jnp.isfinite(got))) and bool(jnp.all(jnp.where(counts == 0, got == 0, True)))
             ok_all &= ok
             say(f"scores check {case} (H={h} M={m} K={k} D={d} splits {splits(h, -(-m // 64), -(-k // 128), tg)}): {'OK' if ok else 'FAIL'} (max err / max {err:.1e}, "
                 f"|Σ N·score − 1| {sm:.1e})")
@@ -534,10 +540,9 @@ def round15():
         want = xla_scores(q, cent, counts, scale)
         r12 = jax.jit(lambda q, c, n: scores_call(q, c, n, scale, 64, target=tg, zcfg=(128, 4, 3), pcfg=(128, 4, 3)))(q, cent, counts)
         got = jax.jit(lambda q, c, n: scores_call(q, c, n, scale, 64, target=tg, zcfg=(128, 4, 3), pcfg=(128, 4, 3), fast=True))(q, cent, counts)
-        err = float(jnp.max(jnp.abs(got - want)) / jnp.max(want))
+        err, ok = scores_error(got, want, counts)
         e12 = float(jnp.max(jnp.abs(got - r12)) / jnp.max(want))
         sm = float(jnp.max(jnp.abs(jnp.sum(got * counts, axis=1) - 1.0)))
-        ok = err < 1e-4 and bool(jnp.all(jnp.isfinite(got))) and bool(jnp.all(jnp.where(counts == 0, got == 0, True)))
         ok_all &= ok
         say(f"base-2 check {case} (H={h} M={m} K={k} D={d}): {'OK' if ok else 'FAIL'} (vs XLA {err:.1e}, vs round 12 {e12:.1e}, |Σ N·score − 1| {sm:.1e})")
     say("\n| shape | XLA | round 12 Z | base-2 Z | round 12 P | base-2 P | round 12 both | base-2 both (st 3) | base-2 both (st 2) | base-2 both (st 4) |")
@@ -693,9 +698,8 @@ def round17():
             want = xla_scores(q, cent, counts, scale)
             r15 = jax.jit(lambda q, c, n: scores_call(q, c, n, scale, 64, target=tg, **cfg))(q, cent, counts)
             got = jax.jit(lambda q, c, n: scores_call(q, c, n, scale, 64, target=tg, zref=True, **cfg))(q, cent, counts)
-            err = float(jnp.max(jnp.abs(got - want)) / jnp.max(want))
+            err, ok = scores_error(got, want, counts)
             e15 = float(jnp.max(jnp.abs(got - r15)) / jnp.max(want))
-            ok = err < 1e-4 and bool(jnp.all(jnp.isfinite(got))) and bool(jnp.all(jnp.where(counts == 0, got == 0, True)))
             ok_all &= ok
             say(f"fixed-reference check {case} (H={h} M={m} K={k} D={d} logits ×{amp:g}): {'OK' if ok else 'FAIL'} "
                 f"(vs XLA {err:.1e}, vs round 15 {e15:.1e})")

@@ -4,11 +4,7 @@
 # (1) The attention benchmark, 512-token input: sq-engine-sel-sk (now fused) against sq-engine-sel-sk-xdyn (XLA's
 # masked dense graph for that part, as before) and dense in the same run. (2) TestSqueezedInputBF16 on XLA (the
 # 40-token input runs the fused path: 48 rows × 3 query heads a KV head). (3) The engine, LLaMA-2-7B 32K.
-set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; R="$OUT/results.md"
-bash scripts/gpu/unpack.sh >/dev/null 2>&1
-nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv,noheader | tee -a "$R"
-. scripts/gpu/xla-env.sh >/dev/null 2>&1
+. scripts/gpu/preamble.sh
 cd llama
 echo "== input, fused causal part vs XLA's" | tee -a "$R"
 timeout 220 ../bin/llama.test -test.run '^TestAttentionBench$' -test.v -test.timeout 20m -attnbench gpu \

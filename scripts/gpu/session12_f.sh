@@ -2,11 +2,7 @@
 # Session 12, sixth call: the two cells at the bar, measured again with ten calls a repetition (-attnbench.batch 10),
 # twice: a 512-token input at 128K (LLaMA-3-8B 4.04× and LLaMA-2-7B 3.58× in call 5, one call a repetition) and the
 # LLaMA-2-7B 128K decode step (4.00× / 4.05× in call 4).
-set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; R="$OUT/results.md"
-bash scripts/gpu/unpack.sh >/dev/null 2>&1
-nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv,noheader | tee -a "$R"
-. scripts/gpu/xla-env.sh >/dev/null 2>&1
+. scripts/gpu/preamble.sh
 cd llama
 for run in 1 2; do
   echo "== input 128K, batch 10, run $run" | tee -a "$R"

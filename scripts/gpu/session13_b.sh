@@ -6,11 +6,7 @@
 # XLA's gathers (sq-engine-sel) and the paged kernel (sq-engine-paged-sel) and part-paged at the four shapes.
 # (3) A 512-token input's squeezed step stage by stage (session13_next.sh's first part: part-kept, part-dyn-in,
 # part-kept-dyn beside the whole step and its lookup).
-set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; R="$OUT/results.md"
-bash scripts/gpu/unpack.sh >/dev/null 2>&1
-nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv,noheader | tee -a "$R"
-. scripts/gpu/xla-env.sh >/dev/null 2>&1
+. scripts/gpu/preamble.sh
 cd llama
 SQLLM_TEST_BACKEND=xla timeout 100 ../bin/llama.test -test.run '^TestSqueezedInputBF16$' -test.v -test.timeout 10m > "$OUT/tests.log" 2>&1
 echo "tests rc=$?" | tee -a "$R"

@@ -4,11 +4,7 @@
 # fails). The attention benchmark runs one variant at a time with 3 timed calls; scripts/gpu/ncu_summary.py takes the
 # last call (the kernels' names repeat once a call) and groups its kernels by name. Build first (here):
 # bash scripts/gpu/build.sh, then keep gpu-run/bin/llama.test.gz.
-set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; R="$OUT/results.md"
-bash scripts/gpu/unpack.sh >/dev/null 2>&1
-nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv,noheader | tee -a "$R"
-. scripts/gpu/xla-env.sh >/dev/null 2>&1
+. scripts/gpu/preamble.sh
 run() {  # label shape ctx phase variant
   echo "== $1" | tee -a "$R"
   (cd llama && timeout 130 ncu --csv --metrics gpu__time_duration.sum ../bin/llama.test -test.run '^TestAttentionBench$' \

@@ -4,11 +4,7 @@
 # profiling", a segfault at 8B 32K). One process per variant (the timeline's end is the variant's timed calls), 8
 # chained layers, 300 timed calls, command buffers as the engine; scripts/gpu/cupti/units.py averages the repeating
 # unit (one layer). Build first (here): bash scripts/gpu/build.sh, keep gpu-run/bin/llama.test.gz.
-set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; R="$OUT/results.md"
-bash scripts/gpu/unpack.sh >/dev/null 2>&1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$R"
-. scripts/gpu/xla-env.sh >/dev/null 2>&1
+. scripts/gpu/preamble.sh
 lib=$(bash scripts/gpu/cupti/build.sh /tmp/libcuptitrace.so 2>/dev/null) || { echo "cupti build failed" | tee -a "$R"; exit 0; }
 run() {  # label shape ctx phase variant [extra]
   echo "== $1" | tee -a "$R"

@@ -5,11 +5,7 @@
 # benchmark's decode, ten calls a repetition, every-key-kept check first: the paged kernel with XLA's dense attention
 # over the dynamic segment (sq-engine-paged-sel) against the dynamic segment in its launch (sq-engine-paged-sel-seg),
 # dense beside, at the four shapes. Build first (here): bash scripts/gpu/build.sh.
-set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; R="$OUT/results.md"
-bash scripts/gpu/unpack.sh >/dev/null 2>&1
-nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv,noheader | tee -a "$R"
-. scripts/gpu/xla-env.sh >/dev/null 2>&1
+. scripts/gpu/preamble.sh
 cd llama
 SQLLM_SQUEEZE_PAGEDSEG=1 SQLLM_TEST_BACKEND=xla timeout 100 ../bin/llama.test -test.run '^TestSqueezedInputBF16$' -test.v \
   -test.timeout 10m > "$OUT/tests.log" 2>&1

@@ -2,11 +2,7 @@
 # Session 14: (1) the paged kernel's splits (programs a KV head) for the decode step with the dynamic segment in its
 # launch: 16, 32 (the engine's), 64, 128 (-attnbench.splits), ten calls a repetition, the four shapes. (2) The
 # LLaMA-2-7B 32K squeezed decode with the dynamic segment in the launch, kernel by kernel (CUPTI, session14_b.sh).
-set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; R="$OUT/results.md"
-bash scripts/gpu/unpack.sh >/dev/null 2>&1
-nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv,noheader | tee -a "$R"
-. scripts/gpu/xla-env.sh >/dev/null 2>&1
+. scripts/gpu/preamble.sh
 for ns in 16 32 64 128; do
   echo "== splits $ns" | tee -a "$R"
   (cd llama && timeout 100 ../bin/llama.test -test.run '^TestAttentionBench$' -test.v -test.timeout 20m -attnbench gpu -attnbench.batch 10 \

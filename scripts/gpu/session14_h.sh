@@ -4,11 +4,7 @@
 # both kernels). (2) The attention benchmark's decode, ten calls a repetition, every-key-kept check first: with the
 # merge kernel (default) and with XLA's merge (SQLLM_SQUEEZE_SEGMERGE=0), two processes, the four shapes. (3) The
 # engine's decode at LLaMA-2-7B 32K: the merge kernel against XLA's merge, one process each.
-set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; R="$OUT/results.md"
-bash scripts/gpu/unpack.sh >/dev/null 2>&1
-nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv,noheader | tee -a "$R"
-. scripts/gpu/xla-env.sh >/dev/null 2>&1
+. scripts/gpu/preamble.sh
 cd llama
 SQLLM_TEST_BACKEND=xla timeout 100 ../bin/llama.test -test.run '^TestSqueezedInputBF16$' -test.v -test.timeout 10m > "$OUT/tests.log" 2>&1
 echo "tests rc=$?" | tee -a "$R"
@@ -24,9 +20,5 @@ for mk in 1 0; do
   rm -f "$OUT/d$mk.log"
 done
 cd ..
-B="./bin/bench -backend xla -dtype bf16 -random-weights -squeeze-budget 0.1 -squeeze-input 512 -decode 32 -reps 3 -memory-cache-gib 24 -cache-dir -"
-for mk in 1 0; do
-  echo "== LLaMA-2-7B 32K, SQLLM_SQUEEZE_SEGMERGE=$mk" | tee -a "$R"
-  SQLLM_SQUEEZE_SEGMERGE=$mk timeout 120 $B -model gpu-run/models/llama-2-7b -label LLaMA-2-7B -lens 32768 2>>"$OUT/bench.err" | grep "^| LLaMA" | tee -a "$R"
-done
+engine_ab SQLLM_SQUEEZE_SEGMERGE "1 0" llama-2-7b LLaMA-2-7B 32768 3 120
 exit 0

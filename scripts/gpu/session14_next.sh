@@ -4,10 +4,7 @@
 # 6.15-8.81 ms a token; session 11 call 3: 6.21 and 6.89 ms with the same binary), the same command three times
 # with the clocks.
 # Build first (here): bash scripts/gpu/build.sh, then keep gpu-run/bin/bench.gz (the tree travels under 64 MiB).
-set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; R="$OUT/results.md"
-bash scripts/gpu/unpack.sh >/dev/null 2>&1
-. scripts/gpu/xla-env.sh >/dev/null 2>&1
+. scripts/gpu/preamble.sh
 B="./bin/bench -backend xla -dtype bf16 -random-weights -squeeze-budget 0.1 -squeeze-input 512 -decode 32 -reps 3 -memory-cache-gib 24 -cache-dir -"
 for i in 1 2 3; do
   echo "== 7B 32K, run $i: $(nvidia-smi --query-gpu=clocks.sm,temperature.gpu --format=csv,noheader)" | tee -a "$R"
