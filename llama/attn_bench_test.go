@@ -127,7 +127,9 @@ var abVariantList = []abVariant{
 	{name: "sq-engine-paged-passes", phases: "decode", about: "sq-engine-paged with the boundary found in passes (squeeze.SearchPasses)"},
 	{name: "sq-engine-sel", about: "sq-engine with the selection in the two selection Triton kernels (squeeze.SelectOn; the other sq-engine variants select with XLA's ops)"},
 	{name: "sq-engine-paged-sel", phases: "decode", about: "sq-engine-paged with the selection kernels, whose list the paged kernel reads as it is; the dynamic segment in XLA's dense attention (squeeze.PagedSeg off)"},
-	{name: "sq-engine-paged-sel-seg", phases: "decode", about: "sq-engine-paged-sel with the dynamic segment in the paged kernel's launch (squeeze.PagedSeg on; the engine's default on a GPU that passed the probes, for up to squeeze.PagedSegAutoMaxQueries query rows a KV head)"},
+	{name: "sq-engine-paged-sel-seg", phases: "decode", about: "sq-engine-paged-sel with the dynamic segment in the paged kernel's launch (squeeze.PagedSeg on; for up to squeeze.PagedSegAutoMaxQueries query rows a KV head on a GPU that passed the probes)"},
+	{name: "sq-engine-paged-sel-seg-look", phases: "decode", about: "sq-engine-paged-sel-seg with the cluster scores and the boundary in the lookup kernel instead of XLA's softmax and kernel A (squeeze.LookupKernel on; the engine's default on a GPU that passed the probes)"},
+	{name: "sq-engine-paged-sel-seg-look-sorted", phases: "decode", about: "sq-engine-paged-sel-seg-look over the same buffers read as if the fixed context's keys and values were stored sorted by cluster (each kept cluster a contiguous run of rows; the engine stores them in position order): what the sorted layout would gain in the paged kernel"},
 	{name: "lookup-scores", lookupOnly: true, about: "lookup stage 1 alone: the cluster scores (squeeze.ClusterScores)"},
 	{name: "lookup-lo", lookupOnly: true, about: "lookup stages 1-2: cluster scores and the budget's boundary (squeeze.Boundary, SearchAuto)"},
 	{name: "lookup-lo-passes", lookupOnly: true, about: "lookup stages 1-2, the boundary in passes (SearchPasses)"},
@@ -168,7 +170,16 @@ func abSelect(name string) squeeze.SelectMode {
 // abSeg is a variant's dynamic segment at decode: in the paged kernel's launch for the "-seg" variants, XLA's dense
 // attention for the others.
 func abSeg(name string) squeeze.SelectMode {
-	if strings.HasSuffix(name, "-seg") {
+	if strings.HasSuffix(name, "-seg") || strings.Contains(name, "-seg-") {
+		return squeeze.SelectOn
+	}
+	return squeeze.SelectOff
+}
+
+// abLookup is a variant's decode lookup: in the lookup kernel for the "-look" variants, XLA's scores and kernel A
+// for the others.
+func abLookup(name string) squeeze.SelectMode {
+	if strings.HasSuffix(name, "-look") || strings.Contains(name, "-look-") {
 		return squeeze.SelectOn
 	}
 	return squeeze.SelectOff
@@ -454,17 +465,20 @@ func buildVariant(b compute.Backend, p abParams, v abVariant) (*graph.Exec, erro
 				if o == nil {
 					panic(errAbUnsupported)
 				}
-			case "sq-engine", "sq-engine-paged", "sq-engine-paged-sort", "sq-engine-paged-passes", "sq-engine-sel", "sq-engine-paged-sel", "sq-engine-paged-sel-seg", "sq-engine-sel-sk", "sq-engine-sel-sk-xdyn":
+			case "sq-engine", "sq-engine-paged", "sq-engine-paged-sort", "sq-engine-paged-passes", "sq-engine-sel", "sq-engine-paged-sel", "sq-engine-paged-sel-seg", "sq-engine-paged-sel-seg-look", "sq-engine-paged-sel-seg-look-sorted", "sq-engine-sel-sk", "sq-engine-sel-sk-xdyn":
 				cent := buf(l, 4) // the engine's centroids: bfloat16 for a bfloat16 model (centroidDType)
 				if p.dtype == dtypes.BFloat16 {
 					cent = buf(l, 5)
 				}
 				sl := &squeezeLayer{centroids: cent, counts: buf(l, 6), starts: buf(l, 8), order: buf(l, 9),
 					clustered: clustered, window: window, budget: budget, maxKept: p.maxKept, search: abSearch(v.name),
-					selectMode: abSelect(v.name), scoresMode: abScores(v.name), segMode: abSeg(v.name),
+					selectMode: abSelect(v.name), scoresMode: abScores(v.name), segMode: abSeg(v.name), lookupMode: abLookup(v.name),
 					freshDyn: !p.decode && !strings.HasSuffix(v.name, "-xdyn")} // an input's dyn segment is its own tokens
 				if strings.HasPrefix(v.name, "sq-engine-paged") {
 					sl.kernel = squeeze.KernelPaged
+				}
+				if strings.HasSuffix(v.name, "-sorted") {
+					sl.order = nil // the sorted layout: the kept list names rows of cluster runs directly
 				}
 				o = squeezedAttention(c, q, ctxK, ctxV, dynK, dynV, dynMask, sl)
 			case "sq-new", "sq-new-reduce", "sq-sorted", "sq-sorted-reduce":
@@ -1018,13 +1032,13 @@ func writeTables(rows []abRow, md func(string, ...any)) {
 // engineDefault is the squeezed variant that runs as the engine runs by default on a GPU that passed its probes:
 // the selection kernels, and for a decode step of at most squeeze.PagedAutoMaxQueries query heads a KV head the
 // paged kernel (squeeze.PagedAuto), with the dynamic segment in its launch for at most
-// squeeze.PagedSegAutoMaxQueries; the first of those present, else sq-engine.
+// squeeze.PagedSegAutoMaxQueries, and the lookup kernel; the first of those present, else sq-engine.
 func (r abRow) engineDefault() *abResult {
 	names := []string{"sq-engine-sel-sk", "sq-engine-sel", "sq-engine"}
 	if g := r.p.shape.heads / r.p.shape.kvHeads; r.p.decode && g <= squeeze.PagedAutoMaxQueries {
 		names = []string{"sq-engine-paged-sel", "sq-engine-sel", "sq-engine-paged", "sq-engine"}
 		if g <= squeeze.PagedSegAutoMaxQueries {
-			names = append([]string{"sq-engine-paged-sel-seg"}, names...)
+			names = append([]string{"sq-engine-paged-sel-seg-look", "sq-engine-paged-sel-seg"}, names...)
 		}
 	}
 	for _, n := range names {
@@ -1142,7 +1156,7 @@ func checkGraphs(t testing.TB, b compute.Backend, shapesList []string, tiny bool
 				t.Fatalf("check data: %v", err)
 			}
 			p.variantsFilter = []string{"dense", "dense-fused", "sq-engine", "sq-new", "sq-new-reduce", "sq-sorted", "sq-engine-paged",
-				"sq-engine-sel", "sq-engine-paged-sel", "sq-engine-paged-sel-seg", "sq-engine-sel-sk", "sq-engine-sel-sk-xdyn"}
+				"sq-engine-sel", "sq-engine-paged-sel", "sq-engine-paged-sel-seg", "sq-engine-paged-sel-seg-look", "sq-engine-sel-sk", "sq-engine-sel-sk-xdyn"}
 			log("check %s %s, every key kept:", shape.name, p.phase())
 			res := runConfig(t, b, p, d, 1, log)
 			d.free()

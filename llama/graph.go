@@ -365,7 +365,10 @@ var noSplitK = os.Getenv("SQLLM_NO_SPLITK") != ""
 // never (XLA's selection, whose boundary search SQLLM_SQUEEZE_SEARCH picks), unset on a backend that passed
 // squeeze.ProbeSelect (see squeeze/selectk.go). SQLLM_SQUEEZE_SCORES picks when a user input's cluster scores
 // run in the two cluster-score Triton kernels (squeeze.ScoresKernels): 1 wherever there are kernels, 0 never, unset
-// on a backend that passed squeeze.ProbeScores (see squeeze/scoresk.go).
+// on a backend that passed squeeze.ProbeScores (see squeeze/scoresk.go). SQLLM_SQUEEZE_LOOKUP picks when a decode
+// step's cluster scores and boundary run in the lookup Triton kernel (squeeze.LookupKernel): 1 wherever there is a
+// kernel (with the selection kernels), 0 never (XLA's scores, then kernel A), unset on a backend that passed
+// squeeze.ProbeLookup (see squeeze/lookupk.go).
 func init() {
 	squeeze.NoSplitK = noSplitK
 	squeeze.NoAllPairs = os.Getenv("SQLLM_SQUEEZE_PASSES") != ""
@@ -379,6 +382,8 @@ func init() {
 	squeeze.SelectKernels = envChoice("SQLLM_SQUEEZE_SELECT", map[string]squeeze.SelectMode{"": squeeze.SelectAuto,
 		"1": squeeze.SelectOn, "0": squeeze.SelectOff})
 	squeeze.ScoresKernels = envChoice("SQLLM_SQUEEZE_SCORES", map[string]squeeze.SelectMode{"": squeeze.SelectAuto,
+		"1": squeeze.SelectOn, "0": squeeze.SelectOff})
+	squeeze.LookupKernel = envChoice("SQLLM_SQUEEZE_LOOKUP", map[string]squeeze.SelectMode{"": squeeze.SelectAuto,
 		"1": squeeze.SelectOn, "0": squeeze.SelectOff})
 }
 

@@ -315,6 +315,9 @@ func (r *Runner) newExec(kind stepKind, sq *squeezeIndex) (*graph.Exec, error) {
 		if squeeze.ScoresKernels == squeeze.SelectAuto {
 			squeeze.ProbeScores(r.backend)
 		}
+		if squeeze.LookupKernel == squeeze.SelectAuto {
+			squeeze.ProbeLookup(r.backend)
+		}
 	}
 	L := c.NumHiddenLayers
 	fn := func(g *graph.Graph, in []*graph.Node) []*graph.Node {

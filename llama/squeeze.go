@@ -279,6 +279,9 @@ type squeezeLayer struct {
 	// segMode is when a decode step's dynamic segment is attended in the paged kernel's launch (zero:
 	// squeeze.PagedSeg, from SQLLM_SQUEEZE_PAGEDSEG; the attention benchmark sets others).
 	segMode squeeze.SelectMode
+	// lookupMode is when a decode step's cluster scores and boundary run in the lookup kernel (zero:
+	// squeeze.LookupKernel, from SQLLM_SQUEEZE_LOOKUP; the attention benchmark sets others).
+	lookupMode squeeze.SelectMode
 	// freshDyn: the dynamic segment was empty before this step (stepKind.freshDyn): its valid rows are the
 	// step's own tokens, rows [0, n), and their attention is causal.
 	freshDyn bool
@@ -318,6 +321,10 @@ type SqueezeInfo struct {
 	// the clusters with the cluster-score Triton kernels (squeeze.ScoresFor; a flat index without the remainder)
 	// rather than XLA's ops.
 	ScoreKernels bool
+	// LookupKernel says whether decode steps (at most squeeze.LookupMaxQueries query rows a KV head) compute their
+	// cluster scores and the selection's boundary in the lookup Triton kernel (squeeze/lookupk.go) after XLA's
+	// product with the centroids: a flat index without the remainder, not the attention-mass mode.
+	LookupKernel bool
 	// KeptFraction is the fraction of the fixed context's keys read per step, the centroids a step scores
 	// counted as keys: (kept clustered keys + window + CoarseCentroids + ScoredCentroids) / context keys.
 	// Fixed-budget mode: exact (flat). Calibrated mode: with the kept keys of the calibration queries
@@ -464,6 +471,7 @@ func (p *Prefix) SqueezeInfo() (info SqueezeInfo, ok bool) {
 			squeeze.PagedSegFor(p.r.backend, p.r.cfg.GroupSize(), p.r.cfg.HeadDim) && !sq.opts.Remainder,
 		SelectKernels: squeeze.SelectFor(p.r.backend, sq.slots),
 		ScoreKernels:  sq.k1 == 0 && !sq.opts.Remainder && squeeze.ScoresFor(p.r.backend, p.r.cfg.HeadDim, p.r.centroidDType()),
+		LookupKernel:  sq.k1 == 0 && !sq.opts.Remainder && !sq.opts.Mass && squeeze.LookupFor(p.r.backend, p.r.cfg.GroupSize(), sq.k),
 		Threshold:     sq.threshold, CalibratedKept: sq.calibratedKept,
 		ClusterTime: sq.clusterTime, CalibrateTime: sq.calibrateTime, LoadTime: sq.loadTime, Loaded: sq.loaded}, true
 }
@@ -543,7 +551,8 @@ func squeezedAttention(c *Config, q, ctxK, ctxV, dynK, dynV, dynMask *Node, sq *
 	centroids := lookupCentroids(sq.centroids, q.DType())
 	ix := unpackIndex(squeeze.LayerIndex{Centroids: centroids, Counts: sq.counts, Starts: sq.starts, Order: sq.order,
 		Clustered: sq.clustered, Window: sq.window, Budget: sq.budget, Threshold: sq.threshold, Mass: sq.mass, MaxKept: sq.maxKept,
-		Means: sq.means, MeanSums: sq.meanSums, Search: cmp.Or(sq.search, squeezeSearch), Select: sq.selectMode, Scores: sq.scoresMode, Seg: sq.segMode})
+		Means: sq.means, MeanSums: sq.meanSums, Search: cmp.Or(sq.search, squeezeSearch), Select: sq.selectMode, Scores: sq.scoresMode, Seg: sq.segMode,
+		Lookup: sq.lookupMode})
 	// With ix.Means, the dropped keys too, approximately (SqueezeOptions.Remainder).
 	if squeeze.UsesPaged(qg, ctxK, ctxV, sq.kernel) {
 		// With the paged kernel in the graph, XLA fused the dynamic segment's scores with the cache update

@@ -38,6 +38,10 @@ type LayerIndex struct {
 	// SelectAuto (the zero value) as the package's PagedSeg says, SelectOff never, SelectOn wherever the paged kernel
 	// reads the kept keys and there is a kernel.
 	Seg SelectMode
+	// Lookup says when a step's cluster scores and boundary run in the lookup kernel (lookupk.go; a flat index
+	// without Means, not Mass, steps of at most LookupMaxQueries query rows a KV head, with the selection kernels):
+	// SelectAuto (the zero value) as the package's LookupKernel says, SelectOff or SelectOn whatever it says.
+	Lookup SelectMode
 	// Means [H, K, D] is each cluster's mean value (ClusterMeans). Set, Attend attends the keys a step
 	// drops approximately (RemainderAttention) instead of leaving them out. A hierarchical index needs
 	// MeanSums too (HierarchicalMeanSums of Means and Counts).
@@ -103,9 +107,30 @@ type listPlan struct {
 	paged bool
 }
 
+// listSlots is the slots a head of the selection kernels' list of b rows: for the paged kernel its layout's, else b
+// rounded up to kernel B's programs.
+func listSlots(b int, paged bool) int {
+	if paged {
+		_, _, bp := pagedLayout(b, selectSlots)
+		return bp
+	}
+	return (b + selectSlots - 1) / selectSlots * selectSlots
+}
+
 // selectLookup is SelectDropped, keeping a flat index's lookup for the remainder (remainderFromLookup).
 // With plan set and the selection kernels available (useSelectKernels), the list comes from them.
 func selectLookup(qg *Node, ix LayerIndex, scale float64, plan *listPlan) (sel selection) {
+	if plan != nil && useLookupKernel(qg, ix) {
+		// The scores and the boundary in the lookup kernel, from XLA's logits: the same keys as below, in cluster
+		// order.
+		bp := listSlots(ix.MaxKept, plan.paged)
+		var taken *Node
+		logits := centroidLogits(qg, ix.Centroids) // [H, M, K] float32, unscaled: the kernel scales them
+		sel.gidx, sel.kept, taken = lookupKernelList(logits, scale, ix.Counts, ix.Starts, ix.Order, ix.Threshold, ix.Budget, ix.Clustered, ix.Window, ix.MaxKept, plan.s, bp)
+		sel.idx, sel.valid = listToIdx(sel.gidx, qg.Shape().Dimensions[0], plan.s, ix.MaxKept)
+		sel.dropped = MaxScalar(Sub(ConvertDType(ix.Counts, dtypes.Float32), ConvertDType(taken, dtypes.Float32)), 0)
+		return sel
+	}
 	var scores, counts, starts *Node
 	switch {
 	case ix.CoarseCentroids != nil:
@@ -141,10 +166,7 @@ func selectLookup(qg *Node, ix LayerIndex, scale float64, plan *listPlan) (sel s
 	h, k := scores.Shape().Dimensions[0], scores.Shape().Dimensions[1]
 	if plan != nil && useSelectKernels(qg.Graph(), k, ix.Order == nil, ix.Select) {
 		// The same keys as selectKeys (from the same counts), in cluster order.
-		bp := (ix.MaxKept + selectSlots - 1) / selectSlots * selectSlots
-		if plan.paged {
-			_, _, bp = pagedLayout(ix.MaxKept, selectSlots)
-		}
+		bp := listSlots(ix.MaxKept, plan.paged)
 		sel.gidx, sel.kept, taken = selectKernelList(ScoreBits(scores), n, starts, ix.Order, ix.Budget, ix.Clustered, ix.Window, ix.MaxKept, plan.s, bp)
 		sel.idx, sel.valid = listToIdx(sel.gidx, h, plan.s, ix.MaxKept)
 	} else {

@@ -119,9 +119,6 @@ func selectKernelList(bits, counts, starts, order, budget, clustered, window *No
 	if cfgA == "" || cfgB == "" || bp%selectSlots != 0 || bp < b {
 		exceptions.Panicf("squeeze: no selection kernel for K=%d (list %d in %d slots)", k, b, bp)
 	}
-	if order != nil && order.Shape().Dimensions[1] != s {
-		exceptions.Panicf("squeeze: the cluster order has %d rows a head, the keys %d", order.Shape().Dimensions[1], s)
-	}
 	pad := func(x *Node) *Node {
 		x = ConvertDType(x, i32)
 		if kp > k {
@@ -133,16 +130,35 @@ func selectKernelList(bits, counts, starts, order, budget, clustered, window *No
 	outA := selectCall(cfgA, h, []*Node{pad(bits), pad(counts), Concatenate([]*Node{scalar(budget), Zeros(g, shapes.Make(i32, 1))}, 0)},
 		[]shapes.Shape{shapes.Make(i32, h*kp), shapes.Make(i32, h*kp), shapes.Make(i32, h)})
 	ends, w, total := outA[0], outA[1], outA[2]
+	gidx = selectListB(cfgB, ends, w, pad(starts), total, order, clustered, window, h, b, s, bp)
+	kept, taken = keptTaken(total, w, window, k, b)
+	return gidx, kept, taken
+}
+
+// keptTaken are a list's kept rows a head [H] (the clusters' keys, then the window, at most b) and each
+// cluster's keys in it, taken [H, K] int32, from kernel A's total [H] and w [H·Kp].
+func keptTaken(total, w, window *Node, k, b int) (kept, taken *Node) {
+	h := total.Shape().Dimensions[0]
+	kept = MinScalar(Add(total, BroadcastToDims(Reshape(ConvertDType(window, dtypes.Int32), 1), h)), b)
+	return kept, Slice(Reshape(w, h, w.Shape().Dimensions[0]/h), AxisRange(), AxisRange(0, k))
+}
+
+// selectListB runs kernel B (config cfgB) over kernel A's ends, w [H·Kp] and total [H], the starts padded to Kp
+// [H·Kp] int32 and the cluster order [H, s] (nil: the sorted layout): the list gidx [H·bp] int32.
+func selectListB(cfgB string, ends, w, startsP, total, order, clustered, window *Node, h, b, s, bp int) *Node {
+	g := ends.Graph()
+	i32 := dtypes.Int32
+	scalar := func(x *Node) *Node { return Reshape(ConvertDType(x, i32), 1) }
 	ord := Zeros(g, shapes.Make(i32, 1))
 	if order != nil {
+		if order.Shape().Dimensions[1] != s {
+			exceptions.Panicf("squeeze: the cluster order has %d rows a head, the keys %d", order.Shape().Dimensions[1], s)
+		}
 		ord = Reshape(ConvertDType(order, i32), h*s)
 	}
 	nt := bp / selectSlots
 	prm := Concatenate([]*Node{Const(g, []int32{int32(s)}), scalar(clustered), scalar(window), Const(g, []int32{int32(b), int32(bp), int32(nt), 0, 0})}, 0)
-	gidx = selectCall(cfgB, h*nt, []*Node{ends, w, pad(starts), total, ord, prm}, []shapes.Shape{shapes.Make(i32, h*bp)})[0]
-	kept = MinScalar(Add(total, BroadcastToDims(scalar(window), h)), b)
-	taken = Slice(Reshape(w, h, kp), AxisRange(), AxisRange(0, k))
-	return gidx, kept, taken
+	return selectCall(cfgB, h*nt, []*Node{ends, w, startsP, total, ord, prm}, []shapes.Shape{shapes.Make(i32, h*bp)})[0]
 }
 
 // listToIdx turns a kernel list gidx [H·bp] (h·s + row, -1 empty) into SelectKeys' form for b slots: idx

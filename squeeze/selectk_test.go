@@ -28,12 +28,14 @@ func emulateSelect(t *testing.T) func(cfg string, programs int, ops []*Node, out
 					kind, kp = "a", p
 				case b:
 					kind, kp, sortedLayout = "b", p, l
+				case lookupConfig(p):
+					kind, kp = "s", p
 				}
 			}
 		}
-		for _, x := range ops {
-			if x.DType() != dtypes.Int32 {
-				t.Errorf("selection kernel %s: operand of dtype %s", kind, x.DType())
+		for i, x := range ops {
+			if want := selectOperandDType(kind, i); x.DType() != want {
+				t.Errorf("selection kernel %s: operand %d of dtype %s, not %s", kind, i, x.DType(), want)
 			}
 		}
 		g := ops[0].Graph()
@@ -44,24 +46,33 @@ func emulateSelect(t *testing.T) func(cfg string, programs int, ops []*Node, out
 			if len(ops) != 3 || ops[0].Shape().Dimensions[0] != h*kp || len(outs) != 3 || outs[2].Dimensions[0] != h {
 				t.Errorf("kernel A (Kp %d): %d operands, %d programs, operand %s", kp, len(ops), programs, ops[0].Shape())
 			}
-			bitsN, cnt := Reshape(ops[0], h, kp), Reshape(ops[1], h, kp)
 			budget := BroadcastToDims(Slice(ops[2], AxisElem(0)), h, 1)
-			// Bisection over [0, MAXBITS]: the largest lo with Σ counts[bits ≥ lo] ≥ budget.
-			lo := Zeros(g, shapes.Make(i32, h, 1))
-			hi := BroadcastToDims(Scalar(g, i32, maxScoreBits), h, 1)
-			for range 31 {
-				mid := Add(lo, DivScalar(AddScalar(Sub(hi, lo), 1), 2))
-				n := ReduceAndKeep(Where(GreaterOrEqual(bitsN, BroadcastToDims(mid, h, kp)), cnt, ZerosLike(cnt)), ReduceSum, 1)
-				ok := GreaterOrEqual(n, budget)
-				lo, hi = Where(ok, mid, lo), Where(ok, hi, AddScalar(mid, -1))
+			return emulateKernelA(Reshape(ops[0], h, kp), Reshape(ops[1], h, kp), budget)
+		case "s":
+			// The lookup kernel: ClusterScores from the logits (K and M from prm; the operands' sizes must agree),
+			// the threshold mode, kernel A, the starts padded.
+			h := programs
+			if len(ops) != 5 || len(outs) != 4 || outs[0].Dimensions[0] != h*kp || outs[2].Dimensions[0] != h {
+				t.Errorf("lookup kernel (Kp %d): %d operands, %d outputs, %d programs", kp, len(ops), len(outs), programs)
 			}
-			loB := BroadcastToDims(lo, h, kp)
-			strict := Where(GreaterThan(bitsN, loB), cnt, ZerosLike(cnt))
-			ties := Where(Equal(bitsN, loB), cnt, ZerosLike(cnt))
-			room := MaxScalar(Sub(budget, ReduceAndKeep(strict, ReduceSum, 1)), 0)
-			before := Sub(CumSum(ties, 1), ties)
-			w := Add(strict, Min(MaxScalar(Sub(BroadcastToDims(room, h, kp), before), 0), ties))
-			return []*Node{Reshape(CumSum(w, 1), h*kp), Reshape(w, h*kp), ReduceSum(w, 1)}
+			k := ops[1].Shape().Dimensions[0] / h
+			m := ops[0].Shape().Dimensions[0] / (h * k)
+			prm := func(i int) *Node { return Reshape(Slice(ops[4], AxisElem(i))) }
+			bad := Or(NotEqual(prm(1), Const(g, int32(k))), NotEqual(prm(2), Const(g, int32(m))))
+			// fprm = [threshold, scale]: the kernel scales the logits.
+			logits := Mul(Reshape(ops[0], h, m, k), BroadcastToDims(Reshape(Slice(ops[3], AxisElem(1)), 1, 1, 1), h, m, k))
+			counts := Reshape(ops[1], h, k)
+			scores := clusterScoresFromLogits(logits, counts)
+			pad := func(x *Node) *Node { return Concatenate([]*Node{x, Zeros(g, shapes.Make(x.DType(), h, kp-k))}, 1) }
+			cnt := ConvertDType(counts, i32)
+			thrMode := Equal(prm(3), Const(g, int32(1)))
+			drop := And(BroadcastToDims(thrMode, h, k), Not(GreaterThan(scores, BroadcastToDims(Reshape(Slice(ops[3], AxisElem(0))), h, k))))
+			cnt = Where(drop, ZerosLike(cnt), cnt)
+			budget := BroadcastToDims(Reshape(prm(0), 1, 1), h, 1)
+			r := emulateKernelA(pad(ScoreBits(scores)), pad(cnt), budget)
+			// A launch whose sizes disagree with prm: every head's total -7.
+			r[2] = Where(BroadcastToDims(bad, h), BroadcastToDims(Const(g, int32(-7)), h), r[2])
+			return append(r, Reshape(pad(Reshape(ops[2], h, k)), h*kp))
 		case "b":
 			if len(ops) != 6 || len(outs) != 1 {
 				t.Errorf("kernel B: %d operands, %d outputs", len(ops), len(outs))
@@ -100,6 +111,37 @@ func emulateSelect(t *testing.T) func(cfg string, programs int, ops []*Node, out
 		t.Errorf("selection kernel launched with an unknown config %.60q…", cfg)
 		return []*Node{Zeros(ops[0].Graph(), outs[0])}
 	}
+}
+
+// selectOperandDType is the dtype of operand i of selection kernel kind ("a", "b" or "s", the lookup kernel).
+func selectOperandDType(kind string, i int) dtypes.DType {
+	if kind == "s" && (i == 0 || i == 1 || i == 3) {
+		return dtypes.Float32
+	}
+	return dtypes.Int32
+}
+
+// emulateKernelA is kernel A on bits and counts [H, Kp] int32 and budget [H, 1]: the boundary by bisection over
+// [0, MAXBITS] (the largest lo with Σ counts[bits ≥ lo] ≥ budget), then ends, w [H·Kp] and total [H].
+func emulateKernelA(bitsN, cnt, budget *Node) []*Node {
+	g := bitsN.Graph()
+	i32 := dtypes.Int32
+	h, kp := bitsN.Shape().Dimensions[0], bitsN.Shape().Dimensions[1]
+	lo := Zeros(g, shapes.Make(i32, h, 1))
+	hi := BroadcastToDims(Scalar(g, i32, maxScoreBits), h, 1)
+	for range 31 {
+		mid := Add(lo, DivScalar(AddScalar(Sub(hi, lo), 1), 2))
+		n := ReduceAndKeep(Where(GreaterOrEqual(bitsN, BroadcastToDims(mid, h, kp)), cnt, ZerosLike(cnt)), ReduceSum, 1)
+		ok := GreaterOrEqual(n, budget)
+		lo, hi = Where(ok, mid, lo), Where(ok, hi, AddScalar(mid, -1))
+	}
+	loB := BroadcastToDims(lo, h, kp)
+	strict := Where(GreaterThan(bitsN, loB), cnt, ZerosLike(cnt))
+	ties := Where(Equal(bitsN, loB), cnt, ZerosLike(cnt))
+	room := MaxScalar(Sub(budget, ReduceAndKeep(strict, ReduceSum, 1)), 0)
+	before := Sub(CumSum(ties, 1), ties)
+	w := Add(strict, Min(MaxScalar(Sub(BroadcastToDims(room, h, kp), before), 0), ties))
+	return []*Node{Reshape(CumSum(w, 1), h*kp), Reshape(w, h*kp), ReduceSum(w, 1)}
 }
 
 // withSelectKernels installs the emulated kernels (and the emulated paged kernel) for a test.
@@ -167,7 +209,9 @@ func TestSelectKernelList(t *testing.T) {
 // TestAttendSelectedKernels: AttendSelected through the selection kernels (emulated) gives the same partial as
 // through XLA's selection, for a decode step into the paged kernel (the list handed over as it is), for a step
 // of more query rows (the list turned back into idx/valid for the gathers), in budget, threshold and mass modes,
-// with the remainder, and over a hierarchical index; the kept counts are the same.
+// with the remainder, and over a hierarchical index; the kept counts are the same. With the lookup kernel on, decode
+// steps of a flat index in budget and threshold mode (1, 3 and 8 query rows a KV head) take it instead of kernel A
+// and give the same partial; the other steps (mass, remainder, hierarchical, 9 rows or more) do not take it.
 func TestAttendSelectedKernels(t *testing.T) {
 	const h, s, d, k, clustered, window = 2, 400, 64, 24, 380, 12
 	rng := rand.New(rand.NewPCG(23, 24))
@@ -179,15 +223,19 @@ func TestAttendSelectedKernels(t *testing.T) {
 		hier bool
 	}{{"decode-budget", 1, "budget", false}, {"decode-threshold", 1, "threshold", false}, {"decode-mass", 1, "mass", false},
 		{"decode-remainder", 1, "remainder", false}, {"input-budget", 80, "budget", false}, {"decode-hier", 1, "budget", true},
-		{"input-hier", 70, "budget", true}} {
+		{"input-hier", 70, "budget", true}, {"decode-g3-budget", 3, "budget", false}, {"decode-g8-threshold", 8, "threshold", false},
+		{"input-g9-budget", 9, "budget", false}} {
 		t.Run(c.name, func(t *testing.T) {
 			q := randn(rng, 2, h, c.m, d)
-			run := func(mode SelectMode) []*tensors.Tensor {
+			run := func(mode, lookup SelectMode) []*tensors.Tensor {
 				withSelectKernels(t, mode, PagedOn)
-				calls := 0
+				calls, lookups := 0, 0
 				emu := selectCall
 				selectCall = func(cfg string, programs int, ops []*Node, outs []shapes.Shape) []*Node {
 					calls++
+					if len(ops) == 5 {
+						lookups++
+					}
 					return emu(cfg, programs, ops, outs)
 				}
 				out := MustExecOnceN(testBackend(), func(q, keys, vals *Node) []*Node {
@@ -198,28 +246,38 @@ func TestAttendSelectedKernels(t *testing.T) {
 					ix := attendTestIndex(kb, vb, clustered, window, k, c.hier, c.mode == "remainder")
 					switch c.mode {
 					case "threshold":
-						ix.Threshold = Const(g, float32(1.0/float32(clustered)))
+						ix.Threshold = Const(g, float32(2.5/float32(clustered))) // binds: fewer keys pass than the budget
 					case "mass":
 						ix.Threshold, ix.Mass = Const(g, float32(0.6)), true
 					}
+					ix.Lookup = lookup
 					p, kept := AttendSelected(qf, kb, vb, ix, Scale(d), KernelAuto)
 					return []*Node{p.Out, p.LSE, kept}
 				}, q, keys, vals)
 				if want := map[bool]int{true: 2, false: 0}[mode == SelectOn]; calls != want {
 					t.Errorf("SelectKernels=%v: %d selection kernel calls, want %d", mode, calls, want)
 				}
+				// The lookup kernel replaces kernel A for a flat index's decode step in budget or threshold mode.
+				wantLookup := mode == SelectOn && lookup == SelectOn && c.m <= LookupMaxQueries && !c.hier &&
+					(c.mode == "budget" || c.mode == "threshold")
+				if want := map[bool]int{true: 1, false: 0}[wantLookup]; lookups != want {
+					t.Errorf("SelectKernels=%v Lookup=%v: %d lookup kernel calls, want %d", mode, lookup, lookups, want)
+				}
 				return out
 			}
-			xla, kern := run(SelectOff), run(SelectOn)
-			allFinite(t, "output", flat(kern[0]))
-			if diff := maxAbsDiff(flat(xla[0]), flat(kern[0])); diff > 1e-5 {
-				t.Errorf("output differs from XLA's selection by %.2e", diff)
-			}
-			if diff := maxAbsDiff(flat(xla[1]), flat(kern[1])); diff > 1e-5 {
-				t.Errorf("log-sum-exp differs from XLA's selection by %.2e", diff)
-			}
-			if a, b := flatI32(xla[2]), flatI32(kern[2]); fmt.Sprint(a) != fmt.Sprint(b) {
-				t.Errorf("kept %v with the kernels, %v with XLA", b, a)
+			xla := run(SelectOff, SelectOff)
+			for _, lookup := range []SelectMode{SelectOff, SelectOn} {
+				kern := run(SelectOn, lookup)
+				allFinite(t, "output", flat(kern[0]))
+				if diff := maxAbsDiff(flat(xla[0]), flat(kern[0])); diff > 1e-5 {
+					t.Errorf("Lookup=%v: output differs from XLA's selection by %.2e", lookup, diff)
+				}
+				if diff := maxAbsDiff(flat(xla[1]), flat(kern[1])); diff > 1e-5 {
+					t.Errorf("Lookup=%v: log-sum-exp differs from XLA's selection by %.2e", lookup, diff)
+				}
+				if a, b := flatI32(xla[2]), flatI32(kern[2]); fmt.Sprint(a) != fmt.Sprint(b) {
+					t.Errorf("Lookup=%v: kept %v with the kernels, %v with XLA", lookup, b, a)
+				}
 			}
 		})
 	}

@@ -157,6 +157,14 @@ func ClusterScores(q, centroids, counts *Node, scale float64) *Node {
 	return ReduceMean(Exp(LogClusterProb(q, centroids, counts, scale)), 1)
 }
 
+// clusterScoresFromLogits is ClusterScores from the scaled logits [H, M, K] float32 (MulScalar(centroidLogits(q,
+// centroids), scale)) and counts [H, K]: what the lookup kernel computes.
+func clusterScoresFromLogits(logits, counts *Node) *Node {
+	weighted, nonEmpty := weightedLogits(logits, counts)
+	logP := Where(nonEmpty, Sub(logits, logSumExp(weighted, -1)), Scalar(logits.Graph(), dtypes.Float32, negInf))
+	return ReduceMean(Exp(logP), 1)
+}
+
 // KeyScores gives every key its cluster's score: scores [H, K], labels [H, S] → [H, S].
 func KeyScores(scores, labels *Node) *Node {
 	g := scores.Graph()

@@ -341,6 +341,9 @@ func squeezed(ctx context.Context, w io.Writer, m *engine.Model, name string, le
 				}
 				if info.SelectKernels {
 					mode += ", selection kernels"
+					if info.LookupKernel {
+						mode += " with the lookup kernel"
+					}
 				}
 				if info.ScoreKernels {
 					mode += ", score kernels"

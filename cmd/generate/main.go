@@ -386,6 +386,9 @@ func squeezeReport(info llama.SqueezeInfo) string {
 	}
 	if info.SelectKernels {
 		report += "; the kept keys are selected by the selection Triton kernels"
+		if info.LookupKernel {
+			report += ", a decode step's cluster scores in the lookup kernel"
+		}
 	}
 	if info.ScoreKernels {
 		report += "; the input's cluster scores come from the cluster-score Triton kernels"

@@ -176,18 +176,20 @@ func TestGenerateSqueezeFlags(t *testing.T) {
 }
 
 // TestSqueezeReportKernels: the squeeze line names the GPU kernels a prefix's steps take (the paged kernel for
-// decode, with the dynamic segment in its launch, the selection kernels, the cluster-score kernels), and only those
-// (on the CPU none runs, so the generate runs above never show them).
+// decode, with the dynamic segment in its launch, the selection kernels, with the lookup kernel, the cluster-score
+// kernels), and only those (on the CPU none runs, so the generate runs above never show them).
 func TestSqueezeReportKernels(t *testing.T) {
-	const paged, seg, sel, scores = "paged Triton kernel", "in the same launch", "selection Triton kernels", "cluster-score Triton kernels"
-	for mask := range 16 {
-		c := struct{ paged, seg, sel, scores bool }{mask&1 != 0, mask&8 != 0, mask&2 != 0, mask&4 != 0}
+	const paged, seg, sel, look, scores = "paged Triton kernel", "in the same launch", "selection Triton kernels", "lookup kernel",
+		"cluster-score Triton kernels"
+	for mask := range 32 {
+		c := struct{ paged, seg, sel, look, scores bool }{mask&1 != 0, mask&8 != 0, mask&2 != 0, mask&16 != 0, mask&4 != 0}
 		info := llama.SqueezeInfo{Clustered: 1000, Window: 100, Budget: 100, Centroids: 50, ScoredCentroids: 50,
-			PagedDecode: c.paged, PagedSegDecode: c.paged && c.seg, SelectKernels: c.sel, ScoreKernels: c.scores}
+			PagedDecode: c.paged, PagedSegDecode: c.paged && c.seg, SelectKernels: c.sel, LookupKernel: c.sel && c.look, ScoreKernels: c.scores}
 		r := squeezeReport(info)
 		if strings.Contains(r, paged) != c.paged || strings.Contains(r, seg) != (c.paged && c.seg) || strings.Contains(r, sel) != c.sel ||
-			strings.Contains(r, scores) != c.scores {
-			t.Errorf("PagedDecode=%v PagedSegDecode=%v SelectKernels=%v ScoreKernels=%v: %q", c.paged, c.paged && c.seg, c.sel, c.scores, r)
+			strings.Contains(r, look) != (c.sel && c.look) || strings.Contains(r, scores) != c.scores {
+			t.Errorf("PagedDecode=%v PagedSegDecode=%v SelectKernels=%v LookupKernel=%v ScoreKernels=%v: %q", c.paged, c.paged && c.seg,
+				c.sel, c.sel && c.look, c.scores, r)
 		}
 	}
 }
