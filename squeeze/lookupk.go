@@ -166,10 +166,7 @@ func probeLookup(b compute.Backend) (ok bool) {
 							bud, cl, win := Scalar(g, i32, budget), Scalar(g, i32, clustered), Scalar(g, i32, window)
 							idx, valid, kept, taken := selectKeys(scores, n, starts, ord, bud, cl, win, list, SearchPasses)
 							gidx, kk, tk := lookupKernelList(logits, 0.5, countsF, starts, ord, thr, bud, cl, win, list, s, 512)
-							ki, kv := listToIdx(gidx, h, s, list)
-							diff = Add(diff, listDiff(idx, valid, ki, kv, s))
-							diff = Add(diff, ReduceAllSum(ConvertDType(NotEqual(kept, kk), i32)))
-							diff = Add(diff, ReduceAllSum(ConvertDType(NotEqual(taken, tk), i32)))
+							diff = Add(diff, selectionDiff(idx, valid, kept, taken, gidx, kk, tk, s))
 						}
 					}
 				}

@@ -201,10 +201,7 @@ func probeSelect(b compute.Backend) (ok bool) {
 					bud, cl, win := Scalar(g, i32, budget), Scalar(g, i32, clustered), Scalar(g, i32, window)
 					idx, valid, kept, taken := selectKeys(scores, counts, starts, ord, bud, cl, win, list, SearchPasses)
 					gidx, kk, tk := selectKernelList(ScoreBits(scores), counts, starts, ord, bud, cl, win, list, s, 512)
-					ki, kv := listToIdx(gidx, h, s, list)
-					diff = Add(diff, listDiff(idx, valid, ki, kv, s))
-					diff = Add(diff, ReduceAllSum(ConvertDType(NotEqual(kept, kk), i32)))
-					diff = Add(diff, ReduceAllSum(ConvertDType(NotEqual(taken, tk), i32)))
+					diff = Add(diff, selectionDiff(idx, valid, kept, taken, gidx, kk, tk, s))
 				}
 			}
 			return []*Node{diff}
@@ -212,6 +209,16 @@ func probeSelect(b compute.Backend) (ok bool) {
 		ok = out[0].Value().(int32) == 0
 	})
 	return err == nil && ok
+}
+
+// selectionDiff counts where a kernel list gidx [H·bp] with its kept and taken counts kk, tk differs from XLA's
+// selection (idx, valid [H, B], kept, taken): slots of the lists as sets of rows of s a head, then the counts.
+func selectionDiff(idx, valid, kept, taken, gidx, kk, tk *Node, s int) *Node {
+	h, list := idx.Shape().Dimensions[0], idx.Shape().Dimensions[1]
+	ki, kv := listToIdx(gidx, h, s, list)
+	diff := listDiff(idx, valid, ki, kv, s)
+	diff = Add(diff, ReduceAllSum(ConvertDType(NotEqual(kept, kk), dtypes.Int32)))
+	return Add(diff, ReduceAllSum(ConvertDType(NotEqual(taken, tk), dtypes.Int32)))
 }
 
 // listDiff counts the slots in which two kept-key lists [H, B] (idx, valid), seen as sets of rows, differ: each
