@@ -16,6 +16,9 @@ bits / counts and of the starts to Kp (1.5 + 1.6 µs), selection kernel A (6.9 �
   3 dependent loads for Kp = 2048 instead of 12). Same operands and output as kernel B. Measured in session 15 in the
   attention benchmark (calls 4), not embedded: no faster at 32K, slower at 128K (7B 137.0 / 124.0 µs with 16 / 8 ways
   against 112.3), the wider gathers reading far more than the binary search saves.
+- select_b3: kernel B with the slot's coarse block from one [R, 128]-chunked comparison with every 16th cluster's end,
+  then one [R, 16] gather. Checked; measured in session 15 (call 9, CUPTI), not embedded: 23.8 against 5.0 µs at 7B
+  32K, 240 against 8.2 at 128K (the broadcast comparisons cost far more than the loads they replace).
 
 Checks select_s against the jnp twin of the XLA lookup (scores → bits → pallas_squeeze2.select_reference) on random
 logits with empty clusters, duplicated clusters (exact ties), M = 1..8 rows and the threshold mode, select_b2
@@ -137,6 +140,53 @@ def make_select_b2(kp, sorted_layout, ways=WAYS, h_static=8, bp_static=4096, s_s
         grid=(p_static,), compiler_params=ps.compiler_params(num_warps, 1))
 
 
+def b3_group(kp):
+    """Clusters a coarse block of select_b3: 16, more above Kp = 8192 (at most 512 blocks)."""
+    return max(16, kp // 512)
+
+
+@functools.lru_cache(maxsize=None)
+def make_select_b3(kp, sorted_layout, h_static=8, bp_static=4096, s_static=1 << 16, p_static=64, num_warps=8):
+    """Kernel B (pallas_select.make_select_b) with each slot's cluster found in two loads instead of a binary search's
+    12 dependent ones: the ends of every g-th cluster (the coarse blocks' last ends, one contiguous-stride load the
+    program's 256 slots share) are compared with every slot at once ([R, 128] chunks), which gives the slot's block;
+    then one [R, g] gather of that block's ends gives the cluster. Same operands and output as kernel B."""
+    g = b3_group(kp)
+    nc = kp // g
+    chunk = min(nc, 128)
+
+    def kernel(ends_ref, w_ref, starts_ref, total_ref, order_ref, prm_ref, gidx_ref):
+        pid = pl.program_id(0)
+        s_rows, clustered, window, b_max, bp, nt = (prm_ref[i] for i in range(6))
+        h = pid // nt
+        t = pid % nt
+        base = h * kp
+        slot = t * R + jnp.arange(R, dtype=I32)
+        total = total_ref[h]
+        cb = jnp.zeros((R,), I32)
+        for i in range(nc // chunk):
+            j = i * chunk + lax.broadcasted_iota(I32, (chunk,), 0)
+            ce = ends_ref[base + j * g + (g - 1)]  # [chunk]: each block's last end
+            cb = cb + jnp.sum((ce[None, :] <= slot[:, None]).astype(I32), axis=1)
+        cb = jnp.minimum(cb, nc - 1)
+        fe = ends_ref[base + cb[:, None] * g + lax.broadcasted_iota(I32, (R, g), 1)]  # [R, g]
+        c = jnp.minimum(cb * g + jnp.sum((fe <= slot[:, None]).astype(I32), axis=1), kp - 1)
+        first = ends_ref[base + c] - w_ref[base + c]
+        pos = starts_ref[base + c] + (slot - first)
+        if sorted_layout:
+            row = pos
+        else:
+            row = order_ref[h * s_rows + jnp.clip(pos, 0, s_rows - 1)]
+        kept = jnp.minimum(total + window, b_max)
+        row = jnp.where(slot < total, row, clustered + (slot - total))
+        gidx = jnp.where(slot < kept, h * s_rows + row, -1)
+        gidx_ref[pl.ds(h * bp + t * R, R)] = gidx
+
+    return pl.pallas_call(
+        kernel, out_shape=jax.ShapeDtypeStruct((h_static * bp_static,), I32),
+        grid=(p_static,), compiler_params=ps.compiler_params(num_warps, 1))
+
+
 def ref_scores(logits, counts):
     """squeeze.ClusterScores from scaled logits [H, M, K] and counts [H, K] float32 (the XLA formula)."""
     non_empty = (counts > 0)[:, None, :]
@@ -220,17 +270,19 @@ def check():
                 for sorted_layout in (False, True):
                     od = None if sorted_layout else order
                     g1 = b_call(psel.make_select_b, ends, w, startsp, total, od, h, kp, clustered, window, b_max, s_rows)
-                    for ways in (8, 16):
-                        g2 = b_call(functools.partial(make_select_b2, ways=ways), ends, w, startsp, total, od, h, kp,
-                                    clustered, window, b_max, s_rows)
+                    for name, mk in (("select_b2 8 ways", functools.partial(make_select_b2, ways=8)),
+                                     ("select_b2 16 ways", functools.partial(make_select_b2, ways=16)), ("select_b3", make_select_b3)):
+                        if os.environ.get("B3_ONLY") and name != "select_b3":
+                            continue
+                        g2 = b_call(mk, ends, w, startsp, total, od, h, kp, clustered, window, b_max, s_rows)
                         okb = bool(jnp.all(g1 == g2))
                         ok_all &= okb
                         if not okb:
-                            say(f"check select_b2 ways={ways} case {case} sorted={sorted_layout}: FAIL ({int(jnp.sum(g1 != g2))} slots)")
+                            say(f"check {name} case {case} sorted={sorted_layout}: FAIL ({int(jnp.sum(g1 != g2))} slots)")
             except Exception:  # noqa: BLE001
                 ok_all = False
                 say(f"check case {case}: FAILED\n```\n{traceback.format_exc()[-2500:]}\n```")
-    say(f"round 22 checks {'passed' if ok_all else 'FAILED'} (select_b2 compared with kernel B on both layouts, 8 and 16 ways)")
+    say(f"round 22 checks {'passed' if ok_all else 'FAILED'} (select_b2 / select_b3 compared with kernel B on both layouts)")
     return ok_all
 
 
@@ -297,6 +349,11 @@ def export():
                 jax.ShapeDtypeStruct((h,), I32), jax.ShapeDtypeStruct((s,), I32), jax.ShapeDtypeStruct((8,), I32))
         return p2.extract_config(jax.jit(make_select_b2(kp, sorted_layout, ways, h, bp, s, p)).lower(*args).as_text())
 
+    def lower_b3(kp, sorted_layout, h=8, bp=4096, s=1 << 16, p=64):
+        args = (jax.ShapeDtypeStruct((h * kp,), I32), jax.ShapeDtypeStruct((h * kp,), I32), jax.ShapeDtypeStruct((h * kp,), I32),
+                jax.ShapeDtypeStruct((h,), I32), jax.ShapeDtypeStruct((s,), I32), jax.ShapeDtypeStruct((8,), I32))
+        return p2.extract_config(jax.jit(make_select_b3(kp, sorted_layout, h, bp, s, p)).lower(*args).as_text())
+
     def write(name, cfg):
         with open(os.path.join(outdir, name), "w") as fh:
             fh.write(cfg)
@@ -305,6 +362,9 @@ def export():
         write(f"select_s_k{kp}.cfg", lower_s(kp))
         for nw in os.environ.get("EXPORT_WARPS", "").split():
             write(f"select_s_k{kp}_w{nw}.cfg", lower_s(kp, nw=int(nw)))
+        if os.environ.get("EXPORT_B3"):
+            for sorted_layout in (False, True):
+                write(f"select_b3_k{kp}_{'sorted' if sorted_layout else 'order'}.cfg", lower_b3(kp, sorted_layout))
         if os.environ.get("EXPORT_B2"):
             for sorted_layout in (False, True):
                 for ways in (8, 16):
