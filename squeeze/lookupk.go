@@ -28,9 +28,9 @@ import (
 // float bits (ScoreBits). In calibrated mode (prm[3] = 1) it gives no weight to the clusters at or below the
 // threshold (aboveThreshold). Then kernel A's bisection and taken keys follow. Operands logits, counts, starts,
 // fprm [threshold, scale] float32, prm [budget, K, M, mode] int32. Outputs ends, w [H·Kp], total [H] (kernel A's)
-// and the starts padded to Kp [H·Kp] int32, which kernel B reads. Written in Pallas (scripts/gpu/pallas_lookup.py, round 22), checked there
-// against the jnp twin of this package's XLA lookup on 14 cases. The cases cover 1-8 rows, K up to 13,107, empty
-// and duplicated clusters (exact ties) and the threshold mode.
+// and the starts padded to Kp [H·Kp] int32, which kernel B reads. Written in Pallas (scripts/gpu/pallas_lookup.py,
+// round 22), checked there against the jnp twin of this package's XLA lookup on 14 cases. The cases cover 1-8 rows,
+// K up to 13,107, empty and duplicated clusters (exact ties) and the threshold mode.
 //
 // It serves steps of at most LookupMaxQueries query rows a KV head with a flat index in budget or calibrated mode
 // (not the attention-mass mode, not with the remainder, whose lookup keeps the log-probabilities).

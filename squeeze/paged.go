@@ -48,8 +48,8 @@ const (
 
 // pagedSplits is the most programs per KV head (NS) of the paged kernel: measured best at 32K and 128K (7B and
 // 8B shapes) among 8, 16, 32 and 64 in Pallas round 3; in the attention benchmark's squeezed decode step 64 and 128
-// were not faster (H200, session 11). A multiple of selectSlots/pagedRows (pagedLayout). The attention benchmark's
-// -attnbench.splits sets it for measuring others.
+// were not faster (H200, session 11). A multiple of selectSlots/pagedRows, so that pagedLayout can always align.
+// The attention benchmark's -attnbench.splits sets it for measuring others.
 var pagedSplits = 32
 
 // SetPagedSplits sets the paged kernel's most programs per KV head (a positive multiple of 8) and returns the
@@ -326,16 +326,29 @@ func pagedGlobalList(idx, valid *Node, s int) (gidx *Node, ns, iters int) {
 	return Reshape(gidx, h*bp), ns, iters
 }
 
-// pagedLayout is the paged kernel's launch for lists of b slots a head: ns programs a head (splits), iters
-// tiles of pagedRows slots a program, bp = ns·iters·pagedRows slots a head, a multiple of align (a
-// multiple of pagedRows that divides pagedSplits·pagedRows: the splits are then a multiple of
-// align/pagedRows).
+// pagedLayout is the paged kernel's launch for lists of b > 0 slots a head: ns programs a head (splits), iters
+// tiles of pagedRows slots a program, bp = ns·iters·pagedRows slots a head, a multiple of align (a multiple of
+// pagedRows that divides pagedSplits·pagedRows). iters is the fewest that pagedSplits programs need; ns the fewest
+// programs that then hold b slots in a multiple of align, so the list carries less than a program's tiles of padding
+// where the alignment allows it.
+//
+// Until session 15 ns was rounded up to a multiple of align/pagedRows: the 3,392-slot lists of a 32K context (10%
+// budget and the window) ran as 32 programs of 4 tiles, 17.8% of the slots padding, which the kernels still walk; now
+// 28 programs of 4 tiles (5.4%). Measured on an H200 (session 15, call 10; attention benchmark, decode, ten calls a
+// repetition, four processes alternating, µs a layer): LLaMA-2-7B 32K 34.8 / 35.0 against 40.6 / 42.3 (dense 146.3 /
+// 143.9 / 149.9 / 150.9), LLaMA-3-8B 32K 33.3 / 36.4 against 44.8 / 38.5. In CUPTI timelines the paged kernel took
+// 21.7 against 23.6 µs at 7B (call 10) and 17.7 at 8B (call 10) against 26.6-27.0 with the former layout (calls 6
+// and 9). The engine's decode gained less: 5.58 against 5.64 ms a token (7B 32K), 5.44 against 5.50 (8B 32K; call
+// 11). 128K lists keep their layout (32 programs of 13 tiles).
 func pagedLayout(b, align int) (ns, iters, bp int) {
-	ns = min(pagedSplits, (b+pagedRows-1)/pagedRows)
-	step := max(1, align/pagedRows)
-	ns = min(pagedSplits, (ns+step-1)/step*step)
-	iters = (b + ns*pagedRows - 1) / (ns * pagedRows)
-	return ns, iters, ns * iters * pagedRows
+	b = max(b, 1)
+	iters = (b + pagedSplits*pagedRows - 1) / (pagedSplits * pagedRows)
+	tile := iters * pagedRows
+	ns = (b + tile - 1) / tile
+	for ns < pagedSplits && ns*tile%align != 0 {
+		ns++
+	}
+	return ns, iters, ns * tile
 }
 
 // pagedList runs the paged kernel (config cfg) over the list gidx [H·bp] (pagedLayout's ns, iters; global

@@ -368,14 +368,14 @@ func TestSelectKernelConfigs(t *testing.T) {
 	if a, b := selectConfigs(selectMaxKp+1, false); a != "" || b != "" || selectKp(20000) != 0 {
 		t.Errorf("a kernel past %d clusters", selectMaxKp)
 	}
-	for _, b := range []int{1, 70, 255, 256, 1000, 1025, 3392, 13248} {
-		ns, iters, bp := pagedLayout(b, selectSlots)
-		if bp%selectSlots != 0 || bp < b || ns > pagedSplits || ns*iters*pagedRows != bp {
-			t.Errorf("pagedLayout(%d, %d) = %d, %d, %d", b, selectSlots, ns, iters, bp)
-		}
-		ns0, iters0, bp0 := pagedLayout(b, pagedRows)
-		if bp0 < b || bp0%pagedRows != 0 || ns0*iters0*pagedRows != bp0 || (b >= 1024 && (ns0 != pagedSplits || bp0 != bp)) {
-			t.Errorf("pagedLayout(%d, %d) = %d, %d, %d", b, pagedRows, ns0, iters0, bp0)
+	// The paged layout: the fewest tiles a program that pagedSplits programs need, then the fewest programs whose
+	// slots hold the list in a multiple of the alignment (kernel B writes 256 slots a program).
+	for _, c := range []struct{ b, align, ns, iters int }{{1, selectSlots, 8, 1}, {70, selectSlots, 8, 1}, {256, selectSlots, 8, 1},
+		{1000, selectSlots, 32, 1}, {1025, selectSlots, 20, 2}, {3392, selectSlots, 28, 4}, {13248, selectSlots, 32, 13},
+		{1, pagedRows, 1, 1}, {1025, pagedRows, 17, 2}, {3392, pagedRows, 27, 4}} {
+		ns, iters, bp := pagedLayout(c.b, c.align)
+		if ns != c.ns || iters != c.iters || bp != ns*iters*pagedRows || bp%c.align != 0 || bp < c.b {
+			t.Errorf("pagedLayout(%d, %d) = %d, %d, %d; want %d programs of %d tiles", c.b, c.align, ns, iters, bp, c.ns, c.iters)
 		}
 	}
 }
