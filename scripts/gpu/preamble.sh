@@ -24,3 +24,33 @@ engine_ab() {
   done
   unset "$var"
 }
+
+# cupti_unit LABEL SHAPE CTX VARIANT [ENV=VALUE...]: one attention-benchmark decode process (8 chained layers, 200
+# timed calls, VARIANT alone) under the CUPTI tracer, with the given environment; the repeating unit's first kernels
+# (scripts/gpu/cupti/units.py) go to R. Needs lib (scripts/gpu/cupti/build.sh's library).
+cupti_unit() {
+  local label=$1 shape=$2 ctx=$3 variant=$4; shift 4
+  echo "== $label" | tee -a "$R"
+  (cd llama && env "$@" CUPTI_TRACE_OUT=/tmp/t.trace CUDA_INJECTION64_PATH=$lib timeout 100 ../bin/llama.test \
+    -test.run '^TestAttentionBench$' -test.v -test.timeout 20m -attnbench gpu -attnbench.shapes "$shape" -attnbench.ctx "$ctx" \
+    -attnbench.phases decode -attnbench.check=false -attnbench.variants "$variant" -attnbench.cluster=false \
+    -attnbench.layers 8 -attnbench.reps 200 > "$OUT/t.log" 2>&1)
+  echo "rc=$?" | tee -a "$R"
+  python3 scripts/gpu/cupti/units.py /tmp/t.trace 1000 | grep -E "^unit span|^\| [0-9] \|" | head -9 | tee -a "$R"
+  rm -f /tmp/t.trace "$OUT/t.log"
+}
+
+# ab_totals LABEL VARIANTS CHECK [ENV=VALUE...]: the attention benchmark's decode at the four shapes (7B, 8B; 32K,
+# 128K), ten calls a repetition, in one process with the given environment; CHECK true runs the every-key-kept check
+# first. The variants' rows (and the check's rows for the lookup variant) go to R.
+ab_totals() {
+  local label=$1 variants=$2 check=$3; shift 3
+  echo "== $label" | tee -a "$R"
+  (cd llama && env "$@" timeout 150 ../bin/llama.test -test.run '^TestAttentionBench$' -test.v -test.timeout 20m -attnbench gpu \
+    -attnbench.batch 10 -attnbench.shapes 7b,8b -attnbench.ctx 32768,131072 -attnbench.phases decode -attnbench.check=$check \
+    -attnbench.variants "$variants" -attnbench.cluster=false -attnbench.out "$OUT/ab.md" > "$OUT/ab.log" 2>&1)
+  echo "rc=$?" | tee -a "$R"
+  grep -E "look vs dense|FAIL|panic" "$OUT/ab.log" | head -4 | cut -c1-250 | tee -a "$R"
+  grep -E "^\| LLaMA.*decode \| [a-z]" "$OUT/ab.md" | tee -a "$R"
+  rm -f "$OUT/ab.md" "$OUT/ab.log"
+}
