@@ -99,15 +99,24 @@ def make_select_s(kp, h_static=8, n_static=1 << 16, num_warps=4):
         grid=(h_static,), compiler_params=ps.compiler_params(num_warps, 1))
 
 
-@functools.lru_cache(maxsize=None)
-def make_select_b2(kp, sorted_layout, ways=WAYS, h_static=8, bp_static=4096, s_static=1 << 16, p_static=64, num_warps=4):
-    """Kernel B (pallas_select.make_select_b) with a ways-ary search: the same operands and output."""
-    widths = []
-    width = kp
-    while width > 1:
-        wy = min(ways, width)
-        widths.append((width // wy, wy))
-        width //= wy
+def write_slots(c, slot, h, t, base, total, sorted_layout, ends_ref, w_ref, starts_ref, order_ref, gidx_ref,
+                s_rows, clustered, window, b_max, bp):
+    """Kernel B's tail (pallas_select.make_select_b's, which stays as the embedded kernel was lowered): each slot's row
+    from its cluster c, then the window's rows, -1 past the kept slots, written to gidx."""
+    first = ends_ref[base + c] - w_ref[base + c]
+    pos = starts_ref[base + c] + (slot - first)
+    if sorted_layout:
+        row = pos
+    else:
+        row = order_ref[h * s_rows + jnp.clip(pos, 0, s_rows - 1)]
+    kept = jnp.minimum(total + window, b_max)
+    row = jnp.where(slot < total, row, clustered + (slot - total))
+    gidx_ref[pl.ds(h * bp + t * R, R)] = jnp.where(slot < kept, h * s_rows + row, -1)
+
+
+def make_b_variant(kp, sorted_layout, find, h_static, bp_static, s_static, p_static, num_warps):
+    """Kernel B (pallas_select.make_select_b) with another search: find(ends_ref, base, slot) gives each slot's cluster
+    (the number of clusters of the head ending at or before it, at most Kp - 1). Same operands and output."""
 
     def kernel(ends_ref, w_ref, starts_ref, total_ref, order_ref, prm_ref, gidx_ref):
         pid = pl.program_id(0)
@@ -116,28 +125,35 @@ def make_select_b2(kp, sorted_layout, ways=WAYS, h_static=8, bp_static=4096, s_s
         t = pid % nt
         base = h * kp
         slot = t * R + jnp.arange(R, dtype=I32)
-        total = total_ref[h]
+        c = find(ends_ref, base, slot)
+        write_slots(c, slot, h, t, base, total_ref[h], sorted_layout, ends_ref, w_ref, starts_ref, order_ref, gidx_ref,
+                    s_rows, clustered, window, b_max, bp)
+
+    return pl.pallas_call(
+        kernel, out_shape=jax.ShapeDtypeStruct((h_static * bp_static,), I32),
+        grid=(p_static,), compiler_params=ps.compiler_params(num_warps, 1))
+
+
+@functools.lru_cache(maxsize=None)
+def make_select_b2(kp, sorted_layout, ways=WAYS, h_static=8, bp_static=4096, s_static=1 << 16, p_static=64, num_warps=4):
+    """Kernel B with a ways-ary search: a [R, ways] gather a pass."""
+    widths = []
+    width = kp
+    while width > 1:
+        wy = min(ways, width)
+        widths.append((width // wy, wy))
+        width //= wy
+
+    def find(ends_ref, base, slot):
         lo = jnp.zeros((R,), I32)
         # Invariant: clusters [0, lo) end at or before the slot, clusters from lo + width on after it.
         for step, wy in widths:
             cand = lo[:, None] + step * (lax.broadcasted_iota(I32, (R, wy), 1) + 1) - 1  # [R, wy]
             e = ends_ref[base + cand]
             lo = lo + step * jnp.sum((e <= slot[:, None]).astype(I32), axis=1)
-        c = jnp.minimum(lo, kp - 1)
-        first = ends_ref[base + c] - w_ref[base + c]
-        pos = starts_ref[base + c] + (slot - first)
-        if sorted_layout:
-            row = pos
-        else:
-            row = order_ref[h * s_rows + jnp.clip(pos, 0, s_rows - 1)]
-        kept = jnp.minimum(total + window, b_max)
-        row = jnp.where(slot < total, row, clustered + (slot - total))
-        g = jnp.where(slot < kept, h * s_rows + row, -1)
-        gidx_ref[pl.ds(h * bp + t * R, R)] = g
+        return jnp.minimum(lo, kp - 1)
 
-    return pl.pallas_call(
-        kernel, out_shape=jax.ShapeDtypeStruct((h_static * bp_static,), I32),
-        grid=(p_static,), compiler_params=ps.compiler_params(num_warps, 1))
+    return make_b_variant(kp, sorted_layout, find, h_static, bp_static, s_static, p_static, num_warps)
 
 
 def b3_group(kp):
@@ -147,22 +163,15 @@ def b3_group(kp):
 
 @functools.lru_cache(maxsize=None)
 def make_select_b3(kp, sorted_layout, h_static=8, bp_static=4096, s_static=1 << 16, p_static=64, num_warps=8):
-    """Kernel B (pallas_select.make_select_b) with each slot's cluster found in two loads instead of a binary search's
-    12 dependent ones: the ends of every g-th cluster (the coarse blocks' last ends, one contiguous-stride load the
-    program's 256 slots share) are compared with every slot at once ([R, 128] chunks), which gives the slot's block;
-    then one [R, g] gather of that block's ends gives the cluster. Same operands and output as kernel B."""
+    """Kernel B with each slot's cluster found in two loads instead of a binary search's 12 dependent ones: the ends of
+    every g-th cluster (the coarse blocks' last ends, one strided load the program's 256 slots share) are compared with
+    every slot at once ([R, 128] chunks), which gives the slot's block; then one [R, g] gather of that block's ends
+    gives the cluster."""
     g = b3_group(kp)
     nc = kp // g
     chunk = min(nc, 128)
 
-    def kernel(ends_ref, w_ref, starts_ref, total_ref, order_ref, prm_ref, gidx_ref):
-        pid = pl.program_id(0)
-        s_rows, clustered, window, b_max, bp, nt = (prm_ref[i] for i in range(6))
-        h = pid // nt
-        t = pid % nt
-        base = h * kp
-        slot = t * R + jnp.arange(R, dtype=I32)
-        total = total_ref[h]
+    def find(ends_ref, base, slot):
         cb = jnp.zeros((R,), I32)
         for i in range(nc // chunk):
             j = i * chunk + lax.broadcasted_iota(I32, (chunk,), 0)
@@ -170,21 +179,9 @@ def make_select_b3(kp, sorted_layout, h_static=8, bp_static=4096, s_static=1 << 
             cb = cb + jnp.sum((ce[None, :] <= slot[:, None]).astype(I32), axis=1)
         cb = jnp.minimum(cb, nc - 1)
         fe = ends_ref[base + cb[:, None] * g + lax.broadcasted_iota(I32, (R, g), 1)]  # [R, g]
-        c = jnp.minimum(cb * g + jnp.sum((fe <= slot[:, None]).astype(I32), axis=1), kp - 1)
-        first = ends_ref[base + c] - w_ref[base + c]
-        pos = starts_ref[base + c] + (slot - first)
-        if sorted_layout:
-            row = pos
-        else:
-            row = order_ref[h * s_rows + jnp.clip(pos, 0, s_rows - 1)]
-        kept = jnp.minimum(total + window, b_max)
-        row = jnp.where(slot < total, row, clustered + (slot - total))
-        gidx = jnp.where(slot < kept, h * s_rows + row, -1)
-        gidx_ref[pl.ds(h * bp + t * R, R)] = gidx
+        return jnp.minimum(cb * g + jnp.sum((fe <= slot[:, None]).astype(I32), axis=1), kp - 1)
 
-    return pl.pallas_call(
-        kernel, out_shape=jax.ShapeDtypeStruct((h_static * bp_static,), I32),
-        grid=(p_static,), compiler_params=ps.compiler_params(num_warps, 1))
+    return make_b_variant(kp, sorted_layout, find, h_static, bp_static, s_static, p_static, num_warps)
 
 
 def ref_scores(logits, counts):
