@@ -336,10 +336,10 @@ func pagedGlobalList(idx, valid *Node, s int) (gidx *Node, ns, iters int) {
 // budget and the window) ran as 32 programs of 4 tiles, 17.8% of the slots padding, which the kernels still walk; now
 // 28 programs of 4 tiles (5.4%). Measured on an H200 (session 15, call 10; attention benchmark, decode, ten calls a
 // repetition, four processes alternating, µs a layer): LLaMA-2-7B 32K 34.8 / 35.0 against 40.6 / 42.3 (dense 146.3 /
-// 143.9 / 149.9 / 150.9), LLaMA-3-8B 32K 33.3 / 36.4 against 44.8 / 38.5. In CUPTI timelines the paged kernel took
-// 21.7 against 23.6 µs at 7B (call 10) and 17.7 at 8B (call 10) against 26.6-27.0 with the former layout (calls 6
-// and 9). The engine's decode gained less: 5.58 against 5.64 ms a token (7B 32K), 5.44 against 5.50 (8B 32K; call
-// 11). 128K lists keep their layout (32 programs of 13 tiles).
+// 143.9 / 149.9 / 150.9; 38.2 / 41.5 in call 12's processes), LLaMA-3-8B 32K 33.3 / 36.4 against 44.8 / 38.5. In
+// CUPTI timelines the paged kernel took 21.7 against 23.6 µs at 7B (call 10) and 17.7 at 8B (call 10) against
+// 26.6-27.0 with the former layout (calls 6 and 9). The engine's decode gained less: 5.58 against 5.64 ms a token (7B
+// 32K), 5.44 against 5.50 (8B 32K; call 11). 128K lists keep their layout (32 programs of 13 tiles).
 func pagedLayout(b, align int) (ns, iters, bp int) {
 	b = max(b, 1)
 	iters = (b + pagedSplits*pagedRows - 1) / (pagedSplits * pagedRows)
