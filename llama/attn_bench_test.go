@@ -51,20 +51,22 @@ import (
 )
 
 var (
-	abMode     = flag.String("attnbench", "", `run TestAttentionBench: "gpu" (7B and 8B shapes, 32K and 128K contexts) or "tiny" (CPU-sized); empty: skip`)
-	abShapes   = flag.String("attnbench.shapes", "", "comma list of model shapes: 7b, 8b, tiny (default: from -attnbench)")
-	abCtx      = flag.String("attnbench.ctx", "", "comma list of fixed-context lengths, multiples of 64 (default: from -attnbench)")
-	abPhases   = flag.String("attnbench.phases", "decode,input", "comma list of phases: decode (1 token), input (a user input of -attnbench.input tokens)")
-	abInput    = flag.Int("attnbench.input", 0, "user-input tokens, the dynamic segment (default 512; tiny: 64)")
-	abLayers   = flag.Int("attnbench.layers", 0, "layers chained in one executable (default 32; tiny: 4)")
-	abReps     = flag.Int("attnbench.reps", 0, "timed calls of each executable, the median reported (default 5; tiny: 2)")
-	abKVGB     = flag.Float64("attnbench.kvgb", 24, "GB of distinct fixed-context K/V buffers at most; further layers reuse them cyclically")
-	abCluster  = flag.Bool("attnbench.cluster", true, "also time clustering (32 layers of a 32K context, 7B shape; tiny: every tiny context)")
-	abCheck    = flag.Bool("attnbench.check", true, "first check every variant against dense attention with every key kept (small context)")
-	abParallel = flag.Int("attnbench.parallel", 4, "executables compiled concurrently")
-	abVariants = flag.String("attnbench.variants", "", "comma list of variants to run (default all; see abVariantList)")
-	abSplits   = flag.Int("attnbench.splits", 0, "the paged kernel's most programs per KV head (squeeze.SetPagedSplits; 0: the engine's)")
-	abBatch    = flag.Int("attnbench.batch", 1, "calls issued back to back per timed repetition, the time divided by them: "+
+	abMode       = flag.String("attnbench", "", `run TestAttentionBench: "gpu" (7B and 8B shapes, 32K and 128K contexts) or "tiny" (CPU-sized); empty: skip`)
+	abShapes     = flag.String("attnbench.shapes", "", "comma list of model shapes: 7b, 8b, tiny (default: from -attnbench)")
+	abCtx        = flag.String("attnbench.ctx", "", "comma list of fixed-context lengths, multiples of 64 (default: from -attnbench)")
+	abPhases     = flag.String("attnbench.phases", "decode,input", "comma list of phases: decode (1 token), input (a user input of -attnbench.input tokens)")
+	abInput      = flag.Int("attnbench.input", 0, "user-input tokens, the dynamic segment (default 512; tiny: 64)")
+	abLayers     = flag.Int("attnbench.layers", 0, "layers chained in one executable (default 32; tiny: 4)")
+	abReps       = flag.Int("attnbench.reps", 0, "timed calls of each executable, the median reported (default 5; tiny: 2)")
+	abKVGB       = flag.Float64("attnbench.kvgb", 24, "GB of distinct fixed-context K/V buffers at most; further layers reuse them cyclically")
+	abCluster    = flag.Bool("attnbench.cluster", true, "also time clustering (32 layers of a 32K context, 7B shape; tiny: every tiny context)")
+	abCheck      = flag.Bool("attnbench.check", true, "first check every variant against dense attention with every key kept (small context)")
+	abParallel   = flag.Int("attnbench.parallel", 4, "executables compiled concurrently")
+	abVariants   = flag.String("attnbench.variants", "", "comma list of variants to run (default all; see abVariantList)")
+	abSplits     = flag.Int("attnbench.splits", 0, "the paged kernel's most programs per KV head (squeeze.SetPagedSplits; 0: the engine's)")
+	abInterleave = flag.Bool("attnbench.interleave", false, "time the variants' repetitions interleaved (A B C A B C …) "+
+		"instead of one variant's after another's, so that they share the process's and the card's drifts")
+	abBatch = flag.Int("attnbench.batch", 1, "calls issued back to back per timed repetition, the time divided by them: "+
 		"above 1 the host's per-call overhead (PJRT dispatch, the output's copy) is paid once a repetition")
 	abGraphs   = flag.Bool("attnbench.graphs", true, "compile the decode executables for command buffers (CUDA graphs on XLA), as the engine compiles its decode steps")
 	abOut      = flag.String("attnbench.out", "", "also write the Markdown report to this file")
@@ -661,56 +663,85 @@ func runConfig(t testing.TB, b compute.Backend, p abParams, d *abData, reps int,
 		}()
 	}
 	wg.Wait()
+	times := make([][]time.Duration, len(vs))
+	batch := max(1, *abBatch)
+	// rep1 times repetition rep of variant i (the first warms up, untimed): batch calls back to back, the last one's
+	// output read (which waits for the device).
+	rep1 := func(i, rep int) error {
+		r, e := &res[i], execs[i]
+		var outs [][]*tensors.Tensor // the repetition's calls' outputs, the last one's read
+		t0 := time.Now()
+		err := abTry(func() error {
+			for range batch {
+				out, err := e.Call(args...)
+				if err != nil {
+					return err
+				}
+				outs = append(outs, out)
+			}
+			ck, err := tensors.CopyFlatData[float32](outs[len(outs)-1][0]) // waits for the device
+			if err == nil {
+				r.checksum = ck[0]
+			}
+			return err
+		})
+		dt := time.Since(t0) / time.Duration(batch)
+		if err == nil && rep > 0 {
+			times[i] = append(times[i], dt)
+		}
+		if err == nil && rep == reps {
+			r.lastOut, _ = tensors.CopyFlatData[float32](outs[len(outs)-1][1])
+		}
+		for _, out := range outs {
+			for _, o := range out {
+				o.FinalizeAll()
+			}
+		}
+		return err
+	}
+	built := make([]bool, len(vs))
+	for i := range vs {
+		if built[i] = res[i].err == nil; !built[i] {
+			log("  %-16s failed to build: %v", res[i].variant.name, abShort(res[i].err))
+		}
+	}
+	finalize := func(i int) {
+		if execs[i] != nil {
+			execs[i].Finalize()
+			execs[i] = nil
+		}
+	}
+	if *abInterleave {
+		// Every variant's repetition rep before any variant's rep+1: the variants share the process's and the card's
+		// drifts, as a same-process A/B.
+		for rep := range reps + 1 {
+			for i := range vs {
+				if res[i].err == nil {
+					res[i].err = rep1(i, rep)
+				}
+			}
+		}
+	} else {
+		for i := range vs {
+			for rep := 0; rep <= reps && res[i].err == nil; rep++ {
+				res[i].err = rep1(i, rep)
+			}
+			finalize(i) // before the next variant runs, as its memory would be
+		}
+	}
 	for i := range vs {
 		r := &res[i]
-		if r.err != nil {
-			log("  %-16s failed to build: %v", r.variant.name, abShort(r.err))
+		finalize(i)
+		if !built[i] {
 			continue
 		}
-		e := execs[i]
-		var times []time.Duration
-		batch := max(1, *abBatch)
-		for rep := range reps + 1 { // the first call warms up
-			var outs [][]*tensors.Tensor // the repetition's calls' outputs, the last one's read
-			t0 := time.Now()
-			err := abTry(func() error {
-				for range batch {
-					out, err := e.Call(args...)
-					if err != nil {
-						return err
-					}
-					outs = append(outs, out)
-				}
-				ck, err := tensors.CopyFlatData[float32](outs[len(outs)-1][0]) // waits for the device
-				if err == nil {
-					r.checksum = ck[0]
-				}
-				return err
-			})
-			dt := time.Since(t0) / time.Duration(batch)
-			if err == nil && rep > 0 {
-				times = append(times, dt)
-			}
-			if err == nil && rep == reps {
-				r.lastOut, _ = tensors.CopyFlatData[float32](outs[len(outs)-1][1])
-			}
-			for _, out := range outs {
-				for _, o := range out {
-					o.FinalizeAll()
-				}
-			}
-			if err != nil {
-				r.err = err
-				break
-			}
-		}
-		e.Finalize()
 		if r.err != nil {
 			log("  %-16s failed: %v", r.variant.name, abShort(r.err))
 			continue
 		}
-		slices.Sort(times)
-		r.median, r.best = times[len(times)/2], times[0]
+		ts := times[i]
+		slices.Sort(ts)
+		r.median, r.best = ts[len(ts)/2], ts[0]
 		log("  %-16s %10.3f ms per call (best %.3f, compile %.1fs)", r.variant.name, ms(r.median), ms(r.best), r.compile.Seconds())
 	}
 	_ = t
@@ -1306,13 +1337,15 @@ func logSelDiffs(res []abResult, log func(string, ...any)) {
 
 // TestAttentionBenchGraphs checks the benchmark's graphs on the CPU at tiny shapes in float32: with every
 // key kept, every squeezed variant's output equals the engine's dense attention's, layer chain included,
-// and the lookups run.
+// and the lookups run; the variants are timed one after another for the GQA shape and interleaved for MHA.
 func TestAttentionBenchGraphs(t *testing.T) {
 	b := goBackend(t)
 	shape := abShapeTable["tiny"]
+	defer func(v bool) { *abInterleave = v }(*abInterleave)
 	for _, decode := range []bool{true, false} {
 		for _, kvHeads := range []int{2, 4} { // GQA and MHA
 			shape.kvHeads = kvHeads
+			*abInterleave = kvHeads == 4 // both timing orders: every variant still ends with its own output
 			p := abParams{shape: shape, ctx: 1024, input: 16, layers: 3, nbuf: 2, decode: decode, dtype: dtypes.Float32, keepAll: true}
 			if err := p.geometry(); err != nil {
 				t.Fatal(err)
