@@ -161,36 +161,12 @@ func abSearch(name string) squeeze.Search {
 	return squeeze.SearchAuto
 }
 
-// abSelect is a variant's selection: in the selection kernels for the "-sel" variants, XLA's ops for the others.
-func abSelect(name string) squeeze.SelectMode {
-	if strings.HasSuffix(name, "-sel") || strings.Contains(name, "-sel-") {
-		return squeeze.SelectOn
-	}
-	return squeeze.SelectOff
-}
-
-// abSeg is a variant's dynamic segment at decode: in the paged kernel's launch for the "-seg" variants, XLA's dense
-// attention for the others.
-func abSeg(name string) squeeze.SelectMode {
-	if strings.HasSuffix(name, "-seg") || strings.Contains(name, "-seg-") {
-		return squeeze.SelectOn
-	}
-	return squeeze.SelectOff
-}
-
-// abLookup is a variant's decode lookup: in the lookup kernel for the "-look" variants, XLA's scores and kernel A
-// for the others.
-func abLookup(name string) squeeze.SelectMode {
-	if strings.HasSuffix(name, "-look") || strings.Contains(name, "-look-") {
-		return squeeze.SelectOn
-	}
-	return squeeze.SelectOff
-}
-
-// abScores is a variant's cluster scores: in the cluster-score kernels for the "-sk" variants, XLA's ops for the
-// others.
-func abScores(name string) squeeze.SelectMode {
-	if strings.HasSuffix(name, "-sk") || strings.Contains(name, "-sk-") {
+// abKernels is a variant's choice for one family of kernels: SelectOn where its name carries the family's tag as a
+// dash-separated word, SelectOff otherwise. The tags: "sel", the selection kernels (else XLA's selection); "seg", the
+// decode step's dynamic segment in the paged kernel's launch (else XLA's dense attention); "look", the lookup kernel
+// (else XLA's scores and kernel A); "sk", the cluster-score kernels (else XLA's scores).
+func abKernels(name, tag string) squeeze.SelectMode {
+	if strings.HasSuffix(name, "-"+tag) || strings.Contains(name, "-"+tag+"-") {
 		return squeeze.SelectOn
 	}
 	return squeeze.SelectOff
@@ -428,8 +404,8 @@ func buildVariant(b compute.Backend, p abParams, v abVariant) (*graph.Exec, erro
 		}
 		index := func(l int) squeeze.LayerIndex {
 			ix := squeeze.LayerIndex{Centroids: buf(l, 5), Counts: buf(l, 6), Starts: buf(l, 8), Order: buf(l, 9),
-				Clustered: clustered, Window: window, Budget: budget, MaxKept: p.maxKept, Search: abSearch(v.name), Select: abSelect(v.name),
-				Scores: abScores(v.name)}
+				Clustered: clustered, Window: window, Budget: budget, MaxKept: p.maxKept, Search: abSearch(v.name), Select: abKernels(v.name, "sel"),
+				Scores: abKernels(v.name, "sk")}
 			if v.sorted {
 				ix.Order = nil
 			}
@@ -474,7 +450,7 @@ func buildVariant(b compute.Backend, p abParams, v abVariant) (*graph.Exec, erro
 				}
 				sl := &squeezeLayer{centroids: cent, counts: buf(l, 6), starts: buf(l, 8), order: buf(l, 9),
 					clustered: clustered, window: window, budget: budget, maxKept: p.maxKept, search: abSearch(v.name),
-					selectMode: abSelect(v.name), scoresMode: abScores(v.name), segMode: abSeg(v.name), lookupMode: abLookup(v.name),
+					selectMode: abKernels(v.name, "sel"), scoresMode: abKernels(v.name, "sk"), segMode: abKernels(v.name, "seg"), lookupMode: abKernels(v.name, "look"),
 					freshDyn: !p.decode && !strings.HasSuffix(v.name, "-xdyn")} // an input's dyn segment is its own tokens
 				if strings.HasPrefix(v.name, "sq-engine-paged") {
 					sl.kernel = squeeze.KernelPaged

@@ -463,16 +463,16 @@ func (p *Prefix) SqueezeInfo() (info SqueezeInfo, ok bool) {
 	if sq.calibrated() {
 		kept = sq.calibratedKept * float64(sq.clustered)
 	}
+	paged := squeeze.PagedFor(p.r.backend, p.r.cfg.GroupSize(), p.r.cfg.HeadDim, p.r.DType())
 	return SqueezeInfo{Options: sq.opts, ListSizes: slices.Clone(sq.layerKept), Clustered: sq.clustered, Window: sq.window, Budget: sq.budget,
 		Centroids: sq.k, CoarseCentroids: sq.k1, ScoredCentroids: sq.slots,
-		KeptFraction: sq.readFraction(kept),
-		PagedDecode:  squeeze.PagedFor(p.r.backend, p.r.cfg.GroupSize(), p.r.cfg.HeadDim, p.r.DType()),
-		PagedSegDecode: squeeze.PagedFor(p.r.backend, p.r.cfg.GroupSize(), p.r.cfg.HeadDim, p.r.DType()) &&
-			squeeze.PagedSegFor(p.r.backend, p.r.cfg.GroupSize(), p.r.cfg.HeadDim) && !sq.opts.Remainder,
-		SelectKernels: squeeze.SelectFor(p.r.backend, sq.slots),
-		ScoreKernels:  sq.k1 == 0 && !sq.opts.Remainder && squeeze.ScoresFor(p.r.backend, p.r.cfg.HeadDim, p.r.centroidDType()),
-		LookupKernel:  sq.k1 == 0 && !sq.opts.Remainder && !sq.opts.Mass && squeeze.LookupFor(p.r.backend, p.r.cfg.GroupSize(), sq.k),
-		Threshold:     sq.threshold, CalibratedKept: sq.calibratedKept,
+		KeptFraction:   sq.readFraction(kept),
+		PagedDecode:    paged,
+		PagedSegDecode: paged && squeeze.PagedSegFor(p.r.backend, p.r.cfg.GroupSize(), p.r.cfg.HeadDim) && !sq.opts.Remainder,
+		SelectKernels:  squeeze.SelectFor(p.r.backend, sq.slots),
+		ScoreKernels:   sq.k1 == 0 && !sq.opts.Remainder && squeeze.ScoresFor(p.r.backend, p.r.cfg.HeadDim, p.r.centroidDType()),
+		LookupKernel:   sq.k1 == 0 && !sq.opts.Remainder && !sq.opts.Mass && squeeze.LookupFor(p.r.backend, p.r.cfg.GroupSize(), sq.k),
+		Threshold:      sq.threshold, CalibratedKept: sq.calibratedKept,
 		ClusterTime: sq.clusterTime, CalibrateTime: sq.calibrateTime, LoadTime: sq.loadTime, Loaded: sq.loaded}, true
 }
 
