@@ -54,3 +54,11 @@ ab_totals() {
   grep -E "^\| LLaMA.*decode \| [a-z]" "$OUT/ab.md" | tee -a "$R"
   rm -f "$OUT/ab.md" "$OUT/ab.log"
 }
+
+# device_test: TestSqueezedInputBF16 on the device (SQLLM_TEST_BACKEND=xla; the probes, then the bundled model's squeezed
+# steps through the kernels the build takes), its verdict lines to R.
+device_test() {
+  (cd llama && SQLLM_TEST_BACKEND=xla timeout 100 ../bin/llama.test -test.run '^TestSqueezedInputBF16$' -test.v -test.timeout 10m > "$OUT/tests.log" 2>&1)
+  echo "tests rc=$?" | tee -a "$R"
+  grep -E "^(---|ok|FAIL|PASS)" "$OUT/tests.log" | head -5 | tee -a "$R"; rm -f "$OUT/tests.log"
+}
