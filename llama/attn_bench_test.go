@@ -70,7 +70,9 @@ var (
 		"above 1 the host's per-call overhead (PJRT dispatch, the output's copy) is paid once a repetition")
 	abSlope = flag.Bool("attnbench.slope", true, "per layer from two executables of L and 2L chained layers, (call(2L) − call(L)) / L; "+
 		"false: (call − empty call) / L, the figures of sessions 10-15, which subtract host time that the device's work hides (see slopeRow)")
-	abGraphs   = flag.Bool("attnbench.graphs", true, "compile the decode executables for command buffers (CUDA graphs on XLA), as the engine compiles its decode steps")
+	abGraphs      = flag.Bool("attnbench.graphs", true, "compile the decode executables for command buffers (CUDA graphs on XLA), as the engine compiles its decode steps")
+	abInputGraphs = flag.Bool("attnbench.inputgraphs", false, "also compile the user-input executables for command buffers "+
+		"(the engine does so for inputs of at most SQLLM_GRAPH_ROWS rows, default 128)")
 	abOut      = flag.String("attnbench.out", "", "also write the Markdown report to this file")
 	abSelCheck = flag.Bool("attnbench.selcheck", false, "check layer 0's selection, XLA's and the selection kernels', against the exact budget selection computed on the host from the device's cluster scores (each phase)")
 	abBackend  = flag.String("attnbench.backend", "auto", "backend: auto, xla or go")
@@ -532,7 +534,7 @@ func buildVariant(b compute.Backend, p abParams, v abVariant) (*graph.Exec, erro
 	// The engine compiles a decode step for command buffers (CUDA graphs; Runner.newExec, graphName): so does
 	// the benchmark's decode, unless -attnbench.graphs=false.
 	name := "attnbench_" + strings.ReplaceAll(v.name, "-", "_")
-	if p.decode && *abGraphs {
+	if (p.decode && *abGraphs) || (!p.decode && *abInputGraphs) {
 		name = graphName(name, stepKind{})
 	}
 	return e.WithName(name), nil

@@ -6,6 +6,8 @@ import (
 	"math"
 	"os"
 	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/gomlx/compute"
 	"github.com/gomlx/compute/dtypes"
@@ -385,6 +387,25 @@ func init() {
 		"1": squeeze.SelectOn, "0": squeeze.SelectOff})
 	squeeze.LookupKernel = envChoice("SQLLM_SQUEEZE_LOOKUP", map[string]squeeze.SelectMode{"": squeeze.SelectAuto,
 		"1": squeeze.SelectOn, "0": squeeze.SelectOff})
+	if v := os.Getenv("SQLLM_SCORES_SPLITS"); v != "" {
+		if o, ok := parseSplits(v); ok {
+			squeeze.ScoresSplitsOverride = o
+		} else {
+			fmt.Fprintf(os.Stderr, "llama: ignoring SQLLM_SCORES_SPLITS=%q: not two integers ks,ms ≥ 0\n", v)
+		}
+	}
+}
+
+// parseSplits reads SQLLM_SCORES_SPLITS' "ks,ms": the cluster-score kernels' splits (squeeze.ScoresSplitsOverride;
+// 0 keeps the computed one).
+func parseSplits(v string) ([2]int, bool) {
+	a, b, found := strings.Cut(v, ",")
+	ks, err1 := strconv.Atoi(strings.TrimSpace(a))
+	ms, err2 := strconv.Atoi(strings.TrimSpace(b))
+	if !found || err1 != nil || err2 != nil || ks < 0 || ms < 0 {
+		return [2]int{}, false
+	}
+	return [2]int{ks, ms}, true
 }
 
 // envChoice is the value the environment variable name selects among choices (the key "" is the default). A value
@@ -572,4 +593,18 @@ func writeRows(cache, rows, off, count *Node) *Node {
 	gathered := Gather(rows, Concatenate([]*Node{heads, rowIdx}, -1)) // [numKVHeads, capacity, headDim]
 	mask := BroadcastToDims(Reshape(inRange, 1, capacity, 1), kvh, capacity, hd)
 	return Where(mask, gathered, cache)
+}
+
+// envInt is the positive integer the environment variable name holds; unset, it is def. A value that is not a
+// positive integer is named on stderr and def is used.
+func envInt(name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	if n, err := strconv.Atoi(v); err == nil && n > 0 {
+		return n
+	}
+	fmt.Fprintf(os.Stderr, "llama: ignoring %s=%q: not a positive integer (unset: %d)\n", name, v, def)
+	return def
 }

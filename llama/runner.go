@@ -283,8 +283,12 @@ type stepKind struct {
 // graphRows is the largest step (token rows, bucketed) compiled for command buffers. Measured on an H100
 // (LLaMA-2-7B shape, 32K fixed context; scripts/gpu/cmdbuf_squeeze.sh): with graphs a squeezed decode step
 // went 17.8 → 9.4 ms and the 8K+64-token memory hit 10.7 → 9.9 ms, but a 512-token user-input step 58 →
-// 68 ms (dense) and 58 → 87 ms (squeezed).
-const graphRows = 128
+// 68 ms (dense) and 58 → 87 ms (squeezed). Session 17 (H200, 7B shape, 32K, 512-token input): with graphs for the
+// input step (SQLLM_GRAPH_ROWS=512) and XLA's concurrent scheduling of their commands
+// (--xla_gpu_command_buffer_scheduling_mode=CONCURRENT) the step took 32.72 ms against 32.51 without graphs, though
+// the attention benchmark's input attention gained 6-12 µs a layer (scripts/gpu/session17_a.sh), so 128 stays.
+// SQLLM_GRAPH_ROWS sets another bound (a positive integer).
+var graphRows = envInt("SQLLM_GRAPH_ROWS", 128)
 
 // graphName marks the name of a step executable of at most graphRows rows for command buffers:
 // backend/xla compiles computations named with "cudagraph" (xla.GraphMarker) with them, the others without.

@@ -282,3 +282,30 @@ func TestEnvChoice(t *testing.T) {
 		}
 	}
 }
+
+// TestEnvInt: a positive integer is taken, anything else (unset, 0, negative, not a number) gives the default.
+func TestEnvInt(t *testing.T) {
+	for _, c := range []struct {
+		v    string
+		want int
+	}{{"", 128}, {"512", 512}, {"1", 1}, {"0", 128}, {"-4", 128}, {"12x", 128}} {
+		t.Setenv("SQLLM_TEST_INT", c.v)
+		if got := envInt("SQLLM_TEST_INT", 128); got != c.want {
+			t.Errorf("SQLLM_TEST_INT=%q: %d, want %d", c.v, got, c.want)
+		}
+	}
+}
+
+// TestParseSplits: SQLLM_SCORES_SPLITS is two integers ≥ 0, "ks,ms".
+func TestParseSplits(t *testing.T) {
+	for v, want := range map[string][2]int{"1,2": {1, 2}, "0,6": {0, 6}, " 3 , 0 ": {3, 0}} {
+		if got, ok := parseSplits(v); !ok || got != want {
+			t.Errorf("parseSplits(%q) = %v, %v; want %v", v, got, ok, want)
+		}
+	}
+	for _, v := range []string{"", "3", "1,", "a,1", "-1,2", "1,2,3"} {
+		if got, ok := parseSplits(v); ok {
+			t.Errorf("parseSplits(%q) = %v, accepted", v, got)
+		}
+	}
+}

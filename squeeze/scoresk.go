@@ -51,9 +51,16 @@ import (
 const (
 	scoresBM = 64
 	scoresBK = 128
-	// scoresTarget is the number of programs per kernel the splits aim at (4 per SM of an H100 / H200:
-	// better than 8 at three of the four shapes in round 11).
+	// scoresTarget is the number of programs kernel P's splits aim at (4 per SM of an H100 / H200: better than 8
+	// at three of the four shapes in round 11).
 	scoresTarget = 528
+	// scoresZWave is the number of kernel Z's programs resident at once on an H100 / H200 (2 an SM: 115 KB of
+	// shared memory each, Nsight Compute in session 13): Z takes the most centroid splits that keep its programs
+	// within one such wave (at least one split). Session 17 (H200, CUPTI, 512-token input): one split instead of
+	// the three that 528 programs gave cut Z from 35.7 to 26.6 µs a layer at LLaMA-2-7B 32K, 103.6 to 94.9 at 128K,
+	// 41.9 to 26.1 at LLaMA-3-8B 32K and 109.0 to 94.5 at 128K (256 programs, one wave, each walking all of its
+	// head's centroid blocks), and kernel P after it ran faster too (117.8 to 104.5 at 7B 128K).
+	scoresZWave = 264
 )
 
 // ScoresMinQueries is the fewest query rows per KV head for which the cluster scores run in the kernels.
@@ -101,12 +108,23 @@ func ScoresFor(b compute.Backend, d int, dtype dtypes.DType) bool {
 }
 
 // scoresSplits are the kernels' launch for h heads, nmb row blocks and nkb centroid blocks: ks centroid splits
-// of kernel Z and ms row splits of kernel P, each for about scoresTarget programs.
+// of kernel Z, as many as keep its programs within scoresZWave (at least 1), and ms row splits of kernel P, for
+// about scoresTarget programs. ScoresSplitsOverride, where positive, replaces the computed ks (index 0) or ms
+// (index 1), clamped to the blocks (SQLLM_SCORES_SPLITS="ks,ms" in the engine; for measurements).
 func scoresSplits(h, nmb, nkb int) (ks, ms int) {
-	ks = max(1, min(nkb, (scoresTarget+h*nmb-1)/(h*nmb)))
+	ks = max(1, min(nkb, scoresZWave/(h*nmb)))
 	ms = max(1, min(nmb, (scoresTarget+h*nkb-1)/(h*nkb)))
+	if o := ScoresSplitsOverride[0]; o > 0 {
+		ks = min(nkb, o)
+	}
+	if o := ScoresSplitsOverride[1]; o > 0 {
+		ms = min(nmb, o)
+	}
 	return ks, ms
 }
+
+// ScoresSplitsOverride: see scoresSplits.
+var ScoresSplitsOverride [2]int
 
 // scoresKernel is ClusterScores through the kernels (useScoresKernels): queries q [H, M, D] and centroids
 // [H, K, D] bfloat16, counts [H, K] float32 → [H, K] float32.

@@ -252,7 +252,8 @@ func TestProbeScores(t *testing.T) {
 }
 
 // TestScoresKernelConfigs: both kernels are embedded for head dims 64 and 128 (none for others), with a launch
-// grid that scoresKernel rewrites; the splits give about scoresTarget programs and cover every block.
+// grid that scoresKernel rewrites; the splits cover every block, P's give about scoresTarget programs and Z's the
+// most within scoresZWave.
 func TestScoresKernelConfigs(t *testing.T) {
 	for _, d := range []int{64, 128} {
 		z, p := scoresConfigs(d)
@@ -273,8 +274,12 @@ func TestScoresKernelConfigs(t *testing.T) {
 		if ks < 1 || ks > c.nkb || ms < 1 || ms > c.nmb {
 			t.Errorf("scoresSplits(%d, %d, %d) = %d, %d", c.h, c.nmb, c.nkb, ks, ms)
 		}
-		if (ks < c.nkb && c.h*c.nmb*ks < scoresTarget) || (ms < c.nmb && c.h*c.nkb*ms < scoresTarget) {
-			t.Errorf("scoresSplits(%d, %d, %d) = %d, %d: fewer programs than %d", c.h, c.nmb, c.nkb, ks, ms, scoresTarget)
+		if ms < c.nmb && c.h*c.nkb*ms < scoresTarget {
+			t.Errorf("scoresSplits(%d, %d, %d) = %d, %d: fewer P programs than %d", c.h, c.nmb, c.nkb, ks, ms, scoresTarget)
+		}
+		// Z: one wave of programs, as many splits as it holds.
+		if (ks > 1 && c.h*c.nmb*ks > scoresZWave) || (ks < c.nkb && c.h*c.nmb*(ks+1) <= scoresZWave) {
+			t.Errorf("scoresSplits(%d, %d, %d) = %d, %d: Z's programs not the most within %d", c.h, c.nmb, c.nkb, ks, ms, scoresZWave)
 		}
 	}
 }
