@@ -4,7 +4,10 @@
 # does not precede with the four memsets it issues before each cuDNN attention call otherwise (call 7's timeline).
 # (1) one layer's timeline at 7B 128K with it; (2) the attention benchmark's input phase by the slope, with it (the
 # every-key-kept check first), without it, with it again; (3) the engine's input step at 7B 32K both ways.
-# Build first (here): bash scripts/gpu/build.sh.
+# It ran on a temporary build with the SQLLM_DNN_GRAPHS switch (llama.Runner.newExec naming the squeezed input steps
+# with a "dnngraph" marker, backend/xla's compileOverrides mapping it to the option), reverted after this call: the
+# engine's input step was slower with it. On the committed code the switch is ignored. Build first (here):
+# bash scripts/gpu/build.sh.
 . scripts/gpu/preamble.sh
 T0=$SECONDS
 lib=$(bash scripts/gpu/cupti/build.sh /tmp/libcuptitrace.so 2>/dev/null) || { echo "cupti build failed" | tee -a "$R"; exit 0; }

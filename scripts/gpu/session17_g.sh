@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Session 17, call 9: the committed code against issue 4's bar in one process (decode and a 512-token input, the four
+# Session 17, call 9 (it ran on an H100; the first process ran past its 300 s limit and printed nothing): the committed code against issue 4's bar in one process (decode and a 512-token input, the four
 # shapes, slope, ten calls a repetition, the engine's variants); then kernel P with 2 row splits at LLaMA-3-8B 32K
 # (SQLLM_SCORES_SPLITS=0,2; the rule gives 6) against the rule, CUPTI per call. Build first (here):
 # bash scripts/gpu/build.sh.
