@@ -605,6 +605,6 @@ func envInt(name string, def int) int {
 	if n, err := strconv.Atoi(v); err == nil && n > 0 {
 		return n
 	}
-	fmt.Fprintf(os.Stderr, "llama: ignoring %s=%q: not a positive integer (unset: %d)\n", name, v, def)
+	fmt.Fprintf(os.Stderr, "llama: ignoring %s=%q: not a positive integer (using the default, %d)\n", name, v, def)
 	return def
 }
