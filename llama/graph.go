@@ -370,7 +370,8 @@ var noSplitK = os.Getenv("SQLLM_NO_SPLITK") != ""
 // on a backend that passed squeeze.ProbeScores (see squeeze/scoresk.go). SQLLM_SQUEEZE_LOOKUP picks when a decode
 // step's cluster scores and boundary run in the lookup Triton kernel (squeeze.LookupKernel): 1 wherever there is a
 // kernel (with the selection kernels), 0 never (XLA's scores, then kernel A), unset on a backend that passed
-// squeeze.ProbeLookup (see squeeze/lookupk.go).
+// squeeze.ProbeLookup (see squeeze/lookupk.go). SQLLM_SCORES_P=blocks runs the cluster scores' second kernel by
+// centroid blocks (session 17's kernel P) instead of by row blocks (squeeze.ScoresPByBlocks), for measuring.
 func init() {
 	squeeze.NoSplitK = noSplitK
 	squeeze.NoAllPairs = os.Getenv("SQLLM_SQUEEZE_PASSES") != ""
@@ -387,6 +388,7 @@ func init() {
 		"1": squeeze.SelectOn, "0": squeeze.SelectOff})
 	squeeze.LookupKernel = envChoice("SQLLM_SQUEEZE_LOOKUP", map[string]squeeze.SelectMode{"": squeeze.SelectAuto,
 		"1": squeeze.SelectOn, "0": squeeze.SelectOff})
+	squeeze.ScoresPByBlocks = envChoice("SQLLM_SCORES_P", map[string]bool{"": false, "rows": false, "blocks": true})
 	if v := os.Getenv("SQLLM_SCORES_SPLITS"); v != "" {
 		if o, ok := parseSplits(v); ok {
 			squeeze.ScoresSplitsOverride = o

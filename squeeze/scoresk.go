@@ -26,7 +26,9 @@ import (
 //   - Kernel P, one program per (KV head, 128 centroids, query split): for each block of 64 rows of its share,
 //     the rows' logZ from their KS partials, the logits again, exp(logit − logZ) added element-wise into a
 //     [64, 128] accumulator, summed over the rows at the end. Operands q, centroids, mx, sm, prm, scale; output
-//     [H·nKB·MS·128] float32, the MS splits' partial sums, which XLA adds and divides by M.
+//     [H·nKB·MS·128] float32, the MS splits' partial sums, which XLA adds and divides by M. Since session 18 it
+//     runs only under ScoresPByBlocks: by default the second kernel is kernel P by row blocks (below), the same
+//     sums from Z's launch.
 //
 // Both read rows through clamped index vectors, take every size at run time, and serve any input length and
 // context (round 12's Triton IR differs between shapes only in multiplications of a constant by 0, checked in
@@ -78,12 +80,36 @@ var scoresProbed sync.Map
 // scoresCall emits a cluster-score kernel's call; tests replace it with a graph emulation (emulateScores).
 var scoresCall = tritonLaunch
 
-// scoresConfigs are the embedded configs of kernels Z and P for head dim d ("" where there are none).
+// Kernel P by row blocks (kernels/scores_pr_d{D}.cfg.gz; Pallas round 28, make_scores_pr in
+// scripts/gpu/pallas_scores.py), the default since session 18: Z's launch (one program per KV head and 64 query rows,
+// H·nMB programs), each program taking its rows' log Z from Z's partials once and walking all of its head's centroid
+// blocks as Z does. A block's logits are computed transposed ([128 centroids, 64 rows]), so a centroid's sum over the
+// rows is a reduction within a row of the product's layout, and the program writes the block's 128 sums of
+// exp(logit − log Z); output [H·nMB·Kp] float32 (Kp = nKB·128), which XLA sums over the nMB row blocks. The same
+// operands and prm as kernel P. Kernel P proper walks the row blocks for one block of centroids (H·nKB·MS programs,
+// several waves of short loops).
+//
+// Measured in Pallas (session 18, call 3, an NVIDIA H100 80GB; jax timings of 16 or 8 chained layers, µs a layer,
+// the same run, after the same Z): Z and P 73.5 against Z and P by row blocks 60.8 at LLaMA-2-7B 32K (512-token
+// input), 235.9 against 204.5 at 7B 128K, 77.0 against 67.2 at LLaMA-3-8B 32K, 232.4 against 194.6 at 8B 128K; P alone
+// 51.7 against 33.2 and 134.0 against 98.7 at 7B 32K and 128K. 4 warps and 3 stages were the best of four choices.
+// Checked there against XLA's scores (relative 8.9e-7, empty clusters, ragged sizes, Z splits).
+
+// ScoresPByBlocks makes a user input's cluster scores run kernel P proper (by centroid blocks) instead of kernel P
+// by row blocks; the engine sets it from SQLLM_SCORES_P=blocks, for measurements.
+var ScoresPByBlocks bool
+
+// scoresConfigs are the embedded configs of kernel Z and of the kernel P that runs (ScoresPByBlocks) for head dim d
+// ("" where there are none).
 func scoresConfigs(d int) (z, p string) {
 	if d != 64 && d != 128 {
 		return "", ""
 	}
-	return kernelConfig(fmt.Sprintf("kernels/scores_z_d%d.cfg.gz", d)), kernelConfig(fmt.Sprintf("kernels/scores_p_d%d.cfg.gz", d))
+	pk := "pr"
+	if ScoresPByBlocks {
+		pk = "p"
+	}
+	return kernelConfig(fmt.Sprintf("kernels/scores_z_d%d.cfg.gz", d)), kernelConfig(fmt.Sprintf("kernels/scores_%s_d%d.cfg.gz", pk, d))
 }
 
 // useScoresKernels says whether a step graph scores the clusters of centroids [H, K, D] for queries q [H, M, D]
@@ -144,9 +170,16 @@ func scoresKernel(q, centroids, counts *Node, scale float64) *Node {
 	zProgs := h * nmb * ks
 	part := shapes.Make(f32, zProgs*scoresBM)
 	z := scoresCall(zc, zProgs, []*Node{qf, cf, cnt, prm, sc}, []shapes.Shape{part, part})
-	pProgs := h * nkb * ms
-	sums := scoresCall(pc, pProgs, []*Node{qf, cf, z[0], z[1], prm, sc}, []shapes.Shape{shapes.Make(f32, pProgs*scoresBK)})[0]
-	s := Reshape(ReduceSum(Reshape(sums, h, nkb, ms, scoresBK), 2), h, nkb*scoresBK)
+	var s *Node // [H, Kp]
+	if ScoresPByBlocks {
+		pProgs := h * nkb * ms
+		sums := scoresCall(pc, pProgs, []*Node{qf, cf, z[0], z[1], prm, sc}, []shapes.Shape{shapes.Make(f32, pProgs*scoresBK)})[0]
+		s = Reshape(ReduceSum(Reshape(sums, h, nkb, ms, scoresBK), 2), h, nkb*scoresBK)
+	} else {
+		kp := nkb * scoresBK
+		sums := scoresCall(pc, h*nmb, []*Node{qf, cf, z[0], z[1], prm, sc}, []shapes.Shape{shapes.Make(f32, h*nmb*kp)})[0]
+		s = ReduceSum(Reshape(sums, h, nmb, kp), 1)
+	}
 	s = DivScalar(Slice(s, AxisRange(), AxisRange(0, k)), float64(m))
 	return Where(GreaterThan(counts, ZerosLike(counts)), s, ZerosLike(s))
 }

@@ -21,12 +21,10 @@ func emulateScores(t *testing.T) func(cfg string, programs int, ops []*Node, out
 	return func(cfg string, programs int, ops []*Node, outs []shapes.Shape) []*Node {
 		kind, d := "", 0
 		for _, dd := range []int{64, 128} {
-			z, p := scoresConfigs(dd)
-			switch cfg {
-			case z:
-				kind, d = "z", dd
-			case p:
-				kind, d = "p", dd
+			for _, kd := range []string{"z", "p", "pr"} {
+				if cfg == kernelConfig(fmt.Sprintf("kernels/scores_%s_d%d.cfg.gz", kd, dd)) {
+					kind, d = kd, dd
+				}
 			}
 		}
 		if kind == "" {
@@ -79,12 +77,17 @@ func emulateScores(t *testing.T) func(cfg string, programs int, ops []*Node, out
 				return Reshape(TransposeAllAxes(Reshape(x, h, nmb, scoresBM, ks), 0, 1, 3, 2), programs*scoresBM)
 			}
 			return []*Node{lay(Reshape(mx, h, mp, ks)), lay(sm)}
-		case "p":
-			if programs != h*nkb*ms || len(ops) != 6 || len(outs) != 1 || outs[0].Dimensions[0] != programs*scoresBK {
-				t.Errorf("kernel P: %d programs (H %d, nKB %d, MS %d), %d operands, outputs %v", programs, h, nkb, ms, len(ops), outs)
-			}
+		case "p", "pr":
 			perM := (nmb + ms - 1) / ms
 			rows := ms * perM * scoresBM
+			if kind == "pr" {
+				rows = nmb * scoresBM
+				if programs != h*nmb || len(ops) != 6 || len(outs) != 1 || outs[0].Dimensions[0] != programs*kp {
+					t.Errorf("kernel P by row blocks: %d programs (H %d, nMB %d), %d operands, outputs %v", programs, h, nmb, len(ops), outs)
+				}
+			} else if programs != h*nkb*ms || len(ops) != 6 || len(outs) != 1 || outs[0].Dimensions[0] != programs*scoresBK {
+				t.Errorf("kernel P: %d programs (H %d, nKB %d, MS %d), %d operands, outputs %v", programs, h, nkb, ms, len(ops), outs)
+			}
 			mx := Reshape(ops[2], h, nmb, ks, scoresBM)
 			sm := Reshape(ops[3], h, nmb, ks, scoresBM)
 			// each row's partials: block min(row/BM, nMB-1), lane row%BM
@@ -102,6 +105,9 @@ func emulateScores(t *testing.T) func(cfg string, programs int, ops []*Node, out
 			lg := logits(rows, kp)
 			okRow := BroadcastToDims(Reshape(LessThan(r, Scalar(g, i32, m)), 1, rows, 1), h, rows, kp)
 			p := Where(okRow, Exp(Sub(lg, BroadcastToDims(lz, h, rows, kp))), ZerosLike(lg))
+			if kind == "pr" { // each program (head, row block): its rows' sums for every centroid, [H, nMB, Kp]
+				return []*Node{Reshape(ReduceSum(Reshape(p, h, nmb, scoresBM, kp), 2), programs*kp)}
+			}
 			s := ReduceSum(Reshape(p, h, ms, perM*scoresBM, nkb, scoresBK), 2) // [H, MS, nKB, BK]
 			return []*Node{Reshape(TransposeAllAxes(s, 0, 2, 1, 3), programs*scoresBK)}
 		}
@@ -120,9 +126,15 @@ func withScoresKernels(t *testing.T, mode SelectMode) {
 // clusters, one split and many, head dims 64 and 128, logits up to about ±40.
 func TestScoresKernel(t *testing.T) {
 	withScoresKernels(t, SelectOn)
+	defer func(v bool) { ScoresPByBlocks = v }(ScoresPByBlocks)
 	rng := rand.New(rand.NewPCG(31, 32))
-	for _, c := range []struct{ h, m, k, d int }{{3, 70, 50, 128}, {2, 512, 1638, 128}, {4, 100, 333, 64}, {1, 64, 64, 128}, {2, 130, 900, 64}} {
-		t.Run(fmt.Sprintf("H%d_M%d_K%d_D%d", c.h, c.m, c.k, c.d), func(t *testing.T) {
+	for _, c := range []struct {
+		h, m, k, d int
+		blocks     bool
+	}{{3, 70, 50, 128, false}, {2, 512, 1638, 128, false}, {4, 100, 333, 64, false}, {1, 64, 64, 128, false}, {2, 130, 900, 64, false},
+		{3, 70, 50, 128, true}, {2, 512, 1638, 128, true}, {2, 130, 900, 64, true}} {
+		ScoresPByBlocks = c.blocks
+		t.Run(fmt.Sprintf("H%d_M%d_K%d_D%d_blocks%v", c.h, c.m, c.k, c.d, c.blocks), func(t *testing.T) {
 			q, cent := randn(rng, 2, c.h, c.m, c.d), randn(rng, 1, c.h, c.k, c.d)
 			counts := make([]float32, c.h*c.k)
 			for i := range counts {
@@ -255,12 +267,16 @@ func TestProbeScores(t *testing.T) {
 // grid that scoresKernel rewrites; the splits cover every block, P's give about scoresTarget programs and Z's the
 // most within scoresZWave.
 func TestScoresKernelConfigs(t *testing.T) {
+	defer func(v bool) { ScoresPByBlocks = v }(ScoresPByBlocks)
 	for _, d := range []int{64, 128} {
+		ScoresPByBlocks = true
+		_, pb := scoresConfigs(d)
+		ScoresPByBlocks = false
 		z, p := scoresConfigs(d)
-		if z == "" || p == "" || z == p {
+		if z == "" || p == "" || pb == "" || z == p || p == pb || z == pb {
 			t.Fatalf("D %d: configs missing or equal", d)
 		}
-		for _, cfg := range []string{z, p} {
+		for _, cfg := range []string{z, p, pb} {
 			if got := pagedBackendConfig(cfg, 777); !strings.Contains(got, "grid_x = 777 : i32") || strings.Count(got, "grid_x") != 1 {
 				t.Errorf("D %d: launch config %.60q…", d, got)
 			}

@@ -739,5 +739,268 @@ def round17():
         f"({tot15:.1f} against {totnew:.1f} µs in sum)")
 
 
+@functools.lru_cache(maxsize=None)
+def make_scores_pr(d, bm, bk, num_warps=4, num_stages=3, programs=64, out_static=64 * 128, debug=False):
+    """Round 28 (session 18): kernel P by row blocks, in Z's launch. Program p = h·nMB + mb holds the BM rows mb·BM ..
+    of head h (their log2 Z from Z's KS partials, +Inf for padding rows) and walks all of the head's centroid blocks
+    as Z does, each block's logits transposed ([BK centroids, BM rows], so that a centroid's sum over the rows is a
+    reduction within a row of the product's layout, not across warps), and writes the block's BK sums of
+    ex2(logit − log2 Z): output [P·Kp] f32 (Kp = nKB·BK), which XLA sums over the nMB row blocks. The same operands
+    as make_scores_p (q, c, mx, sm, prm, scale); prm[3] is the blocks of BK centroids."""
+
+    def kernel(q_ref, c_ref, mx_ref, sm_ref, prm_ref, scale_ref, o_ref):
+        pid = pl.program_id(0)
+        m_rows, k_cl, nmb, nkb, ks_n = prm_ref[0], prm_ref[1], prm_ref[2], prm_ref[3], prm_ref[7]
+        scale2 = scale_ref[0] * LOG2E
+        h = pid // nmb
+        mb = pid % nmb
+        m_idx = mb * bm + jnp.arange(bm, dtype=I32)
+        ok = m_idx < m_rows
+        q = q_ref[h * m_rows + jnp.minimum(m_idx, m_rows - 1), :]
+        base = (h * nmb + mb) * ks_n * bm + jnp.arange(bm, dtype=I32)
+
+        def comb(j, zc):
+            z, l = zc
+            mj = mx_ref[base + j * bm]
+            sj = sm_ref[base + j * bm]
+            zn = jnp.maximum(z, mj)
+            return zn, l * jnp.exp(z - zn) + sj * jnp.exp(mj - zn)
+
+        z, l = lax.fori_loop(0, ks_n, comb, (jnp.full((bm,), NEG, F32), jnp.zeros((bm,), F32)))
+        lz2 = jnp.where(ok, (z + jnp.log(jnp.maximum(l, 1e-30))) * LOG2E, jnp.inf)
+        kp = nkb * bk
+
+        def body(kb, carry):
+            kk = kb * bk + jnp.arange(bk, dtype=I32)
+            c = c_ref[h * k_cl + jnp.minimum(kk, k_cl - 1), :]
+            lt = lax.dot_general(c, q, (((1,), (1,)), ((), ())), preferred_element_type=F32) * scale2  # [BK, BM]
+            o_ref[pl.ds(pid * kp + kb * bk, bk)] = jnp.sum(jnp.exp2(lt - lz2[None, :]), axis=1)
+            return carry
+
+        lax.fori_loop(0, nkb, body, jnp.int32(0))
+
+    return pl.pallas_call(
+        kernel, out_shape=jax.ShapeDtypeStruct((out_static,), F32),
+        grid=(programs,), compiler_params=ps.compiler_params(num_warps, num_stages), debug=debug)
+
+
+def scores_call_r28(q, cent, counts, scale, pr=None, zonly=False, zparts=None):
+    """ClusterScores as the engine runs it since session 17 (Z in one wave: KS = max(1, min(nKB, 264 // (H·nMB))),
+    P by round 12's rule, base 2, (64, 128, 4 warps, 3 stages)), or with pr = (warps, stages) kernel P by row blocks
+    (make_scores_pr) instead of P."""
+    h, m, d = q.shape
+    k = cent.shape[1]
+    bm, bk = 64, 128
+    nmb, nkb = -(-m // bm), -(-k // bk)
+    ks = max(1, min(nkb, 264 // (h * nmb)))
+    ms = max(1, min(nmb, -(-528 // (h * nkb))))
+    prm = jnp.array([m, k, nmb, nkb, ms, nmb * bm, nkb, ks], I32)
+    sc = jnp.array([scale], F32)
+    qf, cf = q.reshape(h * m, d), cent.reshape(h * k, d)
+    if zparts is None:
+        mx, sm = make_scores_z(d, bm, bk, 4, 3, h * m, h * nmb * ks, base2=True)(qf, cf, counts.reshape(-1), prm, sc)
+    else:
+        mx, sm = zparts
+    if zonly:
+        return mx, sm
+    if pr is None:
+        part = make_scores_p(d, bm, bk, 4, 3, h * m, h * nkb * ms, base2=True)(qf, cf, mx, sm, prm, sc)
+        s_ = jnp.sum(part.reshape(h, nkb, ms, bk), axis=2).reshape(h, nkb * bk)
+    else:
+        part = make_scores_pr(d, bm, bk, pr[0], pr[1], h * nmb, h * nmb * nkb * bk)(qf, cf, mx, sm, prm, sc)
+        s_ = jnp.sum(part.reshape(h, nmb, nkb * bk), axis=1)
+    s_ = s_[:, :k] / m
+    return jnp.where(counts > 0, s_, 0.0)
+
+
+PR_CONFIGS = [(4, 3), (4, 2), (8, 3), (8, 2)]
+
+
+def round28():
+    """Kernel P by row blocks (make_scores_pr) against the embedded P after the same Z: checks against XLA's scores
+    (empty clusters, ragged sizes, Z splits), the pair and P alone timed at the four input shapes; EXPORT=1 writes the
+    fastest passing (warps, stages), or PICK=W,S, as scores_pr_d{64,128}.cfg (+ scores_pr.json)."""
+    import json
+    say(f"\n## round 28 (kernel P by row blocks, in Z's launch): jax {jax.__version__}, {jax.devices()}")
+    picks = PR_CONFIGS
+    if os.environ.get("PICK"):
+        picks = [tuple(int(x) for x in os.environ["PICK"].split(","))]
+    passing = []
+    for pr in picks:
+        ok_all, worst = True, 0.0
+        try:
+            for case, (h, m, k, d) in enumerate(((3, 37, 50, 128), (2, 512, 1638, 128), (4, 100, 333, 64),
+                                                 (8, 2048, 1638, 128), (2, 300, 5000, 128), (1, 64, 129, 64))):
+                q, cent, counts = case_data(jax.random.PRNGKey(case), h, m, k, d)
+                scale = 1.0 / d**0.5
+                want = xla_scores(q, cent, counts, scale)
+                got = jax.jit(lambda q, c, n: scores_call_r28(q, c, n, scale, pr=pr))(q, cent, counts)
+                err, ok = scores_error(got, want, counts)
+                ok_all &= ok
+                worst = max(worst, err)
+        except Exception:  # noqa: BLE001
+            say(f"check {pr} FAILED\n```\n{traceback.format_exc()[-1500:]}\n```")
+            continue
+        say(f"check {pr}: {'pass' if ok_all else 'FAIL'} (relative {worst:.1e})")
+        if ok_all:
+            passing.append(pr)
+    totals = {pr: 0.0 for pr in passing}
+    say("\n| shape | Z + P (embedded) | P alone | " + " | ".join(f"Z + P' {pr}" for pr in passing) + " | " +
+        " | ".join(f"P' {pr} alone" for pr in passing) + " |")
+    say("|---|---:|---:|" + "---:|" * (2 * len(passing)))
+    for label, h, m, k, layers in (("LLaMA-2-7B 32K", 32, 512, 1638, 16), ("LLaMA-3-8B 32K", 8, 2048, 1638, 16),
+                                   ("LLaMA-2-7B 128K", 32, 512, 6554, 8), ("LLaMA-3-8B 128K", 8, 2048, 6554, 8)):
+        try:
+            scale = 1.0 / 128**0.5
+            per, first = timing_case(h, m, k, layers, 300)
+            tb = per(lambda q, c, n: scores_call_r28(q, c, n, scale))
+            zz = jax.jit(lambda q, c, n: scores_call_r28(q, c, n, scale, zonly=True))(*first)
+            tp = per(lambda q, c, n: scores_call_r28(q, c, n, scale, zparts=zz))
+            pairs, alone = [], []
+            for pr in passing:
+                t2 = per(lambda q, c, n, pr=pr: scores_call_r28(q, c, n, scale, pr=pr))
+                t3 = per(lambda q, c, n, pr=pr: scores_call_r28(q, c, n, scale, pr=pr, zparts=zz))
+                totals[pr] += t2
+                pairs.append(f"{t2:.1f} ({tb / t2:.2f}×)")
+                alone.append(f"{t3:.1f}")
+            say(f"| {label} | {tb:.1f} | {tp:.1f} | " + " | ".join(pairs) + " | " + " | ".join(alone) + " |")
+        except Exception:  # noqa: BLE001
+            say(f"{label}: timing FAILED\n```\n{traceback.format_exc()[-2000:]}\n```")
+    if passing and os.environ.get("EXPORT"):
+        best = passing[0] if os.environ.get("PICK") else min(passing, key=lambda pr: totals[pr])
+        outdir = os.path.join(ps.OUT, "kernels")
+        os.makedirs(outdir, exist_ok=True)
+        for d in (64, 128):
+            a = (jax.ShapeDtypeStruct((1 << 16, d), BF16), jax.ShapeDtypeStruct((1 << 15, d), BF16))
+            prm, sc = jax.ShapeDtypeStruct((8,), I32), jax.ShapeDtypeStruct((1,), F32)
+            part = jax.ShapeDtypeStruct((64 * 64,), F32)
+            pk = make_scores_pr(d, 64, 128, best[0], best[1], 64, 64 * 128)
+            with open(os.path.join(outdir, f"scores_pr_d{d}.cfg"), "w") as fh:
+                fh.write(p2.extract_config(jax.jit(pk).lower(*a, part, part, prm, sc).as_text()))
+        with open(os.path.join(outdir, "scores_pr.json"), "w") as fh:
+            json.dump({"bm": 64, "bk": 128, "warps": best[0], "stages": best[1]}, fh)
+        say(f"exported P' {best} to {outdir}")
+
+
+@functools.lru_cache(maxsize=None)
+def make_scores_zp(d, bm, bk, num_warps=4, num_stages=3, programs=64, out_static=64 * 128, debug=False):
+    """Round 29 (session 18): kernels Z and P by row blocks in one program (for one centroid split, KS = 1): program
+    p = h·nMB + mb walks its head's centroid blocks twice, first for its rows' log2 Z (Z's running maximum and sum in
+    base 2, the counts' bias log2 N), then as make_scores_pr. Operands q [Nq, D], c [Nc, D] bf16, counts [Nc] f32,
+    prm [8] i32 (Z's), scale [1] f32; output [P·Kp] f32 as make_scores_pr's."""
+
+    def kernel(q_ref, c_ref, n_ref, prm_ref, scale_ref, o_ref):
+        pid = pl.program_id(0)
+        m_rows, k_cl, nmb, nkb = prm_ref[0], prm_ref[1], prm_ref[2], prm_ref[3]
+        scale2 = scale_ref[0] * LOG2E
+        h = pid // nmb
+        mb = pid % nmb
+        m_idx = mb * bm + jnp.arange(bm, dtype=I32)
+        ok = m_idx < m_rows
+        q = q_ref[h * m_rows + jnp.minimum(m_idx, m_rows - 1), :]
+
+        def zbody(i, carry):
+            mx, sm = carry
+            kk = i * bk + jnp.arange(bk, dtype=I32)
+            crow = h * k_cl + jnp.minimum(kk, k_cl - 1)
+            c = c_ref[crow, :]
+            cnt = n_ref[crow]
+            bias = jnp.where((kk < k_cl) & (cnt > 0), jnp.log2(jnp.maximum(cnt, 1.0)), NEG)
+            lg = _logits(q, c, scale2) + bias[None, :]
+            m_new = jnp.maximum(mx, jnp.max(lg, axis=1))
+            return m_new, sm * jnp.exp2(mx - m_new) + jnp.sum(jnp.exp2(lg - m_new[:, None]), axis=1)
+
+        mx, sm = lax.fori_loop(0, nkb, zbody, (jnp.full((bm,), NEG, F32), jnp.zeros((bm,), F32)))
+        lz2 = jnp.where(ok, mx + jnp.log2(jnp.maximum(sm, 1e-30)), jnp.inf)
+        kp = nkb * bk
+
+        def body(kb, carry):
+            kk = kb * bk + jnp.arange(bk, dtype=I32)
+            c = c_ref[h * k_cl + jnp.minimum(kk, k_cl - 1), :]
+            lt = lax.dot_general(c, q, (((1,), (1,)), ((), ())), preferred_element_type=F32) * scale2  # [BK, BM]
+            o_ref[pl.ds(pid * kp + kb * bk, bk)] = jnp.sum(jnp.exp2(lt - lz2[None, :]), axis=1)
+            return carry
+
+        lax.fori_loop(0, nkb, body, jnp.int32(0))
+
+    return pl.pallas_call(
+        kernel, out_shape=jax.ShapeDtypeStruct((out_static,), F32),
+        grid=(programs,), compiler_params=ps.compiler_params(num_warps, num_stages), debug=debug)
+
+
+def scores_call_zp(q, cent, counts, scale, cfg=(4, 3)):
+    """ClusterScores through the fused kernel (one program a KV head and 64 rows, both passes)."""
+    h, m, d = q.shape
+    k = cent.shape[1]
+    bm, bk = 64, 128
+    nmb, nkb = -(-m // bm), -(-k // bk)
+    prm = jnp.array([m, k, nmb, nkb, 1, nmb * bm, nkb, 1], I32)
+    part = make_scores_zp(d, bm, bk, cfg[0], cfg[1], h * nmb, h * nmb * nkb * bk)(
+        q.reshape(h * m, d), cent.reshape(h * k, d), counts.reshape(-1), prm, jnp.array([scale], F32))
+    s_ = jnp.sum(part.reshape(h, nmb, nkb * bk), axis=1)[:, :k] / m
+    return jnp.where(counts > 0, s_, 0.0)
+
+
+def round29():
+    """The fused kernel (make_scores_zp) against Z + P by row blocks (the embedded pair since round 28) at the four
+    input shapes, after the checks; EXPORT=1 writes the fastest passing (warps, stages), or PICK=W,S, as
+    scores_zp_d{64,128}.cfg (+ scores_zp.json)."""
+    import json
+    say(f"\n## round 29 (Z and P by row blocks in one kernel): jax {jax.__version__}, {jax.devices()}")
+    picks = [(4, 3), (4, 2), (8, 3)]
+    if os.environ.get("PICK"):
+        picks = [tuple(int(x) for x in os.environ["PICK"].split(","))]
+    passing = []
+    for cfg in picks:
+        ok_all, worst = True, 0.0
+        try:
+            for case, (h, m, k, d) in enumerate(((3, 37, 50, 128), (2, 512, 1638, 128), (4, 100, 333, 64),
+                                                 (8, 2048, 1638, 128), (2, 300, 5000, 128), (1, 64, 129, 64))):
+                q, cent, counts = case_data(jax.random.PRNGKey(case), h, m, k, d)
+                scale = 1.0 / d**0.5
+                want = xla_scores(q, cent, counts, scale)
+                got = jax.jit(lambda q, c, n: scores_call_zp(q, c, n, scale, cfg))(q, cent, counts)
+                err, ok = scores_error(got, want, counts)
+                ok_all &= ok
+                worst = max(worst, err)
+        except Exception:  # noqa: BLE001
+            say(f"check {cfg} FAILED\n```\n{traceback.format_exc()[-1500:]}\n```")
+            continue
+        say(f"check {cfg}: {'pass' if ok_all else 'FAIL'} (relative {worst:.1e})")
+        if ok_all:
+            passing.append(cfg)
+    totals = {cfg: 0.0 for cfg in passing}
+    say("\n| shape | Z + P by rows (embedded) | " + " | ".join(f"fused {c}" for c in passing) + " |")
+    say("|---|---:|" + "---:|" * len(passing))
+    for label, h, m, k, layers in (("LLaMA-2-7B 32K", 32, 512, 1638, 16), ("LLaMA-3-8B 32K", 8, 2048, 1638, 16),
+                                   ("LLaMA-2-7B 128K", 32, 512, 6554, 8), ("LLaMA-3-8B 128K", 8, 2048, 6554, 8)):
+        try:
+            scale = 1.0 / 128**0.5
+            per, _ = timing_case(h, m, k, layers, 300)
+            tb = per(lambda q, c, n: scores_call_r28(q, c, n, scale, pr=(4, 3)))
+            cells = []
+            for cfg in passing:
+                t2 = per(lambda q, c, n, cfg=cfg: scores_call_zp(q, c, n, scale, cfg))
+                totals[cfg] += t2
+                cells.append(f"{t2:.1f} ({tb / t2:.2f}×)")
+            say(f"| {label} | {tb:.1f} | " + " | ".join(cells) + " |")
+        except Exception:  # noqa: BLE001
+            say(f"{label}: timing FAILED\n```\n{traceback.format_exc()[-2000:]}\n```")
+    if passing and os.environ.get("EXPORT"):
+        best = passing[0] if os.environ.get("PICK") else min(passing, key=lambda c: totals[c])
+        outdir = os.path.join(ps.OUT, "kernels")
+        os.makedirs(outdir, exist_ok=True)
+        for d in (64, 128):
+            a = (jax.ShapeDtypeStruct((1 << 16, d), BF16), jax.ShapeDtypeStruct((1 << 15, d), BF16),
+                 jax.ShapeDtypeStruct((1 << 15,), F32), jax.ShapeDtypeStruct((8,), I32), jax.ShapeDtypeStruct((1,), F32))
+            zp = make_scores_zp(d, 64, 128, best[0], best[1], 64, 64 * 128)
+            with open(os.path.join(outdir, f"scores_zp_d{d}.cfg"), "w") as fh:
+                fh.write(p2.extract_config(jax.jit(zp).lower(*a).as_text()))
+        with open(os.path.join(outdir, "scores_zp.json"), "w") as fh:
+            json.dump({"bm": 64, "bk": 128, "warps": best[0], "stages": best[1]}, fh)
+        say(f"exported the fused kernel {best} to {outdir}")
+
+
 if __name__ == "__main__":
-    {"11": round11, "12": round12, "15": round15, "16": round16, "17": round17}[os.environ.get("ROUND", "12")]()
+    {"11": round11, "12": round12, "15": round15, "16": round16, "17": round17,
+     "28": round28, "29": round29}[os.environ.get("ROUND", "12")]()
