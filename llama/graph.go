@@ -372,6 +372,8 @@ var noSplitK = os.Getenv("SQLLM_NO_SPLITK") != ""
 // kernel (with the selection kernels), 0 never (XLA's scores, then kernel A), unset on a backend that passed
 // squeeze.ProbeLookup (see squeeze/lookupk.go). SQLLM_SCORES_P=blocks runs the cluster scores' second kernel by
 // centroid blocks (session 17's kernel P) instead of by row blocks (squeeze.ScoresPByBlocks), for measuring.
+// SQLLM_KERNEL_DIR names a directory of kernel configs that replace or add to the embedded ones (squeeze.KernelDir),
+// for measuring a kernel on the GPU machine before it is embedded.
 func init() {
 	squeeze.NoSplitK = noSplitK
 	squeeze.NoAllPairs = os.Getenv("SQLLM_SQUEEZE_PASSES") != ""
@@ -389,6 +391,7 @@ func init() {
 	squeeze.LookupKernel = envChoice("SQLLM_SQUEEZE_LOOKUP", map[string]squeeze.SelectMode{"": squeeze.SelectAuto,
 		"1": squeeze.SelectOn, "0": squeeze.SelectOff})
 	squeeze.ScoresPByBlocks = envChoice("SQLLM_SCORES_P", map[string]bool{"": false, "rows": false, "blocks": true})
+	squeeze.KernelDir = os.Getenv("SQLLM_KERNEL_DIR")
 	if v := os.Getenv("SQLLM_SCORES_SPLITS"); v != "" {
 		if o, ok := parseSplits(v); ok {
 			squeeze.ScoresSplitsOverride = o

@@ -6,8 +6,12 @@ import (
 	"embed"
 	"fmt"
 	"io"
+	"os"
+	"path"
+	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/gomlx/compute"
@@ -187,7 +191,13 @@ func pagedConfig(m, d int) string {
 	return kernelConfig(fmt.Sprintf("kernels/paged_g%d_d%d.cfg.gz", m, d))
 }
 
-// kernelConfig returns the embedded backend_config of a kernel ("" if there is none or it has no launch grid).
+// KernelDir, where set, is a directory whose uncompressed configs (an embedded config's file name without ".gz")
+// replace the embedded ones of that name, or add kernels that are not embedded: for measuring a kernel on the GPU
+// machine before it is embedded. The engine sets it from SQLLM_KERNEL_DIR; it must be set before the first step.
+var KernelDir string
+
+// kernelConfig returns the backend_config of a kernel, from KernelDir or embedded ("" if there is none or it has no
+// launch grid).
 func kernelConfig(name string) string {
 	pagedMu.Lock()
 	defer pagedMu.Unlock()
@@ -195,6 +205,12 @@ func kernelConfig(name string) string {
 		return cfg
 	}
 	cfg := ""
+	if KernelDir != "" {
+		if b, err := os.ReadFile(filepath.Join(KernelDir, strings.TrimSuffix(path.Base(name), ".gz"))); err == nil && gridX.Match(b) {
+			pagedCfgs[name] = string(b)
+			return string(b)
+		}
+	}
 	if z, err := kernelFS.ReadFile(name); err == nil {
 		if r, err := gzip.NewReader(bytes.NewReader(z)); err == nil {
 			if b, err := io.ReadAll(r); err == nil && gridX.Match(b) {

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -297,5 +299,45 @@ func TestScoresKernelConfigs(t *testing.T) {
 		if (ks > 1 && c.h*c.nmb*ks > scoresZWave) || (ks < c.nkb && c.h*c.nmb*(ks+1) <= scoresZWave) {
 			t.Errorf("scoresSplits(%d, %d, %d) = %d, %d: Z's programs not the most within %d", c.h, c.nmb, c.nkb, ks, ms, scoresZWave)
 		}
+	}
+}
+
+// TestKernelDir: a config in KernelDir replaces the embedded one of its name or adds a kernel that is not embedded;
+// a file without a launch grid is ignored.
+func TestKernelDir(t *testing.T) {
+	dir := t.TempDir()
+	names := []string{"kernels/scores_pr_d64.cfg.gz", "kernels/scores_z_d64.cfg.gz", "kernels/extra_d64.cfg.gz"}
+	forget := func() {
+		pagedMu.Lock()
+		defer pagedMu.Unlock()
+		for _, n := range names {
+			delete(pagedCfgs, n)
+		}
+	}
+	saveDir := KernelDir
+	t.Cleanup(func() { KernelDir = saveDir; forget() })
+	embeddedZ := kernelConfig(names[1])
+	files := map[string]string{"scores_pr_d64.cfg": "{replacement, grid_x = 64 : i32}", "scores_z_d64.cfg": "{no launch grid}",
+		"extra_d64.cfg": "{extra, grid_x = 8 : i32}"}
+	for f, c := range files {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	KernelDir = dir
+	forget()
+	if got := kernelConfig(names[0]); got != files["scores_pr_d64.cfg"] {
+		t.Errorf("replaced config: got %.60q", got)
+	}
+	if got := kernelConfig(names[1]); got != embeddedZ || got == "" {
+		t.Errorf("a file without a launch grid replaced the embedded config: got %.60q", got)
+	}
+	if got := kernelConfig(names[2]); got != files["extra_d64.cfg"] {
+		t.Errorf("added config: got %.60q", got)
+	}
+	KernelDir = ""
+	forget()
+	if got := kernelConfig(names[2]); got != "" {
+		t.Errorf("a kernel that is not embedded without KernelDir: got %.60q", got)
 	}
 }
