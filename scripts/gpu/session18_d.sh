@@ -7,20 +7,9 @@
 . scripts/gpu/preamble.sh
 T0=$SECONDS
 device_test
-run_in() { # LABEL [ENV=VALUE...]
-  local label=$1; shift
-  echo "== $label" | tee -a "$R"
-  (cd llama && env "$@" timeout 170 ../bin/llama.test -test.run '^TestAttentionBench$' -test.v -test.timeout 20m -attnbench gpu \
-    -attnbench.batch 10 -attnbench.shapes 7b,8b -attnbench.ctx 32768,131072 -attnbench.phases input \
-    -attnbench.check=false -attnbench.cluster=false -attnbench.variants dense-fused,sq-engine-sel-sk -attnbench.out "$OUT/ab.md" > "$OUT/ab.log" 2>&1)
-  echo "rc=$? at $((SECONDS-T0)) s" | tee -a "$R"
-  grep -E "FAIL|panic|rror" "$OUT/ab.log" | head -4 | cut -c1-300 | tee -a "$R"
-  grep -E "^\| LLaMA.*input [0-9]+ \| [a-z]" "$OUT/ab.md" | tee -a "$R"
-  rm -f "$OUT/ab.md" "$OUT/ab.log"
-}
-run_in "P by row blocks (new default)" SQLLM_SCORES_P=
-run_in "P by centroid blocks (SQLLM_SCORES_P=blocks)" SQLLM_SCORES_P=blocks
-run_in "P by row blocks, again" SQLLM_SCORES_P=
+input_ab "P by row blocks (new default)" 170 SQLLM_SCORES_P=
+input_ab "P by centroid blocks (SQLLM_SCORES_P=blocks)" 170 SQLLM_SCORES_P=blocks
+input_ab "P by row blocks, again" 170 SQLLM_SCORES_P=
 if [ $((SECONDS-T0)) -lt 460 ]; then
   engine_ab SQLLM_SCORES_P "auto blocks" llama-2-7b "LLaMA-2-7B shape" 32768 2 60
 fi
