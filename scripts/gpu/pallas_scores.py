@@ -784,10 +784,10 @@ def make_scores_pr(d, bm, bk, num_warps=4, num_stages=3, programs=64, out_static
         grid=(programs,), compiler_params=ps.compiler_params(num_warps, num_stages), debug=debug)
 
 
-def scores_call_r28(q, cent, counts, scale, pr=None, zonly=False, zparts=None):
+def scores_call_r28(q, cent, counts, scale, pr=None, zonly=False, zparts=None, zref=False):
     """ClusterScores as the engine runs it since session 17 (Z in one wave: KS = max(1, min(nKB, 264 // (H·nMB))),
     P by round 12's rule, base 2, (64, 128, 4 warps, 3 stages)), or with pr = (warps, stages) kernel P by row blocks
-    (make_scores_pr) instead of P."""
+    (make_scores_pr) instead of P; zref: round 17's Z with a fixed reference (make_scores_z_ref) instead of Z."""
     h, m, d = q.shape
     k = cent.shape[1]
     bm, bk = 64, 128
@@ -798,7 +798,9 @@ def scores_call_r28(q, cent, counts, scale, pr=None, zonly=False, zparts=None):
     sc = jnp.array([scale], F32)
     qf, cf = q.reshape(h * m, d), cent.reshape(h * k, d)
     if zparts is None:
-        mx, sm = make_scores_z(d, bm, bk, 4, 3, h * m, h * nmb * ks, base2=True)(qf, cf, counts.reshape(-1), prm, sc)
+        zk = make_scores_z_ref(d, bm, bk, 4, 3, h * m, h * nmb * ks) if zref else \
+            make_scores_z(d, bm, bk, 4, 3, h * m, h * nmb * ks, base2=True)
+        mx, sm = zk(qf, cf, counts.reshape(-1), prm, sc)
     else:
         mx, sm = zparts
     if zonly:
@@ -1001,6 +1003,51 @@ def round29():
         say(f"exported the fused kernel {best} to {outdir}")
 
 
+def round30():
+    """Prepared in session 18, not yet run: round 17's Z with a fixed reference (make_scores_z_ref, the same contract as
+    the embedded Z) before P by row blocks, against the embedded pair (Z, P by row blocks), both with one-wave Z
+    splits; checks against XLA's scores (with logits ×300, where the reference's sum would overflow and the kernel's
+    fallback runs); EXPORT=1 writes it as scores_z_d{64,128}.cfg to $OUT/kernels, for the engine through
+    SQLLM_KERNEL_DIR."""
+    say(f"\n## round 30 (Z with a fixed reference, before P by row blocks): jax {jax.__version__}, {jax.devices()}")
+    ok_all, worst = True, 0.0
+    for case, (h, m, k, d, mult) in enumerate(((3, 37, 50, 128, 1.0), (2, 512, 1638, 128, 1.0), (4, 100, 333, 64, 1.0),
+                                               (8, 2048, 1638, 128, 1.0), (2, 300, 5000, 128, 1.0), (2, 128, 700, 128, 300.0))):
+        q, cent, counts = case_data(jax.random.PRNGKey(case), h, m, k, d)
+        q = (q.astype(F32) * mult).astype(BF16)
+        scale = 1.0 / d**0.5
+        want = xla_scores(q, cent, counts, scale)
+        got = jax.jit(lambda q, c, n: scores_call_r28(q, c, n, scale, pr=(4, 3), zref=True))(q, cent, counts)
+        err, ok = scores_error(got, want, counts)
+        ok_all &= ok
+        worst = max(worst, err)
+    say(f"checks: {'pass' if ok_all else 'FAIL'} (relative {worst:.1e})")
+    say("\n| shape | Z + P by rows (embedded) | Z with a reference + P by rows | Z alone | Z with a reference alone |")
+    say("|---|---:|---:|---:|---:|")
+    for label, h, m, k, layers in (("LLaMA-2-7B 32K", 32, 512, 1638, 16), ("LLaMA-3-8B 32K", 8, 2048, 1638, 16),
+                                   ("LLaMA-2-7B 128K", 32, 512, 6554, 8), ("LLaMA-3-8B 128K", 8, 2048, 6554, 8)):
+        try:
+            scale = 1.0 / 128**0.5
+            per, _ = timing_case(h, m, k, layers, 300)
+            tb = per(lambda q, c, n: scores_call_r28(q, c, n, scale, pr=(4, 3)))
+            tr = per(lambda q, c, n: scores_call_r28(q, c, n, scale, pr=(4, 3), zref=True))
+            tz = per(lambda q, c, n: scores_call_r28(q, c, n, scale, zonly=True))
+            tzr = per(lambda q, c, n: scores_call_r28(q, c, n, scale, zonly=True, zref=True))
+            say(f"| {label} | {tb:.1f} | {tr:.1f} ({tb / tr:.2f}×) | {tz:.1f} | {tzr:.1f} |")
+        except Exception:  # noqa: BLE001
+            say(f"{label}: timing FAILED\n```\n{traceback.format_exc()[-2000:]}\n```")
+    if ok_all and os.environ.get("EXPORT"):
+        outdir = os.path.join(ps.OUT, "kernels")
+        os.makedirs(outdir, exist_ok=True)
+        for d in (64, 128):
+            a = (jax.ShapeDtypeStruct((1 << 16, d), BF16), jax.ShapeDtypeStruct((1 << 15, d), BF16))
+            prm, sc = jax.ShapeDtypeStruct((8,), I32), jax.ShapeDtypeStruct((1,), F32)
+            z = make_scores_z_ref(d, 64, 128, 4, 3, 1 << 16, 64)
+            with open(os.path.join(outdir, f"scores_z_d{d}.cfg"), "w") as fh:
+                fh.write(p2.extract_config(jax.jit(z).lower(*a, jax.ShapeDtypeStruct((1 << 15,), F32), prm, sc).as_text()))
+        say(f"exported Z with a reference to {outdir}")
+
+
 if __name__ == "__main__":
     {"11": round11, "12": round12, "15": round15, "16": round16, "17": round17,
-     "28": round28, "29": round29}[os.environ.get("ROUND", "12")]()
+     "28": round28, "29": round29, "30": round30}[os.environ.get("ROUND", "12")]()
