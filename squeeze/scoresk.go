@@ -27,8 +27,8 @@ import (
 //     the rows' logZ from their KS partials, the logits again, exp(logit − logZ) added element-wise into a
 //     [64, 128] accumulator, summed over the rows at the end. Operands q, centroids, mx, sm, prm, scale; output
 //     [H·nKB·MS·128] float32, the MS splits' partial sums, which XLA adds and divides by M. Since session 18 it
-//     runs only under ScoresPByBlocks: by default the second kernel is kernel P by row blocks (below), the same
-//     sums from Z's launch.
+//     runs where Z splits the centroids (short inputs) or under ScoresPByBlocks; elsewhere the second kernel is
+//     kernel P by row blocks (below), the same sums from Z's launch (scoresByRows).
 //
 // Both read rows through clamped index vectors, take every size at run time, and serve any input length and
 // context (round 12's Triton IR differs between shapes only in multiplications of a constant by 0, checked in
@@ -81,7 +81,8 @@ var scoresProbed sync.Map
 var scoresCall = tritonLaunch
 
 // Kernel P by row blocks (kernels/scores_pr_d{D}.cfg.gz; Pallas round 28, make_scores_pr in
-// scripts/gpu/pallas_scores.py), the default since session 18: Z's launch (one program per KV head and 64 query rows,
+// scripts/gpu/pallas_scores.py), since session 18 the second kernel wherever Z runs one centroid split (scoresByRows;
+// at the benchmark's 512-token inputs and longer ones): Z's launch (one program per KV head and 64 query rows,
 // H·nMB programs), each program taking its rows' log Z from Z's partials once and walking all of its head's centroid
 // blocks as Z does. A block's logits are computed transposed ([128 centroids, 64 rows]), so a centroid's sum over the
 // rows is a reduction within a row of the product's layout, and the program writes the block's 128 sums of
@@ -95,22 +96,25 @@ var scoresCall = tritonLaunch
 // 51.7 against 33.2 and 134.0 against 98.7 at 7B 32K and 128K. 4 warps and 3 stages were the best of four choices.
 // Checked there against XLA's scores (relative 8.9e-7, empty clusters, ragged sizes, Z splits).
 
-// ScoresPByBlocks makes a user input's cluster scores run kernel P proper (by centroid blocks) instead of kernel P
-// by row blocks; the engine sets it from SQLLM_SCORES_P=blocks, for measurements.
+// ScoresPByBlocks makes a user input's cluster scores always run kernel P proper (by centroid blocks) after Z; the
+// engine sets it from SQLLM_SCORES_P=blocks, for measurements.
 var ScoresPByBlocks bool
 
-// scoresConfigs are the embedded configs of kernel Z and of the kernel P that runs (ScoresPByBlocks) for head dim d
-// ("" where there are none).
-func scoresConfigs(d int) (z, p string) {
+// scoresConfigs are the embedded configs of kernel Z, kernel P (by centroid blocks) and kernel P by row blocks for
+// head dim d ("" where there are none).
+func scoresConfigs(d int) (z, p, pr string) {
 	if d != 64 && d != 128 {
-		return "", ""
+		return "", "", ""
 	}
-	pk := "pr"
-	if ScoresPByBlocks {
-		pk = "p"
-	}
-	return kernelConfig(fmt.Sprintf("kernels/scores_z_d%d.cfg.gz", d)), kernelConfig(fmt.Sprintf("kernels/scores_%s_d%d.cfg.gz", pk, d))
+	cfg := func(k string) string { return kernelConfig(fmt.Sprintf("kernels/scores_%s_d%d.cfg.gz", k, d)) }
+	return cfg("z"), cfg("p"), cfg("pr")
 }
+
+// scoresByRows says whether kernel P by row blocks follows Z when Z runs ks centroid splits: where Z needs no split
+// (its row blocks fill a wave, or there is one centroid block) and ScoresPByBlocks is off. Where Z splits the
+// centroids (a short input: few row blocks), P by row blocks would have Z's few programs walk every centroid block
+// one after the other, so kernel P by centroid blocks runs instead.
+func scoresByRows(ks int) bool { return ks == 1 && !ScoresPByBlocks }
 
 // useScoresKernels says whether a step graph scores the clusters of centroids [H, K, D] for queries q [H, M, D]
 // in the kernels: both bfloat16, M ≥ ScoresMinQueries, a head dim with a kernel, a backend with custom calls,
@@ -121,16 +125,16 @@ func useScoresKernels(q, centroids *Node, mode SelectMode) bool {
 		!kernelsWanted(q.Graph(), mode, ScoresKernels, &scoresProbed) {
 		return false
 	}
-	z, p := scoresConfigs(q.Shape().Dimensions[2])
-	return z != "" && p != ""
+	z, p, pr := scoresConfigs(q.Shape().Dimensions[2])
+	return z != "" && p != "" && pr != ""
 }
 
 // ScoresFor says whether steps on backend b with head dim d, in a model of the given dtype, score clusters in
 // the kernels for inputs of at least ScoresMinQueries rows a KV head (under SelectAuto it runs ProbeScores
 // once).
 func ScoresFor(b compute.Backend, d int, dtype dtypes.DType) bool {
-	z, p := scoresConfigs(d)
-	return dtype == dtypes.BFloat16 && z != "" && p != "" && kernelsFor(b, ScoresKernels, ProbeScores)
+	z, p, pr := scoresConfigs(d)
+	return dtype == dtypes.BFloat16 && z != "" && p != "" && pr != "" && kernelsFor(b, ScoresKernels, ProbeScores)
 }
 
 // scoresSplits are the kernels' launch for h heads, nmb row blocks and nkb centroid blocks: ks centroid splits
@@ -158,7 +162,7 @@ func scoresKernel(q, centroids, counts *Node, scale float64) *Node {
 	g := q.Graph()
 	h, m, d := q.Shape().Dimensions[0], q.Shape().Dimensions[1], q.Shape().Dimensions[2]
 	k := centroids.Shape().Dimensions[1]
-	zc, pc := scoresConfigs(d)
+	zc, pc, prc := scoresConfigs(d)
 	nmb, nkb := (m+scoresBM-1)/scoresBM, (k+scoresBK-1)/scoresBK
 	ks, ms := scoresSplits(h, nmb, nkb)
 	f32 := dtypes.Float32
@@ -171,14 +175,14 @@ func scoresKernel(q, centroids, counts *Node, scale float64) *Node {
 	part := shapes.Make(f32, zProgs*scoresBM)
 	z := scoresCall(zc, zProgs, []*Node{qf, cf, cnt, prm, sc}, []shapes.Shape{part, part})
 	var s *Node // [H, Kp]
-	if ScoresPByBlocks {
+	if scoresByRows(ks) {
+		kp := nkb * scoresBK
+		sums := scoresCall(prc, h*nmb, []*Node{qf, cf, z[0], z[1], prm, sc}, []shapes.Shape{shapes.Make(f32, h*nmb*kp)})[0]
+		s = ReduceSum(Reshape(sums, h, nmb, kp), 1)
+	} else {
 		pProgs := h * nkb * ms
 		sums := scoresCall(pc, pProgs, []*Node{qf, cf, z[0], z[1], prm, sc}, []shapes.Shape{shapes.Make(f32, pProgs*scoresBK)})[0]
 		s = Reshape(ReduceSum(Reshape(sums, h, nkb, ms, scoresBK), 2), h, nkb*scoresBK)
-	} else {
-		kp := nkb * scoresBK
-		sums := scoresCall(pc, h*nmb, []*Node{qf, cf, z[0], z[1], prm, sc}, []shapes.Shape{shapes.Make(f32, h*nmb*kp)})[0]
-		s = ReduceSum(Reshape(sums, h, nmb, kp), 1)
 	}
 	s = DivScalar(Slice(s, AxisRange(), AxisRange(0, k)), float64(m))
 	return Where(GreaterThan(counts, ZerosLike(counts)), s, ZerosLike(s))
@@ -194,7 +198,8 @@ func clusterScores(q, centroids, counts *Node, scale float64, mode SelectMode) *
 
 // ProbeScores compiles and runs small cases through the cluster-score kernels on b, once per backend, and says
 // whether they ran and agreed with ClusterScores (relative 1e-4 of the largest score; empty clusters, ragged
-// sizes and several splits included). A plugin that cannot read the embedded bytecode fails here, so
+// sizes and several splits included; kernel P by row blocks at both head dims, over one and two centroid blocks,
+// and kernel P by centroid blocks). A plugin that cannot read the embedded bytecode fails here, so
 // SelectAuto falls back to XLA's scores. On a backend without custom calls it is false at once.
 func ProbeScores(b compute.Backend) bool { return probeOnce(&scoresProbed, b, probeScores) }
 
@@ -206,7 +211,7 @@ func probeScores(b compute.Backend) (ok bool) {
 				return []*Node{Const(g, float32(math.Inf(1)))}
 			}
 			rels := Scalar(g, dtypes.Float32, 0)
-			for _, c := range []struct{ h, m, k, d int }{{3, 70, 50, 128}, {2, 200, 1100, 128}, {4, 100, 333, 64}} {
+			for _, c := range []struct{ h, m, k, d int }{{3, 70, 50, 128}, {2, 200, 1100, 128}, {4, 100, 333, 64}, {4, 100, 100, 64}, {133, 64, 129, 128}} {
 				q, cent, counts := probeScoresInputs(g, c.h, c.m, c.k, c.d)
 				scale := Scale(c.d)
 				want := ClusterScores(q, cent, counts, scale)

@@ -133,10 +133,21 @@ func TestScoresKernel(t *testing.T) {
 	for _, c := range []struct {
 		h, m, k, d int
 		blocks     bool
-	}{{3, 70, 50, 128, false}, {2, 512, 1638, 128, false}, {4, 100, 333, 64, false}, {1, 64, 64, 128, false}, {2, 130, 900, 64, false},
-		{3, 70, 50, 128, true}, {2, 512, 1638, 128, true}, {2, 130, 900, 64, true}} {
+		rows       bool // kernel P by row blocks runs: Z needs no centroid split (scoresByRows)
+	}{{3, 70, 50, 128, false, true}, {2, 512, 1638, 128, false, false}, {4, 100, 333, 64, false, false}, {1, 64, 64, 128, false, true},
+		{2, 130, 900, 64, false, false}, {133, 64, 129, 64, false, true}, {3, 70, 50, 128, true, false}, {2, 512, 1638, 128, true, false}} {
 		ScoresPByBlocks = c.blocks
 		t.Run(fmt.Sprintf("H%d_M%d_K%d_D%d_blocks%v", c.h, c.m, c.k, c.d, c.blocks), func(t *testing.T) {
+			emu, launched := scoresCall, []string{}
+			defer func() { scoresCall = emu }()
+			scoresCall = func(cfg string, programs int, ops []*Node, outs []shapes.Shape) []*Node {
+				for _, kd := range []string{"z", "p", "pr"} {
+					if cfg == kernelConfig(fmt.Sprintf("kernels/scores_%s_d%d.cfg.gz", kd, c.d)) {
+						launched = append(launched, kd)
+					}
+				}
+				return emu(cfg, programs, ops, outs)
+			}
 			q, cent := randn(rng, 2, c.h, c.m, c.d), randn(rng, 1, c.h, c.k, c.d)
 			counts := make([]float32, c.h*c.k)
 			for i := range counts {
@@ -165,6 +176,9 @@ func TestScoresKernel(t *testing.T) {
 			}
 			if diff := maxAbsDiff(got, want); diff > 1e-5*top {
 				t.Errorf("scores differ from ClusterScores by %.2e (largest score %.2e)", diff, top)
+			}
+			if want := map[bool]string{true: "[z pr]", false: "[z p]"}[c.rows]; fmt.Sprint(launched) != want {
+				t.Errorf("kernels launched %v, want %s", launched, want)
 			}
 			for i, n := range counts {
 				if n == 0 && got[i] != 0 {
@@ -269,22 +283,18 @@ func TestProbeScores(t *testing.T) {
 // grid that scoresKernel rewrites; the splits cover every block, P's give about scoresTarget programs and Z's the
 // most within scoresZWave.
 func TestScoresKernelConfigs(t *testing.T) {
-	defer func(v bool) { ScoresPByBlocks = v }(ScoresPByBlocks)
 	for _, d := range []int{64, 128} {
-		ScoresPByBlocks = true
-		_, pb := scoresConfigs(d)
-		ScoresPByBlocks = false
-		z, p := scoresConfigs(d)
-		if z == "" || p == "" || pb == "" || z == p || p == pb || z == pb {
+		z, p, pr := scoresConfigs(d)
+		if z == "" || p == "" || pr == "" || z == p || p == pr || z == pr {
 			t.Fatalf("D %d: configs missing or equal", d)
 		}
-		for _, cfg := range []string{z, p, pb} {
+		for _, cfg := range []string{z, p, pr} {
 			if got := pagedBackendConfig(cfg, 777); !strings.Contains(got, "grid_x = 777 : i32") || strings.Count(got, "grid_x") != 1 {
 				t.Errorf("D %d: launch config %.60q…", d, got)
 			}
 		}
 	}
-	if z, p := scoresConfigs(96); z != "" || p != "" {
+	if z, p, pr := scoresConfigs(96); z != "" || p != "" || pr != "" {
 		t.Errorf("a cluster-score kernel for head dim 96")
 	}
 	for _, c := range []struct{ h, nmb, nkb int }{{32, 8, 13}, {8, 32, 13}, {32, 8, 52}, {1, 1, 1}, {3, 2, 1}, {64, 16, 200}} {
