@@ -1048,6 +1048,124 @@ def round30():
         say(f"exported Z with a reference to {outdir}")
 
 
+@functools.lru_cache(maxsize=None)
+def make_scores_pr2(d, bm, bk, num_warps=4, num_stages=3, programs=64, out_static=64 * 128, debug=False):
+    """Round 31 (prepared in session 18, not yet run): kernel P by row blocks in Z's whole launch, centroid splits
+    included. Program p = (h·nMB + mb)·KS + ks holds the BM rows mb·BM .. of head h (their log2 Z from all KS of Z's
+    partials) and walks only its share of the head's centroid blocks, [ks·per, min(nKB, (ks+1)·per)), per = ⌈nKB /
+    KS⌉, writing each block's sums where make_scores_pr does: the same output [H·nMB·Kp]. With KS = 1 it is
+    make_scores_pr; with KS > 1 (a short input) it keeps Z's programs busy where make_scores_pr would leave a few
+    programs walking every block."""
+
+    def kernel(q_ref, c_ref, mx_ref, sm_ref, prm_ref, scale_ref, o_ref):
+        pid = pl.program_id(0)
+        m_rows, k_cl, nmb, nkb, ks_n = prm_ref[0], prm_ref[1], prm_ref[2], prm_ref[3], prm_ref[7]
+        scale2 = scale_ref[0] * LOG2E
+        ks = pid % ks_n
+        hm = pid // ks_n
+        h = hm // nmb
+        mb = hm % nmb
+        m_idx = mb * bm + jnp.arange(bm, dtype=I32)
+        ok = m_idx < m_rows
+        q = q_ref[h * m_rows + jnp.minimum(m_idx, m_rows - 1), :]
+        base = hm * ks_n * bm + jnp.arange(bm, dtype=I32)
+
+        def comb(j, zc):
+            z, l = zc
+            mj = mx_ref[base + j * bm]
+            sj = sm_ref[base + j * bm]
+            zn = jnp.maximum(z, mj)
+            return zn, l * jnp.exp(z - zn) + sj * jnp.exp(mj - zn)
+
+        z, l = lax.fori_loop(0, ks_n, comb, (jnp.full((bm,), NEG, F32), jnp.zeros((bm,), F32)))
+        lz2 = jnp.where(ok, (z + jnp.log(jnp.maximum(l, 1e-30))) * LOG2E, jnp.inf)
+        kp = nkb * bk
+        per = (nkb + ks_n - 1) // ks_n
+        first = ks * per
+
+        def body(i, carry):
+            kb = first + i
+            kk = kb * bk + jnp.arange(bk, dtype=I32)
+            c = c_ref[h * k_cl + jnp.minimum(kk, k_cl - 1), :]
+            lt = lax.dot_general(c, q, (((1,), (1,)), ((), ())), preferred_element_type=F32) * scale2  # [BK, BM]
+            o_ref[pl.ds(hm * kp + kb * bk, bk)] = jnp.sum(jnp.exp2(lt - lz2[None, :]), axis=1)
+            return carry
+
+        lax.fori_loop(0, jnp.maximum(jnp.minimum(per, nkb - first), 0), body, jnp.int32(0))
+
+    return pl.pallas_call(
+        kernel, out_shape=jax.ShapeDtypeStruct((out_static,), F32),
+        grid=(programs,), compiler_params=ps.compiler_params(num_warps, num_stages), debug=debug)
+
+
+def scores_call_r31(q, cent, counts, scale, mode):
+    """ClusterScores with one-wave Z splits, then mode "blocks" (kernel P by centroid blocks), "rows" (make_scores_pr,
+    one program a row block) or "rows2" (make_scores_pr2, Z's launch with its splits)."""
+    h, m, d = q.shape
+    k = cent.shape[1]
+    bm, bk = 64, 128
+    nmb, nkb = -(-m // bm), -(-k // bk)
+    ks = max(1, min(nkb, 264 // (h * nmb)))
+    ms = max(1, min(nmb, -(-528 // (h * nkb))))
+    prm = jnp.array([m, k, nmb, nkb, ms, nmb * bm, nkb, ks], I32)
+    sc = jnp.array([scale], F32)
+    qf, cf = q.reshape(h * m, d), cent.reshape(h * k, d)
+    mx, sm = make_scores_z(d, bm, bk, 4, 3, h * m, h * nmb * ks, base2=True)(qf, cf, counts.reshape(-1), prm, sc)
+    if mode == "blocks":
+        part = make_scores_p(d, bm, bk, 4, 3, h * m, h * nkb * ms, base2=True)(qf, cf, mx, sm, prm, sc)
+        s_ = jnp.sum(part.reshape(h, nkb, ms, bk), axis=2).reshape(h, nkb * bk)
+    else:
+        kern = make_scores_pr(d, bm, bk, 4, 3, h * nmb, h * nmb * nkb * bk) if mode == "rows" else \
+            make_scores_pr2(d, bm, bk, 4, 3, h * nmb * ks, h * nmb * nkb * bk)
+        s_ = jnp.sum(kern(qf, cf, mx, sm, prm, sc).reshape(h, nmb, nkb * bk), axis=1)
+    s_ = s_[:, :k] / m
+    return jnp.where(counts > 0, s_, 0.0)
+
+
+def round31():
+    """Prepared in session 18, not yet run: make_scores_pr2 against kernel P by centroid blocks (what the engine runs
+    where Z splits the centroids) and make_scores_pr (what it runs where Z does not), at short inputs (64 tokens:
+    7B 64 rows a KV head, 8B 256) and the benchmark's 512-token inputs, 32K and 128K; checks against XLA's scores
+    first (Z splits included); EXPORT=1 writes it as scores_pr_d{64,128}.cfg (the engine would launch it over Z's
+    programs: a Go change, scoresKernel and emulateScores's "pr" case)."""
+    say(f"\n## round 31 (P by row blocks with Z's centroid splits): jax {jax.__version__}, {jax.devices()}")
+    ok_all, worst = True, 0.0
+    for case, (h, m, k, d) in enumerate(((3, 37, 50, 128), (2, 512, 1638, 128), (4, 100, 333, 64), (8, 2048, 1638, 128),
+                                         (2, 300, 5000, 128), (1, 64, 129, 64), (32, 64, 6554, 128), (8, 256, 1638, 64))):
+        q, cent, counts = case_data(jax.random.PRNGKey(case), h, m, k, d)
+        scale = 1.0 / d**0.5
+        want = xla_scores(q, cent, counts, scale)
+        got = jax.jit(lambda q, c, n: scores_call_r31(q, c, n, scale, "rows2"))(q, cent, counts)
+        err, ok = scores_error(got, want, counts)
+        ok_all &= ok
+        worst = max(worst, err)
+    say(f"checks: {'pass' if ok_all else 'FAIL'} (relative {worst:.1e})")
+    say("\n| shape, input | Z + P by blocks | Z + P by rows | Z + P by rows with Z's splits |")
+    say("|---|---:|---:|---:|")
+    for label, h, m, k, layers in (("7B 32K, 64 tokens", 32, 64, 1638, 16), ("7B 128K, 64 tokens", 32, 64, 6554, 8),
+                                   ("8B 32K, 64 tokens", 8, 256, 1638, 16), ("8B 128K, 64 tokens", 8, 256, 6554, 8),
+                                   ("7B 32K, 512 tokens", 32, 512, 1638, 16), ("7B 128K, 512 tokens", 32, 512, 6554, 8),
+                                   ("8B 32K, 512 tokens", 8, 2048, 1638, 16), ("8B 128K, 512 tokens", 8, 2048, 6554, 8)):
+        try:
+            scale = 1.0 / 128**0.5
+            per, _ = timing_case(h, m, k, layers, 300)
+            t = [per(lambda q, c, n, md=md: scores_call_r31(q, c, n, scale, md)) for md in ("blocks", "rows", "rows2")]
+            say(f"| {label} | {t[0]:.1f} | {t[1]:.1f} | {t[2]:.1f} |")
+        except Exception:  # noqa: BLE001
+            say(f"{label}: timing FAILED\n```\n{traceback.format_exc()[-2000:]}\n```")
+    if ok_all and os.environ.get("EXPORT"):
+        outdir = os.path.join(ps.OUT, "kernels")
+        os.makedirs(outdir, exist_ok=True)
+        for d in (64, 128):
+            a = (jax.ShapeDtypeStruct((1 << 16, d), BF16), jax.ShapeDtypeStruct((1 << 15, d), BF16))
+            prm, sc = jax.ShapeDtypeStruct((8,), I32), jax.ShapeDtypeStruct((1,), F32)
+            part = jax.ShapeDtypeStruct((64 * 64,), F32)
+            pk = make_scores_pr2(d, 64, 128, 4, 3, 64, 64 * 128)
+            with open(os.path.join(outdir, f"scores_pr_d{d}.cfg"), "w") as fh:
+                fh.write(p2.extract_config(jax.jit(pk).lower(*a, part, part, prm, sc).as_text()))
+        say(f"exported P by row blocks with Z's splits to {outdir}")
+
+
 if __name__ == "__main__":
     {"11": round11, "12": round12, "15": round15, "16": round16, "17": round17,
-     "28": round28, "29": round29, "30": round30}[os.environ.get("ROUND", "12")]()
+     "28": round28, "29": round29, "30": round30, "31": round31}[os.environ.get("ROUND", "12")]()
