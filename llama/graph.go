@@ -391,7 +391,7 @@ func init() {
 	squeeze.LookupKernel = envChoice("SQLLM_SQUEEZE_LOOKUP", map[string]squeeze.SelectMode{"": squeeze.SelectAuto,
 		"1": squeeze.SelectOn, "0": squeeze.SelectOff})
 	squeeze.ScoresPByBlocks = envChoice("SQLLM_SCORES_P", map[string]bool{"": false, "rows": false, "blocks": true})
-	squeeze.KernelDir = os.Getenv("SQLLM_KERNEL_DIR")
+	squeeze.KernelDir = envDir("SQLLM_KERNEL_DIR")
 	if v := os.Getenv("SQLLM_SCORES_SPLITS"); v != "" {
 		if o, ok := parseSplits(v); ok {
 			squeeze.ScoresSplitsOverride = o
@@ -598,6 +598,20 @@ func writeRows(cache, rows, off, count *Node) *Node {
 	gathered := Gather(rows, Concatenate([]*Node{heads, rowIdx}, -1)) // [numKVHeads, capacity, headDim]
 	mask := BroadcastToDims(Reshape(inRange, 1, capacity, 1), kvh, capacity, hd)
 	return Where(mask, gathered, cache)
+}
+
+// envDir is the directory the environment variable name names ("" when unset). A value that is not a directory is
+// named on stderr and "" is returned.
+func envDir(name string) string {
+	v := os.Getenv(name)
+	if v == "" {
+		return ""
+	}
+	if st, err := os.Stat(v); err != nil || !st.IsDir() {
+		fmt.Fprintf(os.Stderr, "llama: ignoring %s=%q: not a directory\n", name, v)
+		return ""
+	}
+	return v
 }
 
 // envInt is the positive integer the environment variable name holds; unset, it is def. A value that is not a

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 
@@ -306,6 +308,21 @@ func TestParseSplits(t *testing.T) {
 	for _, v := range []string{"", "3", "1,", "a,1", "-1,2", "1,2,3"} {
 		if got, ok := parseSplits(v); ok {
 			t.Errorf("parseSplits(%q) = %v, accepted", v, got)
+		}
+	}
+}
+
+// TestEnvDir: a directory is taken; unset, a missing path or a file gives "".
+func TestEnvDir(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "f.cfg")
+	if err := os.WriteFile(file, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for v, want := range map[string]string{"": "", dir: dir, file: "", filepath.Join(dir, "missing"): ""} {
+		t.Setenv("SQLLM_TEST_DIR", v)
+		if got := envDir("SQLLM_TEST_DIR"); got != want {
+			t.Errorf("SQLLM_TEST_DIR=%q: %q, want %q", v, got, want)
 		}
 	}
 }

@@ -206,9 +206,13 @@ func kernelConfig(name string) string {
 	}
 	cfg := ""
 	if KernelDir != "" {
-		if b, err := os.ReadFile(filepath.Join(KernelDir, strings.TrimSuffix(path.Base(name), ".gz"))); err == nil && gridX.Match(b) {
-			pagedCfgs[name] = string(b)
-			return string(b)
+		file := filepath.Join(KernelDir, strings.TrimSuffix(path.Base(name), ".gz"))
+		if b, err := os.ReadFile(file); err == nil {
+			if gridX.Match(b) {
+				pagedCfgs[name] = string(b)
+				return string(b)
+			}
+			fmt.Fprintf(os.Stderr, "squeeze: ignoring %s: not a Triton call's backend_config (no grid_x); the embedded one, if any, is used\n", file)
 		}
 	}
 	if z, err := kernelFS.ReadFile(name); err == nil {

@@ -106,8 +106,12 @@ func scoresConfigs(d int) (z, p, pr string) {
 	if d != 64 && d != 128 {
 		return "", "", ""
 	}
-	cfg := func(k string) string { return kernelConfig(fmt.Sprintf("kernels/scores_%s_d%d.cfg.gz", k, d)) }
-	return cfg("z"), cfg("p"), cfg("pr")
+	return scoresConfig("z", d), scoresConfig("p", d), scoresConfig("pr", d)
+}
+
+// scoresConfig is the config of cluster-score kernel kind ("z", "p" or "pr") for head dim d ("" where there is none).
+func scoresConfig(kind string, d int) string {
+	return kernelConfig(fmt.Sprintf("kernels/scores_%s_d%d.cfg.gz", kind, d))
 }
 
 // scoresByRows says whether kernel P by row blocks follows Z when Z runs ks centroid splits: where Z needs no split

@@ -24,7 +24,7 @@ func emulateScores(t *testing.T) func(cfg string, programs int, ops []*Node, out
 		kind, d := "", 0
 		for _, dd := range []int{64, 128} {
 			for _, kd := range []string{"z", "p", "pr"} {
-				if cfg == kernelConfig(fmt.Sprintf("kernels/scores_%s_d%d.cfg.gz", kd, dd)) {
+				if cfg == scoresConfig(kd, dd) {
 					kind, d = kd, dd
 				}
 			}
@@ -142,7 +142,7 @@ func TestScoresKernel(t *testing.T) {
 			defer func() { scoresCall = emu }()
 			scoresCall = func(cfg string, programs int, ops []*Node, outs []shapes.Shape) []*Node {
 				for _, kd := range []string{"z", "p", "pr"} {
-					if cfg == kernelConfig(fmt.Sprintf("kernels/scores_%s_d%d.cfg.gz", kd, c.d)) {
+					if cfg == scoresConfig(kd, c.d) {
 						launched = append(launched, kd)
 					}
 				}

@@ -53,6 +53,28 @@ def _dot(a, b):
     return lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=F32)
 
 
+def _online(carry, s, v):
+    """One block of an online softmax in base 2: the running maximum m, sum l and output acc [BM, D] of the rows after
+    the block's scores s [BM, BN] (log2 units, masked to NEG) and values v [BN, D]."""
+    m, l, acc = carry
+    m_new = jnp.maximum(m, jnp.max(s, axis=1))
+    alpha = jnp.exp2(m - m_new)
+    p = jnp.exp2(s - m_new[:, None])
+    return m_new, l * alpha + jnp.sum(p, axis=1), acc * alpha[:, None] + _dot(p.astype(BF16), v)
+
+
+def _own_body(q, tok, dk_ref, dv_ref, h, t_dyn, n_tok, bn, scale2):
+    """The loop body over the input's own tokens, BN at a time: row i sees tokens 0 .. tok[i] (causal)."""
+    def body(j, carry):
+        kt = j * bn + jnp.arange(bn, dtype=I32)
+        rows = h * t_dyn + jnp.minimum(kt, n_tok - 1)
+        k = dk_ref[rows, :]
+        v = dv_ref[rows, :]
+        ok = (kt[None, :] <= tok[:, None]) & (kt[None, :] < n_tok)
+        return _online(carry, jnp.where(ok, _dot_t(q, k) * scale2, NEG), v)
+    return body
+
+
 @functools.lru_cache(maxsize=None)
 def make_input(d, bm, bn, num_warps=4, num_stages=2, n_static=1 << 16, p_static=64, debug=False):
     def kernel(q_ref, gidx_ref, k_ref, v_ref, dk_ref, dv_ref, kept_ref, prm_ref, scale_ref, o_ref, lse_ref):
@@ -67,41 +89,20 @@ def make_input(d, bm, bn, num_warps=4, num_stages=2, n_static=1 << 16, p_static=
         kept = kept_ref[h]
 
         def kept_body(i, carry):
-            m, l, acc = carry
             slot = i * bn + jnp.arange(bn, dtype=I32)
             ix = gidx_ref[h * bp + jnp.minimum(slot, bp - 1)]
             keep = (ix >= 0) & (slot < kept)
             ixc = jnp.maximum(ix, 0)
             k = k_ref[ixc, :]
             v = v_ref[ixc, :]
-            s = _dot_t(q, k) * scale2 + jnp.where(keep, 0.0, NEG)[None, :]
-            m_new = jnp.maximum(m, jnp.max(s, axis=1))
-            alpha = jnp.exp2(m - m_new)
-            p = jnp.exp2(s - m_new[:, None])
-            l = l * alpha + jnp.sum(p, axis=1)
-            acc = acc * alpha[:, None] + _dot(p.astype(BF16), v)
-            return m_new, l, acc
+            return _online(carry, _dot_t(q, k) * scale2 + jnp.where(keep, 0.0, NEG)[None, :], v)
 
         init = (jnp.full((bm,), NEG, F32), jnp.zeros((bm,), F32), jnp.zeros((bm, d), F32))
         carry = lax.fori_loop(0, (kept + bn - 1) // bn, kept_body, init)
 
         last = jnp.minimum((mb * bm + bm - 1) // grp, n_tok - 1)
 
-        def own_body(j, carry):
-            m, l, acc = carry
-            kt = j * bn + jnp.arange(bn, dtype=I32)
-            rows = h * t_dyn + jnp.minimum(kt, n_tok - 1)
-            k = dk_ref[rows, :]
-            v = dv_ref[rows, :]
-            ok = (kt[None, :] <= tok[:, None]) & (kt[None, :] < n_tok)
-            s = jnp.where(ok, _dot_t(q, k) * scale2, NEG)
-            m_new = jnp.maximum(m, jnp.max(s, axis=1))
-            alpha = jnp.exp2(m - m_new)
-            p = jnp.exp2(s - m_new[:, None])
-            l = l * alpha + jnp.sum(p, axis=1)
-            acc = acc * alpha[:, None] + _dot(p.astype(BF16), v)
-            return m_new, l, acc
-
+        own_body = _own_body(q, tok, dk_ref, dv_ref, h, t_dyn, n_tok, bn, scale2)
         m, l, acc = lax.fori_loop(0, last // bn + 1, own_body, carry)
         o_ref[pl.ds(pid * bm, bm), :] = acc / jnp.maximum(l, 1e-30)[:, None]
         lse_ref[pl.ds(pid * bm, bm)] = m * LN2 + jnp.log(jnp.maximum(l, 1e-30))
@@ -138,21 +139,7 @@ def make_own(d, bm, bn, num_warps=4, num_stages=2, n_static=1 << 16, p_static=64
         a0 = jnp.where(seen[:, None], o1_ref[rows_q, :].astype(F32), jnp.zeros((bm, d), F32))
         last = jnp.minimum((mb * bm + bm - 1) // grp, n_tok - 1)
 
-        def own_body(j, carry):
-            m, l, acc = carry
-            kt = j * bn + jnp.arange(bn, dtype=I32)
-            rows = h * t_dyn + jnp.minimum(kt, n_tok - 1)
-            k = dk_ref[rows, :]
-            v = dv_ref[rows, :]
-            ok = (kt[None, :] <= tok[:, None]) & (kt[None, :] < n_tok)
-            s = jnp.where(ok, _dot_t(q, k) * scale2, NEG)
-            m_new = jnp.maximum(m, jnp.max(s, axis=1))
-            alpha = jnp.exp2(m - m_new)
-            p = jnp.exp2(s - m_new[:, None])
-            l = l * alpha + jnp.sum(p, axis=1)
-            acc = acc * alpha[:, None] + _dot(p.astype(BF16), v)
-            return m_new, l, acc
-
+        own_body = _own_body(q, tok, dk_ref, dv_ref, h, t_dyn, n_tok, bn, scale2)
         m, l, acc = lax.fori_loop(0, last // bn + 1, own_body, (m0, l0, a0))
         out = pid * bm
         if reverse:

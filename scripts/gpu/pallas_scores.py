@@ -884,6 +884,15 @@ def round28():
         say(f"exported P' {best} to {outdir}")
 
 
+def _pr_block_sums(c_ref, q, h, k_cl, kb, bk, scale2, lz2):
+    """Kernel P by row blocks' work on centroid block kb (as in make_scores_pr, whose embedded source stays as it was
+    lowered): the block's logits transposed ([BK, BM]) and each centroid's sum of ex2(logit − log2 Z) over the rows."""
+    kk = kb * bk + jnp.arange(bk, dtype=I32)
+    c = c_ref[h * k_cl + jnp.minimum(kk, k_cl - 1), :]
+    lt = lax.dot_general(c, q, (((1,), (1,)), ((), ())), preferred_element_type=F32) * scale2  # [BK, BM]
+    return jnp.sum(jnp.exp2(lt - lz2[None, :]), axis=1)
+
+
 @functools.lru_cache(maxsize=None)
 def make_scores_zp(d, bm, bk, num_warps=4, num_stages=3, programs=64, out_static=64 * 128, debug=False):
     """Round 29 (session 18): kernels Z and P by row blocks in one program (for one centroid split, KS = 1): program
@@ -917,10 +926,7 @@ def make_scores_zp(d, bm, bk, num_warps=4, num_stages=3, programs=64, out_static
         kp = nkb * bk
 
         def body(kb, carry):
-            kk = kb * bk + jnp.arange(bk, dtype=I32)
-            c = c_ref[h * k_cl + jnp.minimum(kk, k_cl - 1), :]
-            lt = lax.dot_general(c, q, (((1,), (1,)), ((), ())), preferred_element_type=F32) * scale2  # [BK, BM]
-            o_ref[pl.ds(pid * kp + kb * bk, bk)] = jnp.sum(jnp.exp2(lt - lz2[None, :]), axis=1)
+            o_ref[pl.ds(pid * kp + kb * bk, bk)] = _pr_block_sums(c_ref, q, h, k_cl, kb, bk, scale2, lz2)
             return carry
 
         lax.fori_loop(0, nkb, body, jnp.int32(0))
@@ -1085,10 +1091,7 @@ def make_scores_pr2(d, bm, bk, num_warps=4, num_stages=3, programs=64, out_stati
 
         def body(i, carry):
             kb = first + i
-            kk = kb * bk + jnp.arange(bk, dtype=I32)
-            c = c_ref[h * k_cl + jnp.minimum(kk, k_cl - 1), :]
-            lt = lax.dot_general(c, q, (((1,), (1,)), ((), ())), preferred_element_type=F32) * scale2  # [BK, BM]
-            o_ref[pl.ds(hm * kp + kb * bk, bk)] = jnp.sum(jnp.exp2(lt - lz2[None, :]), axis=1)
+            o_ref[pl.ds(hm * kp + kb * bk, bk)] = _pr_block_sums(c_ref, q, h, k_cl, kb, bk, scale2, lz2)
             return carry
 
         lax.fori_loop(0, jnp.maximum(jnp.minimum(per, nkb - first), 0), body, jnp.int32(0))
