@@ -280,6 +280,11 @@ type stepKind struct {
 	freshDyn bool
 }
 
+// testFreshDyn (tests only): 1 makes a fresh dynamic segment compile its own step on a backend without
+// fused attention too, where squeezedAttention's fresh-segment branch then runs its fallback; -1 makes no
+// segment fresh, so that the step treats it as any other (token-major rows, the masked dense graph).
+var testFreshDyn int
+
 // graphRows is the largest step (token rows, bucketed) compiled for command buffers. Measured on an H100
 // (LLaMA-2-7B shape, 32K fixed context; scripts/gpu/cmdbuf_squeeze.sh): with graphs a squeezed decode step
 // went 17.8 → 9.4 ms and the 8K+64-token memory hit 10.7 → 9.9 ms, but a 512-token user-input step 58 →
@@ -786,8 +791,8 @@ func (s *Sequence) step(tokens []int, nb int, ctxKV *kvTensors, ctxLen int, dynK
 	exec := r.steps[stepKind{allLogits: allLogits, prefill: dynKV == nil, hasCtx: ctxKV != nil, deviceToken: deviceToken, large: large}]
 	if s.sq != nil && ctxKV == s.ctx {
 		// A fresh dynamic segment compiles its own step only where it changes the graph (fused attention).
-		fresh := dynKV != nil && dynLen == 0 && !r.opts.NoFusedAttention &&
-			r.backend.Capabilities().Operations[compute.OpTypeFusedScaledDotProductAttention]
+		fresh := dynKV != nil && dynLen == 0 && !r.opts.NoFusedAttention && testFreshDyn >= 0 &&
+			(r.backend.Capabilities().Operations[compute.OpTypeFusedScaledDotProductAttention] || testFreshDyn > 0)
 		if exec, err = r.stepExecSqueezed(s.sq, allLogits, deviceToken, large, fresh); err != nil {
 			return nil, nil, err
 		}

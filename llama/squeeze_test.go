@@ -9,6 +9,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/gomlx/compute"
 	"github.com/gomlx/compute/dtypes"
 	"github.com/gomlx/compute/dtypes/bfloat16"
 	"github.com/gomlx/gomlx/core/graph"
@@ -209,6 +210,90 @@ func TestSqueezedInputBF16(t *testing.T) {
 		checkLoadedIndex(t, p, q, blobs, ids[ctxLen:ctxLen+3])
 		q.Free()
 		p.Free()
+	}
+}
+
+// TestSqueezedInputFreshRows: a user input's first step over a squeezed prefix (a fresh dynamic segment) lays a
+// grouped-query model's query rows out head by head (squeezedAttention), so that the fused causal call over the
+// input's own tokens needs no transposes. Every input row's logits must equal those of the step that treats the
+// segment as any other (token-major rows, the masked dense graph; testFreshDyn -1), with keys dropped so that the
+// selection matters. In float32 (no fused attention) the fresh branch runs its fallback, the masked dense graph with
+// the mask laid out head by head (forced on where the backend has no fused attention: testFreshDyn 1), in the
+// fixed-budget, calibrated and hierarchical modes: equal within 1e-5. In bfloat16 on a backend with fused attention
+// (SQLLM_TEST_BACKEND=xla on a GPU) it runs the fused causal call: within bfloat16's rounding of the other graph.
+func TestSqueezedInputFreshRows(t *testing.T) {
+	cases, err := loadGolden()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := cases[3].IDs[:640]
+	const ctxLen = 600 // then a 40-token input
+	ctx := context.Background()
+	for _, tc := range []struct {
+		dtype dtypes.DType
+		opts  []SqueezeOptions
+		tol   float64
+	}{
+		{dtypes.Float32, []SqueezeOptions{{Budget: 0.3}, {Sparsity: 0.7}, {Budget: 0.3, Hierarchical: true}}, 1e-5},
+		{dtypes.BFloat16, []SqueezeOptions{{Budget: 0.3}}, 5e-2},
+	} {
+		r := testRunner(t, tc.dtype, Options{})
+		if g := r.cfg.GroupSize(); g < 2 || (len(ids)-ctxLen)*g < squeeze.FusedMinQueries {
+			t.Fatalf("the bundled model's %d query heads a KV head give %d rows: not a grouped-query fresh-segment step", g, (len(ids)-ctxLen)*g)
+		}
+		run := func(p *Prefix, fresh int) [][]float32 {
+			testFreshDyn = fresh
+			defer func() { testFreshDyn = 0 }()
+			s := p.NewSequence()
+			defer s.Close()
+			got, err := s.AppendAllLogits(ctx, ids[ctxLen:])
+			if err != nil {
+				t.Fatal(err)
+			}
+			return got
+		}
+		for _, opts := range tc.opts {
+			p, err := r.Prefill(ctx, ids[:ctxLen])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := p.Squeeze(ctx, opts); err != nil {
+				p.Free()
+				t.Fatal(err)
+			}
+			want, got := run(p, -1), run(p, 1)
+			p.Free()
+			if len(got) != len(want) {
+				t.Fatalf("%s %+v: %d rows of logits, want %d", tc.dtype, opts, len(got), len(want))
+			}
+			worst := 0.0
+			for i := range got {
+				worst = math.Max(worst, maxDiff(got[i], want[i])/maxAbs(want[i]))
+			}
+			t.Logf("%s %+v: %d input rows, the fresh segment's head-major step against the token-major one: relative logit difference %.2e",
+				tc.dtype, opts, len(got), worst)
+			if worst > tc.tol {
+				t.Errorf("%s %+v: the fresh segment's step gives logits %.2e (relative) from the token-major step's", tc.dtype, opts, worst)
+			}
+		}
+	}
+}
+
+// TestKernelProbes: on the XLA backend of a GPU (SQLLM_TEST_BACKEND=xla) every embedded Triton kernel's probe
+// compiles, runs and agrees with its graph reference, so that the engine's default (SelectAuto) takes the kernels;
+// a failing probe makes the engine fall back to XLA's graphs without failing any other test. On the pure-Go
+// backend, which has no custom calls, every probe says no at once.
+func TestKernelProbes(t *testing.T) {
+	b := testBackend(t)
+	want := os.Getenv("SQLLM_TEST_BACKEND") == "xla"
+	for _, p := range []struct {
+		name  string
+		probe func(compute.Backend) bool
+	}{{"paged", squeeze.ProbePaged}, {"paged with the dynamic segment", squeeze.ProbePagedSeg}, {"lookup", squeeze.ProbeLookup},
+		{"cluster scores", squeeze.ProbeScores}, {"selection", squeeze.ProbeSelect}} {
+		if got := p.probe(b); got != want {
+			t.Errorf("the %s kernels' probe says %v on %s, want %v", p.name, got, b.Name(), want)
+		}
 	}
 }
 

@@ -26,9 +26,9 @@ import (
 //   - Kernel P, one program per (KV head, 128 centroids, query split): for each block of 64 rows of its share,
 //     the rows' logZ from their KS partials, the logits again, exp(logit − logZ) added element-wise into a
 //     [64, 128] accumulator, summed over the rows at the end. Operands q, centroids, mx, sm, prm, scale; output
-//     [H·nKB·MS·128] float32, the MS splits' partial sums, which XLA adds and divides by M. Since session 18 it
-//     runs where Z splits the centroids (short inputs) or under ScoresPByBlocks; elsewhere the second kernel is
-//     kernel P by row blocks (below), the same sums from Z's launch (scoresByRows).
+//     [H·nKB·MS·128] float32, the MS splits' partial sums, which XLA adds and divides by M. Since session 19 it
+//     runs only under ScoresPByBlocks (for measurements); the second kernel is kernel P by row blocks (below),
+//     the same sums from Z's launch.
 //
 // Both read rows through clamped index vectors, take every size at run time, and serve any input length and
 // context (round 12's Triton IR differs between shapes only in multiplications of a constant by 0, checked in
@@ -80,20 +80,27 @@ var scoresProbed sync.Map
 // scoresCall emits a cluster-score kernel's call; tests replace it with a graph emulation (emulateScores).
 var scoresCall = tritonLaunch
 
-// Kernel P by row blocks (kernels/scores_pr_d{D}.cfg.gz; Pallas round 28, make_scores_pr in
-// scripts/gpu/pallas_scores.py), since session 18 the second kernel wherever Z runs one centroid split (scoresByRows;
-// at the benchmark's 512-token inputs and longer ones): Z's launch (one program per KV head and 64 query rows,
-// H·nMB programs), each program taking its rows' log Z from Z's partials once and walking all of its head's centroid
-// blocks as Z does. A block's logits are computed transposed ([128 centroids, 64 rows]), so a centroid's sum over the
-// rows is a reduction within a row of the product's layout, and the program writes the block's 128 sums of
-// exp(logit − log Z); output [H·nMB·Kp] float32 (Kp = nKB·128), which XLA sums over the nMB row blocks. The same
-// operands and prm as kernel P. Kernel P proper walks the row blocks for one block of centroids (H·nKB·MS programs,
-// several waves of short loops).
+// Kernel P by row blocks (kernels/scores_pr_d{D}.cfg.gz; Pallas round 31, make_scores_pr2 in
+// scripts/gpu/pallas_scores.py), the second kernel since session 18: Z's launch, splits included (one program per
+// KV head, 64 query rows and centroid split, H·nMB·KS programs). Each program takes its rows' log Z from all KS of
+// Z's partials once, then walks its split's share of the head's centroid blocks as Z does. A block's logits are
+// computed transposed ([128 centroids, 64 rows]), so a centroid's sum over the rows is a reduction within a row of
+// the product's layout, and the program writes the block's 128 sums of exp(logit − log Z); output [H·nMB·Kp]
+// float32 (Kp = nKB·128; the KS programs of a row block write disjoint blocks of it), which XLA sums over the nMB
+// row blocks. The same operands and prm as kernel P. Kernel P proper walks the row blocks for one block of
+// centroids (H·nKB·MS programs, several waves of short loops).
 //
-// Measured in Pallas (session 18, call 3, an NVIDIA H100 80GB; jax timings of 16 or 8 chained layers, µs a layer,
-// the same run, after the same Z): Z and P 73.5 against Z and P by row blocks 60.8 at LLaMA-2-7B 32K (512-token
-// input), 235.9 against 204.5 at 7B 128K, 77.0 against 67.2 at LLaMA-3-8B 32K, 232.4 against 194.6 at 8B 128K; P alone
-// 51.7 against 33.2 and 134.0 against 98.7 at 7B 32K and 128K. 4 warps and 3 stages were the best of four choices.
+// Measured in Pallas (jax timings of 16 or 8 chained layers, µs a layer, the same run, after the same Z):
+//   - Session 18 (call 3, an NVIDIA H100 80GB; round 28's kernel, one program per row block, then the second
+//     kernel only where Z ran one split): Z and P 73.5 against Z and P by row blocks 60.8 at LLaMA-2-7B 32K
+//     (512-token input), 235.9 against 204.5 at 7B 128K, 77.0 against 67.2 at LLaMA-3-8B 32K, 232.4 against 194.6
+//     at 8B 128K; P alone 51.7 against 33.2 and 134.0 against 98.7 at 7B 32K and 128K. 4 warps and 3 stages were
+//     the best of four choices.
+//   - Session 19 (call 1, an NVIDIA H100 80GB; round 31): with Z's splits, for a 64-token input (where Z splits
+//     the centroids), Z and P by centroid blocks / Z and P by row blocks without splits (round 28) / with Z's
+//     splits: 34.2 / 41.5 / 32.0 at 7B 32K, 82.7 / 103.2 / 71.4 at 7B 128K, 32.3 / 36.1 / 25.4 at 8B 32K, 60.6 /
+//     101.3 / 43.8 at 8B 128K; for 512 tokens (one split, the same kernel as round 28's) 68.7 / 64.4, 209.9 /
+//     205.2, 64.5 / 65.6, 192.6 / 192.3 for the last two.
 // Checked there against XLA's scores (relative 8.9e-7, empty clusters, ragged sizes, Z splits).
 
 // ScoresPByBlocks makes a user input's cluster scores always run kernel P proper (by centroid blocks) after Z; the
@@ -113,12 +120,6 @@ func scoresConfigs(d int) (z, p, pr string) {
 func scoresConfig(kind string, d int) string {
 	return kernelConfig(fmt.Sprintf("kernels/scores_%s_d%d.cfg.gz", kind, d))
 }
-
-// scoresByRows says whether kernel P by row blocks follows Z when Z runs ks centroid splits: where Z needs no split
-// (its row blocks fill a wave, or there is one centroid block) and ScoresPByBlocks is off. Where Z splits the
-// centroids (a short input: few row blocks), P by row blocks would have Z's few programs walk every centroid block
-// one after the other, so kernel P by centroid blocks runs instead.
-func scoresByRows(ks int) bool { return ks == 1 && !ScoresPByBlocks }
 
 // useScoresKernels says whether a step graph scores the clusters of centroids [H, K, D] for queries q [H, M, D]
 // in the kernels: both bfloat16, M ≥ ScoresMinQueries, a head dim with a kernel, a backend with custom calls,
@@ -179,9 +180,9 @@ func scoresKernel(q, centroids, counts *Node, scale float64) *Node {
 	part := shapes.Make(f32, zProgs*scoresBM)
 	z := scoresCall(zc, zProgs, []*Node{qf, cf, cnt, prm, sc}, []shapes.Shape{part, part})
 	var s *Node // [H, Kp]
-	if scoresByRows(ks) {
+	if !ScoresPByBlocks {
 		kp := nkb * scoresBK
-		sums := scoresCall(prc, h*nmb, []*Node{qf, cf, z[0], z[1], prm, sc}, []shapes.Shape{shapes.Make(f32, h*nmb*kp)})[0]
+		sums := scoresCall(prc, zProgs, []*Node{qf, cf, z[0], z[1], prm, sc}, []shapes.Shape{shapes.Make(f32, h*nmb*kp)})[0]
 		s = ReduceSum(Reshape(sums, h, nmb, kp), 1)
 	} else {
 		pProgs := h * nkb * ms
@@ -202,8 +203,8 @@ func clusterScores(q, centroids, counts *Node, scale float64, mode SelectMode) *
 
 // ProbeScores compiles and runs small cases through the cluster-score kernels on b, once per backend, and says
 // whether they ran and agreed with ClusterScores (relative 1e-4 of the largest score; empty clusters, ragged
-// sizes and several splits included; kernel P by row blocks at both head dims, over one and two centroid blocks,
-// and kernel P by centroid blocks). A plugin that cannot read the embedded bytecode fails here, so
+// sizes and several splits included; kernel P by row blocks at both head dims, over one and two centroid blocks;
+// kernel P by centroid blocks under ScoresPByBlocks). A plugin that cannot read the embedded bytecode fails here, so
 // SelectAuto falls back to XLA's scores. On a backend without custom calls it is false at once.
 func ProbeScores(b compute.Backend) bool { return probeOnce(&scoresProbed, b, probeScores) }
 

@@ -84,8 +84,8 @@ func emulateScores(t *testing.T) func(cfg string, programs int, ops []*Node, out
 			rows := ms * perM * scoresBM
 			if kind == "pr" {
 				rows = nmb * scoresBM
-				if programs != h*nmb || len(ops) != 6 || len(outs) != 1 || outs[0].Dimensions[0] != programs*kp {
-					t.Errorf("kernel P by row blocks: %d programs (H %d, nMB %d), %d operands, outputs %v", programs, h, nmb, len(ops), outs)
+				if programs != h*nmb*ks || len(ops) != 6 || len(outs) != 1 || outs[0].Dimensions[0] != h*nmb*kp {
+					t.Errorf("kernel P by row blocks: %d programs (H %d, nMB %d, KS %d), %d operands, outputs %v", programs, h, nmb, ks, len(ops), outs)
 				}
 			} else if programs != h*nkb*ms || len(ops) != 6 || len(outs) != 1 || outs[0].Dimensions[0] != programs*scoresBK {
 				t.Errorf("kernel P: %d programs (H %d, nKB %d, MS %d), %d operands, outputs %v", programs, h, nkb, ms, len(ops), outs)
@@ -107,8 +107,8 @@ func emulateScores(t *testing.T) func(cfg string, programs int, ops []*Node, out
 			lg := logits(rows, kp)
 			okRow := BroadcastToDims(Reshape(LessThan(r, Scalar(g, i32, m)), 1, rows, 1), h, rows, kp)
 			p := Where(okRow, Exp(Sub(lg, BroadcastToDims(lz, h, rows, kp))), ZerosLike(lg))
-			if kind == "pr" { // each program (head, row block): its rows' sums for every centroid, [H, nMB, Kp]
-				return []*Node{Reshape(ReduceSum(Reshape(p, h, nmb, scoresBM, kp), 2), programs*kp)}
+			if kind == "pr" { // the KS programs of a (head, row block): its rows' sums for every centroid, [H, nMB, Kp]
+				return []*Node{Reshape(ReduceSum(Reshape(p, h, nmb, scoresBM, kp), 2), h*nmb*kp)}
 			}
 			s := ReduceSum(Reshape(p, h, ms, perM*scoresBM, nkb, scoresBK), 2) // [H, MS, nKB, BK]
 			return []*Node{Reshape(TransposeAllAxes(s, 0, 2, 1, 3), programs*scoresBK)}
@@ -132,10 +132,10 @@ func TestScoresKernel(t *testing.T) {
 	rng := rand.New(rand.NewPCG(31, 32))
 	for _, c := range []struct {
 		h, m, k, d int
-		blocks     bool
-		rows       bool // kernel P by row blocks runs: Z needs no centroid split (scoresByRows)
-	}{{3, 70, 50, 128, false, true}, {2, 512, 1638, 128, false, false}, {4, 100, 333, 64, false, false}, {1, 64, 64, 128, false, true},
-		{2, 130, 900, 64, false, false}, {133, 64, 129, 64, false, true}, {3, 70, 50, 128, true, false}, {2, 512, 1638, 128, true, false}} {
+		blocks     bool // ScoresPByBlocks: kernel P by centroid blocks runs, else P by row blocks (over Z's splits where ks > 1)
+		ks         int  // Z's centroid splits
+	}{{3, 70, 50, 128, false, 1}, {2, 512, 1638, 128, false, 13}, {4, 100, 333, 64, false, 3}, {1, 64, 64, 128, false, 1},
+		{2, 130, 900, 64, false, 8}, {133, 64, 129, 64, false, 1}, {3, 70, 50, 128, true, 1}, {2, 512, 1638, 128, true, 13}} {
 		ScoresPByBlocks = c.blocks
 		t.Run(fmt.Sprintf("H%d_M%d_K%d_D%d_blocks%v", c.h, c.m, c.k, c.d, c.blocks), func(t *testing.T) {
 			emu, launched := scoresCall, []string{}
@@ -177,8 +177,11 @@ func TestScoresKernel(t *testing.T) {
 			if diff := maxAbsDiff(got, want); diff > 1e-5*top {
 				t.Errorf("scores differ from ClusterScores by %.2e (largest score %.2e)", diff, top)
 			}
-			if want := map[bool]string{true: "[z pr]", false: "[z p]"}[c.rows]; fmt.Sprint(launched) != want {
+			if want := map[bool]string{true: "[z p]", false: "[z pr]"}[c.blocks]; fmt.Sprint(launched) != want {
 				t.Errorf("kernels launched %v, want %s", launched, want)
+			}
+			if ks, _ := scoresSplits(c.h, (c.m+scoresBM-1)/scoresBM, (c.k+scoresBK-1)/scoresBK); ks != c.ks {
+				t.Errorf("Z runs %d centroid splits, want %d", ks, c.ks)
 			}
 			for i, n := range counts {
 				if n == 0 && got[i] != 0 {

@@ -65,7 +65,30 @@ func SparseAttentionAuto(q, keys, values, idx, valid, kept *Node, scale float64)
 // backend's fused flash attention: q [H, n*G, D] holds a KV head's G query heads of each token (row
 // i*G+j: token i, head j), keys and values [H, n, D] the tokens' keys and values in order. ok is false
 // when the backend has no fused attention for these inputs (use DenseAttention with a causal mask).
+// CausalAttentionFusedHeadMajor takes the rows head by head and needs no transposes.
 func CausalAttentionFused(q, keys, values *Node, scale float64) (p Partial, ok bool) {
+	h, rows := q.Shape().Dimensions[0], q.Shape().Dimensions[1]
+	n := keys.Shape().Dimensions[1]
+	if rows%n != 0 {
+		return p, false
+	}
+	grp := rows / n
+	// token-major [H, n, G, ·] ⇄ head-major [H, G, n, ·]
+	swap := func(x *Node, a, b int) *Node {
+		w := x.Shape().Dimensions[2]
+		return Reshape(TransposeAllAxes(Reshape(x, h, a, b, w), 0, 2, 1, 3), h, rows, w)
+	}
+	if p, ok = CausalAttentionFusedHeadMajor(swap(q, n, grp), keys, values, scale); ok {
+		p = Partial{Out: swap(p.Out, grp, n), LSE: swap(p.LSE, grp, n)}
+	}
+	return p, ok
+}
+
+// CausalAttentionFusedHeadMajor is CausalAttentionFused with q's rows head-major: q [H, G*n, D], row
+// j*n+i the query head j of token i, as the output. A KV head's G query heads are then G flash heads
+// of n consecutive rows each, so the call needs no transpose of the queries, the output or the
+// log-sum-exp (squeezedAttention lays a user input's rows out so for grouped-query models).
+func CausalAttentionFusedHeadMajor(q, keys, values *Node, scale float64) (p Partial, ok bool) {
 	g := q.Graph()
 	h, rows, d := q.Shape().Dimensions[0], q.Shape().Dimensions[1], q.Shape().Dimensions[2]
 	n := keys.Shape().Dimensions[1]
@@ -78,12 +101,10 @@ func CausalAttentionFused(q, keys, values *Node, scale float64) (p Partial, ok b
 	f32 := dtypes.Float32
 	err := exceptions.TryCatch[error](func() {
 		// One flash head per query head: [1, H*G, n, D]; the kernel shares each KV head with its group.
-		qh := Reshape(TransposeAllAxes(Reshape(ConvertDType(q, dtype), h, n, grp, d), 0, 2, 1, 3), 1, h*grp, n, d)
+		qh := Reshape(ConvertDType(q, dtype), 1, h*grp, n, d)
 		o, states := BackendFusedScaledDotProductAttention(qh, ExpandAxes(keys, 0), ExpandAxes(values, 0),
 			compute.AttentionAxesLayoutBHSD, &compute.ScaledDotProductAttentionConfig{Scale: scale, Causal: true})
-		out := TransposeAllAxes(Reshape(ConvertDType(o, f32), h, grp, n, d), 0, 2, 1, 3) // [H, n, G, D]
-		lse := TransposeAllAxes(Reshape(states[0], h, grp, n), 0, 2, 1)                  // [H, n, G]
-		p = Partial{Out: Reshape(out, h, rows, d), LSE: Reshape(lse, h, rows, 1)}
+		p = Partial{Out: Reshape(ConvertDType(o, f32), h, rows, d), LSE: Reshape(states[0], h, rows, 1)}
 	})
 	if err != nil {
 		if compute.IsNotImplemented(err) {

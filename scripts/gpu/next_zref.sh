@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepared in session 18, not yet run (the session's device time was spent): Pallas round 30 (scripts/gpu/pallas_scores.py,
+# Prepared in session 18; its parts ran in session 19 (scripts/gpu/session19_a.sh and _c.sh): Pallas round 30 (scripts/gpu/pallas_scores.py,
 # ROUND=30): round 17's kernel Z with a fixed reference (the embedded Z's contract) before kernel P by row blocks,
 # checked and timed against the embedded pair, exported as scores_z_d{64,128}.cfg to $OUT/kernels; then, if the
 # checks passed, the engine with it through SQLLM_KERNEL_DIR (no Go change: the file replaces the embedded Z):

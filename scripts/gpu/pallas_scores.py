@@ -1010,7 +1010,7 @@ def round29():
 
 
 def round30():
-    """Prepared in session 18, not yet run: round 17's Z with a fixed reference (make_scores_z_ref, the same contract as
+    """Session 19 (call 1; prepared in session 18): round 17's Z with a fixed reference (make_scores_z_ref, the same contract as
     the embedded Z) before P by row blocks, against the embedded pair (Z, P by row blocks), both with one-wave Z
     splits; checks against XLA's scores (with logits ×300, where the reference's sum would overflow and the kernel's
     fallback runs); EXPORT=1 writes it as scores_z_d{64,128}.cfg to $OUT/kernels, for the engine through
@@ -1056,7 +1056,7 @@ def round30():
 
 @functools.lru_cache(maxsize=None)
 def make_scores_pr2(d, bm, bk, num_warps=4, num_stages=3, programs=64, out_static=64 * 128, debug=False):
-    """Round 31 (prepared in session 18, not yet run): kernel P by row blocks in Z's whole launch, centroid splits
+    """Round 31 (session 19; embedded as scores_pr_d*.cfg.gz): kernel P by row blocks in Z's whole launch, centroid splits
     included. Program p = (h·nMB + mb)·KS + ks holds the BM rows mb·BM .. of head h (their log2 Z from all KS of Z's
     partials) and walks only its share of the head's centroid blocks, [ks·per, min(nKB, (ks+1)·per)), per = ⌈nKB /
     KS⌉, writing each block's sums where make_scores_pr does: the same output [H·nMB·Kp]. With KS = 1 it is
@@ -1126,11 +1126,11 @@ def scores_call_r31(q, cent, counts, scale, mode):
 
 
 def round31():
-    """Prepared in session 18, not yet run: make_scores_pr2 against kernel P by centroid blocks (what the engine runs
+    """Session 19 (call 1; prepared in session 18): make_scores_pr2 against kernel P by centroid blocks (what the engine runs
     where Z splits the centroids) and make_scores_pr (what it runs where Z does not), at short inputs (64 tokens:
     7B 64 rows a KV head, 8B 256) and the benchmark's 512-token inputs, 32K and 128K; checks against XLA's scores
     first (Z splits included); EXPORT=1 writes it as scores_pr_d{64,128}.cfg (the engine would launch it over Z's
-    programs: a Go change, scoresKernel and emulateScores's "pr" case)."""
+    programs: a Go change, scoresKernel and emulateScores's "pr" case); TIMINGS=0 skips the timings."""
     say(f"\n## round 31 (P by row blocks with Z's centroid splits): jax {jax.__version__}, {jax.devices()}")
     ok_all, worst = True, 0.0
     for case, (h, m, k, d) in enumerate(((3, 37, 50, 128), (2, 512, 1638, 128), (4, 100, 333, 64), (8, 2048, 1638, 128),
@@ -1143,12 +1143,15 @@ def round31():
         ok_all &= ok
         worst = max(worst, err)
     say(f"checks: {'pass' if ok_all else 'FAIL'} (relative {worst:.1e})")
-    say("\n| shape, input | Z + P by blocks | Z + P by rows | Z + P by rows with Z's splits |")
-    say("|---|---:|---:|---:|")
-    for label, h, m, k, layers in (("7B 32K, 64 tokens", 32, 64, 1638, 16), ("7B 128K, 64 tokens", 32, 64, 6554, 8),
-                                   ("8B 32K, 64 tokens", 8, 256, 1638, 16), ("8B 128K, 64 tokens", 8, 256, 6554, 8),
-                                   ("7B 32K, 512 tokens", 32, 512, 1638, 16), ("7B 128K, 512 tokens", 32, 512, 6554, 8),
-                                   ("8B 32K, 512 tokens", 8, 2048, 1638, 16), ("8B 128K, 512 tokens", 8, 2048, 6554, 8)):
+    timed = () if os.environ.get("TIMINGS") == "0" else (
+        ("7B 32K, 64 tokens", 32, 64, 1638, 16), ("7B 128K, 64 tokens", 32, 64, 6554, 8),
+        ("8B 32K, 64 tokens", 8, 256, 1638, 16), ("8B 128K, 64 tokens", 8, 256, 6554, 8),
+        ("7B 32K, 512 tokens", 32, 512, 1638, 16), ("7B 128K, 512 tokens", 32, 512, 6554, 8),
+        ("8B 32K, 512 tokens", 8, 2048, 1638, 16), ("8B 128K, 512 tokens", 8, 2048, 6554, 8))
+    if timed:
+        say("\n| shape, input | Z + P by blocks | Z + P by rows | Z + P by rows with Z's splits |")
+        say("|---|---:|---:|---:|")
+    for label, h, m, k, layers in timed:
         try:
             scale = 1.0 / 128**0.5
             per, _ = timing_case(h, m, k, layers, 300)

@@ -65,13 +65,14 @@ device_test() {
 
 # input_ab LABEL LIMIT [ENV=VALUE...]: the attention benchmark's input phase at the four shapes (7B, 8B; 32K, 128K) by the
 # slope, ten calls a repetition, dense-fused and sq-engine-sel-sk, in one process with the given environment (LIMIT
-# seconds at most); the rows go to R. Needs T0 (the script's start, in SECONDS).
+# seconds at most); the rows go to R. Needs T0 (the script's start, in SECONDS). AB_BIN: another test binary (a path
+# from the repository root; default bin/llama.test); AB_ARGS: more flags (e.g. -attnbench.input 64).
 input_ab() {
-  local label=$1 limit=$2; shift 2
+  local label=$1 limit=$2 bin=${AB_BIN:-bin/llama.test}; shift 2
   echo "== $label" | tee -a "$R"
-  (cd llama && env "$@" timeout "$limit" ../bin/llama.test -test.run '^TestAttentionBench$' -test.v -test.timeout 20m -attnbench gpu \
+  (cd llama && env "$@" timeout "$limit" "../$bin" -test.run '^TestAttentionBench$' -test.v -test.timeout 20m -attnbench gpu \
     -attnbench.batch 10 -attnbench.shapes 7b,8b -attnbench.ctx 32768,131072 -attnbench.phases input \
-    -attnbench.check=false -attnbench.cluster=false -attnbench.variants dense-fused,sq-engine-sel-sk -attnbench.out "$OUT/ab.md" > "$OUT/ab.log" 2>&1)
+    -attnbench.check=false -attnbench.cluster=false -attnbench.variants dense-fused,sq-engine-sel-sk -attnbench.out "$OUT/ab.md" ${AB_ARGS:-} > "$OUT/ab.log" 2>&1)
   echo "rc=$? at $((SECONDS-T0)) s" | tee -a "$R"
   grep -E "FAIL|panic|rror" "$OUT/ab.log" | head -4 | cut -c1-300 | tee -a "$R"
   grep -E "^\| LLaMA.*input [0-9]+ \| [a-z]" "$OUT/ab.md" | tee -a "$R"
