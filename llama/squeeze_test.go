@@ -219,7 +219,7 @@ func TestSqueezedInputBF16(t *testing.T) {
 // segment as any other (token-major rows, the masked dense graph; testFreshDyn -1), with keys dropped so that the
 // selection matters. In float32 (no fused attention) the fresh branch runs its fallback, the masked dense graph with
 // the mask laid out head by head (forced on where the backend has no fused attention: testFreshDyn 1), in the
-// fixed-budget, calibrated and hierarchical modes: equal within 1e-5. In bfloat16 on a backend with fused attention
+// fixed-budget, calibrated, hierarchical, remainder and attention-mass modes: equal within 1e-5. In bfloat16 on a backend with fused attention
 // (SQLLM_TEST_BACKEND=xla on a GPU) it runs the fused causal call: within bfloat16's rounding of the other graph.
 func TestSqueezedInputFreshRows(t *testing.T) {
 	cases, err := loadGolden()
@@ -234,7 +234,7 @@ func TestSqueezedInputFreshRows(t *testing.T) {
 		opts  []SqueezeOptions
 		tol   float64
 	}{
-		{dtypes.Float32, []SqueezeOptions{{Budget: 0.3}, {Sparsity: 0.7}, {Budget: 0.3, Hierarchical: true}}, 1e-5},
+		{dtypes.Float32, []SqueezeOptions{{Budget: 0.3}, {Sparsity: 0.7}, {Budget: 0.3, Hierarchical: true}, {Sparsity: 0.5, Remainder: true}, {Sparsity: 0.5, Mass: true}}, 1e-5},
 		{dtypes.BFloat16, []SqueezeOptions{{Budget: 0.3}}, 5e-2},
 	} {
 		r := testRunner(t, tc.dtype, Options{})
