@@ -180,14 +180,14 @@ func scoresKernel(q, centroids, counts *Node, scale float64) *Node {
 	part := shapes.Make(f32, zProgs*scoresBM)
 	z := scoresCall(zc, zProgs, []*Node{qf, cf, cnt, prm, sc}, []shapes.Shape{part, part})
 	var s *Node // [H, Kp]
-	if !ScoresPByBlocks {
-		kp := nkb * scoresBK
-		sums := scoresCall(prc, zProgs, []*Node{qf, cf, z[0], z[1], prm, sc}, []shapes.Shape{shapes.Make(f32, h*nmb*kp)})[0]
-		s = ReduceSum(Reshape(sums, h, nmb, kp), 1)
-	} else {
+	if ScoresPByBlocks {
 		pProgs := h * nkb * ms
 		sums := scoresCall(pc, pProgs, []*Node{qf, cf, z[0], z[1], prm, sc}, []shapes.Shape{shapes.Make(f32, pProgs*scoresBK)})[0]
 		s = Reshape(ReduceSum(Reshape(sums, h, nkb, ms, scoresBK), 2), h, nkb*scoresBK)
+	} else { // P by row blocks over Z's programs
+		kp := nkb * scoresBK
+		sums := scoresCall(prc, zProgs, []*Node{qf, cf, z[0], z[1], prm, sc}, []shapes.Shape{shapes.Make(f32, h*nmb*kp)})[0]
+		s = ReduceSum(Reshape(sums, h, nmb, kp), 1)
 	}
 	s = DivScalar(Slice(s, AxisRange(), AxisRange(0, k)), float64(m))
 	return Where(GreaterThan(counts, ZerosLike(counts)), s, ZerosLike(s))
@@ -203,8 +203,8 @@ func clusterScores(q, centroids, counts *Node, scale float64, mode SelectMode) *
 
 // ProbeScores compiles and runs small cases through the cluster-score kernels on b, once per backend, and says
 // whether they ran and agreed with ClusterScores (relative 1e-4 of the largest score; empty clusters, ragged
-// sizes and several splits included; kernel P by row blocks at both head dims, over one and two centroid blocks;
-// kernel P by centroid blocks under ScoresPByBlocks). A plugin that cannot read the embedded bytecode fails here, so
+// sizes included; kernel P by row blocks at both head dims, with and without Z's centroid splits, a program walking
+// one or two centroid blocks; kernel P by centroid blocks under ScoresPByBlocks). A plugin that cannot read the embedded bytecode fails here, so
 // SelectAuto falls back to XLA's scores. On a backend without custom calls it is false at once.
 func ProbeScores(b compute.Backend) bool { return probeOnce(&scoresProbed, b, probeScores) }
 
