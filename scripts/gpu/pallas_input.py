@@ -100,7 +100,10 @@ def make_input(d, bm, bn, num_warps=4, num_stages=2, n_static=1 << 16, p_static=
         init = (jnp.full((bm,), NEG, F32), jnp.zeros((bm,), F32), jnp.zeros((bm, d), F32))
         carry = lax.fori_loop(0, (kept + bn - 1) // bn, kept_body, init)
 
-        last = jnp.minimum((mb * bm + bm - 1) // grp, n_tok - 1)
+        first = (mb * bm) % n_tok  # head-major: the block's first token; it wraps to the next head past n - 1
+        wrap = (first + bm - 1 >= n_tok).astype(I32)
+        last_hm = wrap * (n_tok - 1) + (1 - wrap) * (first + bm - 1)
+        last = jnp.minimum(hm * last_hm + (1 - hm) * ((mb * bm + bm - 1) // grp), n_tok - 1)
 
         own_body = _own_body(q, tok, dk_ref, dv_ref, h, t_dyn, n_tok, bn, scale2)
         m, l, acc = lax.fori_loop(0, last // bn + 1, own_body, carry)
@@ -117,12 +120,14 @@ def make_input(d, bm, bn, num_warps=4, num_stages=2, n_static=1 << 16, p_static=
 def make_own(d, bm, bn, num_warps=4, num_stages=2, n_static=1 << 16, p_static=64, reverse=False, debug=False):
     """Round 27: the input's own tokens, causal, merged in the same program with the kept rows' partial that cuDNN
     wrote (o1 [Nq, D] bf16 normalised, lse1 [Nq] f32 natural log; a head with kept[h] = 0 saw nothing). Operands
-    q [Nq, D] bf16, dk, dv [H·T, D] bf16, o1, lse1, kept [H] i32, prm [8] i32 = (M, G, n, T, 0, nMB, 0, 0), scale [1]
+    q [Nq, D] bf16, dk, dv [H·T, D] bf16, o1, lse1, kept [H] i32, prm [8] i32 = (M, G, n, T, 0, nMB, HM, 0), scale [1]
     f32; outputs o [P·BM, D] f32, lse [P·BM] f32. reverse: program p takes row block nMB-1-(p % nMB) (the blocks with
-    the most own tokens first)."""
+    the most own tokens first). HM (round 32): 0, a head's rows token-major (row i·G + j: token i, query head j); 1,
+    head-major (row j·n + i), as the engine lays out a grouped-query input since session 19."""
     def kernel(q_ref, dk_ref, dv_ref, o1_ref, l1_ref, kept_ref, prm_ref, scale_ref, o_ref, lse_ref):
         pid = pl.program_id(0)
         m_rows, grp, n_tok, t_dyn, nmb = prm_ref[0], prm_ref[1], prm_ref[2], prm_ref[3], prm_ref[5]
+        hm = (prm_ref[6] > 0).astype(I32)  # 1: the rows head-major (row j·n + i: query head j of token i)
         scale2 = scale_ref[0] * LOG2E
         h = pid // nmb
         mb = pid % nmb
@@ -131,13 +136,16 @@ def make_own(d, bm, bn, num_warps=4, num_stages=2, n_static=1 << 16, p_static=64
         r = jnp.minimum(mb * bm + jnp.arange(bm, dtype=I32), m_rows - 1)
         rows_q = h * m_rows + r
         q = q_ref[rows_q, :]
-        tok = r // grp
+        tok = hm * (r % n_tok) + (1 - hm) * (r // grp)
         seen = (jnp.zeros((bm,), I32) + kept_ref[h]) > 0  # [BM], the same for every row
         m0 = jnp.where(seen, l1_ref[rows_q] * LOG2E, jnp.full((bm,), NEG, F32))
         l0 = jnp.where(seen, jnp.ones((bm,), F32), jnp.zeros((bm,), F32))
         # cuDNN's output for a head that saw nothing is not used
         a0 = jnp.where(seen[:, None], o1_ref[rows_q, :].astype(F32), jnp.zeros((bm, d), F32))
-        last = jnp.minimum((mb * bm + bm - 1) // grp, n_tok - 1)
+        first = (mb * bm) % n_tok  # head-major: the block's first token; it wraps to the next head past n - 1
+        wrap = (first + bm - 1 >= n_tok).astype(I32)
+        last_hm = wrap * (n_tok - 1) + (1 - wrap) * (first + bm - 1)
+        last = jnp.minimum(hm * last_hm + (1 - hm) * ((mb * bm + bm - 1) // grp), n_tok - 1)
 
         own_body = _own_body(q, tok, dk_ref, dv_ref, h, t_dyn, n_tok, bn, scale2)
         m, l, acc = lax.fori_loop(0, last // bn + 1, own_body, (m0, l0, a0))
@@ -166,14 +174,15 @@ def kept_cudnn(q, gidx, kc, vc, kept, scale):
     return o1[:, :, 0, :], st1.reshape(h, m)
 
 
-def own_call(q, dk, dv, o1, lse1, kept, n, scale, cfg):
-    """The own tokens + merge kernel: q [H, M, D] bf16, dk/dv [H, T, D], o1 [H, M, D] bf16, lse1 [H, M] → (out, lse)."""
+def own_call(q, dk, dv, o1, lse1, kept, n, scale, cfg, hm=0):
+    """The own tokens + merge kernel: q [H, M, D] bf16, dk/dv [H, T, D], o1 [H, M, D] bf16, lse1 [H, M] → (out, lse);
+    hm 1: the rows head-major."""
     bm, bn, nw, st, rev = cfg
     h, m, d = q.shape
     t = dk.shape[1]
     nmb = -(-m // bm)
     kern = make_own(d, bm, bn, nw, st, h * m, h * nmb, bool(rev))
-    prm = jnp.array([m, m // n, n, t, 0, nmb, 0, 0], I32)
+    prm = jnp.array([m, m // n, n, t, 0, nmb, hm, 0], I32)
     o, lse = kern(q.reshape(h * m, d), dk.reshape(h * t, d), dv.reshape(h * t, d), o1.reshape(h * m, d),
                   lse1.reshape(h * m), kept, prm, jnp.array([scale], F32))
     return o.reshape(h, nmb * bm, d)[:, :m], lse.reshape(h, nmb * bm)[:, :m]
@@ -454,8 +463,70 @@ def round27():
         say(f"exported {best} to {outdir}")
 
 
+def to_hm(x, n):
+    """[H, n·G, ...] token-major rows (i·G + j) → head-major (j·n + i)."""
+    h, m = x.shape[:2]
+    g = m // n
+    return x.reshape(h, n, g, *x.shape[2:]).swapaxes(1, 2).reshape(x.shape)
+
+
+def from_hm(x, n):
+    """The inverse of to_hm."""
+    h, m = x.shape[:2]
+    g = m // n
+    return x.reshape(h, g, n, *x.shape[2:]).swapaxes(1, 2).reshape(x.shape)
+
+
+def round32():
+    """Round 27's kernel with head-major rows (prm[6] = 1), for the engine's grouped-query input layout: checked
+    against the float32 reference in both layouts (the cases of round 27), then EXPORT=1 writes own_d{64,128}.cfg for
+    PICK (default round 27's export, (128, 64, 8, 2, 1)) to $OUT/kernels."""
+    say(f"\n## round 32 (round 27's own tokens + merge, head-major rows): jax {jax.__version__}, {jax.devices()}")
+    cfg = tuple(int(x) for x in os.environ.get("PICK", "128,64,8,2,1").split(","))
+    cases = [(4, 1, 200, 128, 3000, 256, 0.1, False, 0), (2, 4, 77, 128, 5000, 100, 0.05, True, 0),
+             (3, 1, 64, 64, 1000, 64, 0.3, False, 0), (2, 3, 45, 64, 2000, 60, 0.12, True, 0),
+             (2, 4, 300, 128, 4096, 512, 0.1, False, 0), (8, 4, 512, 128, 4096, 512, 0.1, False, 0),
+             (2, 3, 130, 64, 1000, 130, 0.2, True, 0)]
+    ok_all, worst = True, 0.0
+    for hm in (0, 1):
+        for i, (h, g, n, d, s, t, frac, eh, hole) in enumerate(cases):
+            q, gidx, kc, vc, dk, dv, kept = make_case(jax.random.PRNGKey(10 + i), h, g, n, d, s, t, frac, eh, hole)
+            scale = 1.0 / d**0.5
+
+            def run(q, gidx, kc, vc, dk, dv, kept, hm=hm, n=n, scale=scale):
+                qq = to_hm(q, n) if hm else q
+                o1, l1 = kept_cudnn(qq, gidx, kc, vc, kept, scale)
+                o, lse = own_call(qq, dk, dv, o1, l1, kept, n, scale, cfg, hm)
+                return (from_hm(o, n), from_hm(lse, n)) if hm else (o, lse)
+            go, gl = jax.jit(run)(q, gidx, kc, vc, dk, dv, kept)
+            wo, wl = reference(q, gidx, kc, vc, dk, dv, kept, n, scale)
+            eo, el = float(jnp.max(jnp.abs(go - wo))), float(jnp.max(jnp.abs(gl - wl)))
+            ok = eo < 2e-2 and el < 2e-2 and bool(jnp.all(jnp.isfinite(go)) & jnp.all(jnp.isfinite(gl)))
+            say(f"check {cfg} hm={hm} case {i} (h {h}, g {g}, n {n}, d {d}): {'pass' if ok else 'FAIL'} ({eo:.2e}, {el:.2e})")
+            ok_all &= ok
+            worst = max(worst, eo, el)
+    say(f"round 32 checks: {'pass' if ok_all else 'FAIL'} (largest difference {worst:.2e})")
+    if ok_all and os.environ.get("EXPORT"):
+        outdir = os.path.join(ps.OUT, "kernels")
+        os.makedirs(outdir, exist_ok=True)
+        bm, bn, nw, st, rev = cfg
+        for dd in (64, 128):
+            kern = make_own(dd, bm, bn, nw, st, 1 << 16, 64, bool(rev))
+            a = (jax.ShapeDtypeStruct((1 << 16, dd), BF16), jax.ShapeDtypeStruct((1 << 14, dd), BF16),
+                 jax.ShapeDtypeStruct((1 << 14, dd), BF16), jax.ShapeDtypeStruct((1 << 16, dd), BF16),
+                 jax.ShapeDtypeStruct((1 << 16,), F32), jax.ShapeDtypeStruct((64,), I32),
+                 jax.ShapeDtypeStruct((8,), I32), jax.ShapeDtypeStruct((1,), F32))
+            with open(os.path.join(outdir, f"own_d{dd}.cfg"), "w") as fh:
+                fh.write(p2.extract_config(jax.jit(kern).lower(*a).as_text()))
+        with open(os.path.join(outdir, "own.json"), "w") as fh:
+            json.dump({"bm": bm, "bn": bn, "warps": nw, "stages": st, "reverse": rev}, fh)
+        say(f"exported {cfg} to {outdir}")
+
+
 if __name__ == "__main__":
-    if os.environ.get("ROUND") == "27":
+    if os.environ.get("ROUND") == "32":
+        round32()
+    elif os.environ.get("ROUND") == "27":
         round27()
     else:
         main()
