@@ -841,11 +841,6 @@ func TestAttentionBench(t *testing.T) {
 		md("- `%s`: %s", v.name, v.about)
 	}
 	md("")
-	if squeeze.OwnKernels == squeeze.SelectAuto && be.Backend.String() != "go" {
-		// The engine probes its kernels before it builds a step graph (Runner.newExec); the sq-engine variants
-		// leave the own-tokens kernel to the engine's default (SQLLM_SQUEEZE_OWN), so probe it here.
-		log("own-tokens kernel: probe says %v", squeeze.ProbeOwn(be.Backend))
-	}
 	if *abCheck {
 		checkGraphs(t, be.Backend, shapesList, tiny, log, md)
 	}

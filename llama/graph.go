@@ -390,8 +390,6 @@ func init() {
 		"1": squeeze.SelectOn, "0": squeeze.SelectOff})
 	squeeze.LookupKernel = envChoice("SQLLM_SQUEEZE_LOOKUP", map[string]squeeze.SelectMode{"": squeeze.SelectAuto,
 		"1": squeeze.SelectOn, "0": squeeze.SelectOff})
-	squeeze.OwnKernels = envChoice("SQLLM_SQUEEZE_OWN", map[string]squeeze.SelectMode{"": squeeze.SelectAuto,
-		"1": squeeze.SelectOn, "0": squeeze.SelectOff})
 	squeeze.ScoresPByBlocks = envChoice("SQLLM_SCORES_P", map[string]bool{"": false, "rows": false, "blocks": true})
 	squeeze.KernelDir = envDir("SQLLM_KERNEL_DIR")
 	if v := os.Getenv("SQLLM_SCORES_SPLITS"); v != "" {

@@ -327,9 +327,6 @@ func (r *Runner) newExec(kind stepKind, sq *squeezeIndex) (*graph.Exec, error) {
 		if squeeze.LookupKernel == squeeze.SelectAuto {
 			squeeze.ProbeLookup(r.backend)
 		}
-		if squeeze.OwnKernels == squeeze.SelectAuto {
-			squeeze.ProbeOwn(r.backend)
-		}
 	}
 	L := c.NumHiddenLayers
 	fn := func(g *graph.Graph, in []*graph.Node) []*graph.Node {

@@ -279,9 +279,6 @@ type squeezeLayer struct {
 	// segMode is when a decode step's dynamic segment is attended in the paged kernel's launch (zero:
 	// squeeze.PagedSeg, from SQLLM_SQUEEZE_PAGEDSEG; the attention benchmark sets others).
 	segMode squeeze.SelectMode
-	// ownMode is when a user input's own tokens run in the own-tokens kernel (zero: squeeze.OwnKernels, from
-	// SQLLM_SQUEEZE_OWN).
-	ownMode squeeze.SelectMode
 	// lookupMode is when a decode step's cluster scores and boundary run in the lookup kernel (zero:
 	// squeeze.LookupKernel, from SQLLM_SQUEEZE_LOOKUP; the attention benchmark sets others).
 	lookupMode squeeze.SelectMode
@@ -581,17 +578,12 @@ func squeezedAttention(c *Config, q, ctxK, ctxV, dynK, dynV, dynMask *Node, sq *
 	if sq.freshDyn && n*group >= squeeze.FusedMinQueries {
 		qh := Reshape(TransposeAllAxes(Reshape(q, n, kvh, group, hd), 1, 2, 0, 3), kvh, group*n, hd)
 		sparse, k := squeeze.AttendSelected(qh, ctxK, ctxV, ix, scale, sq.kernel)
-		if merged, ok := squeeze.OwnMerge(qh, dynK, dynV, n, sparse, scale, sq.ownMode); ok {
-			out = merged.Out // the own tokens and the merge in the own-tokens kernel (squeeze/ownk.go)
-		} else {
-			dyn, ok := squeeze.CausalAttentionFusedHeadMajor(qh, Slice(dynK, AxisRange(), AxisRange(0, n)), Slice(dynV, AxisRange(), AxisRange(0, n)), scale)
-			if !ok {
-				dmh := Reshape(BroadcastToDims(Reshape(dynMask, 1, n, dynCap), group, n, dynCap), 1, group*n, dynCap)
-				dyn = squeeze.DenseAttention(qh, dynK, dynV, dmh, scale)
-			}
-			out = squeeze.Merge(sparse, dyn).Out // [numKVHeads, group*n, headDim] float32
+		dyn, ok := squeeze.CausalAttentionFusedHeadMajor(qh, Slice(dynK, AxisRange(), AxisRange(0, n)), Slice(dynV, AxisRange(), AxisRange(0, n)), scale)
+		if !ok {
+			dmh := Reshape(BroadcastToDims(Reshape(dynMask, 1, n, dynCap), group, n, dynCap), 1, group*n, dynCap)
+			dyn = squeeze.DenseAttention(qh, dynK, dynV, dmh, scale)
 		}
-		kept = k
+		out, kept = squeeze.Merge(sparse, dyn).Out, k // [numKVHeads, group*n, headDim] float32
 		out = TransposeAllAxes(Reshape(ConvertDType(out, q.DType()), kvh, group, n, hd), 2, 0, 1, 3)
 	} else {
 		p, k := squeeze.AttendSelectedDyn(qg, ctxK, ctxV, dynK, dynV, dm, ix, scale, sq.kernel)

@@ -290,7 +290,7 @@ func TestKernelProbes(t *testing.T) {
 		name  string
 		probe func(compute.Backend) bool
 	}{{"paged", squeeze.ProbePaged}, {"paged with the dynamic segment", squeeze.ProbePagedSeg}, {"lookup", squeeze.ProbeLookup},
-		{"cluster scores", squeeze.ProbeScores}, {"selection", squeeze.ProbeSelect}, {"own tokens", squeeze.ProbeOwn}} {
+		{"cluster scores", squeeze.ProbeScores}, {"selection", squeeze.ProbeSelect}} {
 		if got := p.probe(b); got != want {
 			t.Errorf("the %s kernels' probe says %v on %s, want %v", p.name, got, b.Name(), want)
 		}

@@ -38,7 +38,7 @@ import (
 // at 32K against 163.6 for dense attention over every key (4.11×), 89.7 against 579.8 at 128K (6.46×);
 // XLA's gathers and products over the same list took 85.4 and 240.5 µs.
 
-//go:embed kernels/paged_*.cfg.gz kernels/pagedseg_*.cfg.gz kernels/merge_*.cfg.gz kernels/select_*.cfg.gz kernels/scores_*.cfg.gz kernels/own_*.cfg.gz
+//go:embed kernels/paged_*.cfg.gz kernels/pagedseg_*.cfg.gz kernels/merge_*.cfg.gz kernels/select_*.cfg.gz kernels/scores_*.cfg.gz
 var kernelFS embed.FS
 
 // PagedMaxQueries is the most query rows per KV head (a decode step's group of query heads) that the
