@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Session 20, call 1: the causal cuDNN call over a user input's own tokens on a second XLA stream (operation queue 1,
-# GOXLA_FMHA_CAUSAL_QUEUE=1 in the patched go-xla, with --xla_gpu_multi_streamed_windowed_einsum=true so that XLA
-# wraps it asynchronously), so that it overlaps the lookup chain. The every-key-kept check with it (7B, 8B, 32K), then
+# with --xla_gpu_multi_streamed_windowed_einsum=true so that XLA wraps it asynchronously), so that it overlaps the
+# lookup chain. The build carried a temporary go-xla change, never committed: flashBackendConfigV's
+# "operation_queue_id" was GOXLA_FMHA_CAUSAL_QUEUE's value for CAUSAL / PADDING_CAUSAL calls ("0" otherwise).
+# Result: XLA aborted compiling the input step (std::out_of_range from a raw_hash_map::at). The every-key-kept check with it (7B, 8B, 32K), then
 # the attention benchmark's input phase by the slope: this build as is, with the second stream, as is again.
 # Build first: bash scripts/gpu/build.sh.
 . scripts/gpu/preamble.sh

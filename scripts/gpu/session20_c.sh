@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Session 20, call 8: the own-tokens kernel (squeeze/ownk.go, Pallas round 32) in the engine. TestKernelProbes and
+# Session 20, call 8: the own-tokens kernel (squeeze/ownk.go, Pallas round 32) in the engine, as built from commit
+# 48867a9 (its Go side and SQLLM_SQUEEZE_OWN were reverted in the next commit: no gain). TestKernelProbes and
 # TestSqueezedInputBF16 on the device (the probes, then the bundled model's squeezed steps through the kernels); the
 # attention benchmark's input phase by the slope, 512 tokens: the build with the kernel (default), without it
 # (SQLLM_SQUEEZE_OWN=0), with it again; the engine's user-input step at LLaMA-2-7B 32K, without and with.
