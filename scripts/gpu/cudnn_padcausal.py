@@ -22,19 +22,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pallas_squeeze import timeit  # noqa: E402  (the median of 30 timed calls after a warm-up)
-
-OUT = os.environ.get("OUT", "/tmp/out")
-os.makedirs(OUT, exist_ok=True)
-REPORT = open(os.path.join(OUT, "cudnn.md"), "a")
-BF16, F32, I32 = jnp.bfloat16, jnp.float32, jnp.int32
-
-
-def say(*a):
-    s = " ".join(str(x) for x in a)
-    print(s, flush=True)
-    REPORT.write(s + "\n")
-    REPORT.flush()
+from cudnn_paged import BF16, F32, I32, say, timeit  # noqa: E402  (its report, $OUT/cudnn.md; timeit: the median of 30)
 
 
 def ref(q, k, v, scale, allowed):

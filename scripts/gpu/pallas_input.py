@@ -400,6 +400,24 @@ def main():
 OWN_CONFIGS = [(64, 64, 4, 2, 0), (64, 64, 4, 2, 1), (64, 32, 4, 2, 1), (128, 64, 8, 2, 1), (32, 64, 4, 2, 1)]
 
 
+def export_own(cfg):
+    """Writes make_own's configs for head dims 64 and 128 (own_d{64,128}.cfg) and cfg (own.json) to $OUT/kernels."""
+    outdir = os.path.join(ps.OUT, "kernels")
+    os.makedirs(outdir, exist_ok=True)
+    bm, bn, nw, st, rev = cfg
+    for dd in (64, 128):
+        kern = make_own(dd, bm, bn, nw, st, 1 << 16, 64, bool(rev))
+        a = (jax.ShapeDtypeStruct((1 << 16, dd), BF16), jax.ShapeDtypeStruct((1 << 14, dd), BF16),
+             jax.ShapeDtypeStruct((1 << 14, dd), BF16), jax.ShapeDtypeStruct((1 << 16, dd), BF16),
+             jax.ShapeDtypeStruct((1 << 16,), F32), jax.ShapeDtypeStruct((64,), I32),
+             jax.ShapeDtypeStruct((8,), I32), jax.ShapeDtypeStruct((1,), F32))
+        with open(os.path.join(outdir, f"own_d{dd}.cfg"), "w") as fh:
+            fh.write(p2.extract_config(jax.jit(kern).lower(*a).as_text()))
+    with open(os.path.join(outdir, "own.json"), "w") as fh:
+        json.dump({"bm": bm, "bn": bn, "warps": nw, "stages": st, "reverse": rev}, fh)
+    say(f"exported {cfg} to {outdir}")
+
+
 def round27():
     """The own tokens + merge kernel after cuDNN's kept rows (hybrid_path) against the engine's path, whole steps
     after the lookup; checked first against the float32 reference (the same cases as round 26)."""
@@ -447,20 +465,7 @@ def round27():
             say(f"| {label} | FAILED |\n```\n{traceback.format_exc()[-2000:]}\n```")
     if passing and os.environ.get("EXPORT"):
         best = min(passing, key=lambda c: totals[c]) if not os.environ.get("PICK") else passing[0]
-        outdir = os.path.join(ps.OUT, "kernels")
-        os.makedirs(outdir, exist_ok=True)
-        bm, bn, nw, st, rev = best
-        for dd in (64, 128):
-            kern = make_own(dd, bm, bn, nw, st, 1 << 16, 64, bool(rev))
-            a = (jax.ShapeDtypeStruct((1 << 16, dd), BF16), jax.ShapeDtypeStruct((1 << 14, dd), BF16),
-                 jax.ShapeDtypeStruct((1 << 14, dd), BF16), jax.ShapeDtypeStruct((1 << 16, dd), BF16),
-                 jax.ShapeDtypeStruct((1 << 16,), F32), jax.ShapeDtypeStruct((64,), I32),
-                 jax.ShapeDtypeStruct((8,), I32), jax.ShapeDtypeStruct((1,), F32))
-            with open(os.path.join(outdir, f"own_d{dd}.cfg"), "w") as fh:
-                fh.write(p2.extract_config(jax.jit(kern).lower(*a).as_text()))
-        with open(os.path.join(outdir, "own.json"), "w") as fh:
-            json.dump({"bm": bm, "bn": bn, "warps": nw, "stages": st, "reverse": rev}, fh)
-        say(f"exported {best} to {outdir}")
+        export_own(best)
 
 
 def to_hm(x, n):
@@ -507,20 +512,7 @@ def round32():
             worst = max(worst, eo, el)
     say(f"round 32 checks: {'pass' if ok_all else 'FAIL'} (largest difference {worst:.2e})")
     if ok_all and os.environ.get("EXPORT"):
-        outdir = os.path.join(ps.OUT, "kernels")
-        os.makedirs(outdir, exist_ok=True)
-        bm, bn, nw, st, rev = cfg
-        for dd in (64, 128):
-            kern = make_own(dd, bm, bn, nw, st, 1 << 16, 64, bool(rev))
-            a = (jax.ShapeDtypeStruct((1 << 16, dd), BF16), jax.ShapeDtypeStruct((1 << 14, dd), BF16),
-                 jax.ShapeDtypeStruct((1 << 14, dd), BF16), jax.ShapeDtypeStruct((1 << 16, dd), BF16),
-                 jax.ShapeDtypeStruct((1 << 16,), F32), jax.ShapeDtypeStruct((64,), I32),
-                 jax.ShapeDtypeStruct((8,), I32), jax.ShapeDtypeStruct((1,), F32))
-            with open(os.path.join(outdir, f"own_d{dd}.cfg"), "w") as fh:
-                fh.write(p2.extract_config(jax.jit(kern).lower(*a).as_text()))
-        with open(os.path.join(outdir, "own.json"), "w") as fh:
-            json.dump({"bm": bm, "bn": bn, "warps": nw, "stages": st, "reverse": rev}, fh)
-        say(f"exported {cfg} to {outdir}")
+        export_own(cfg)
 
 
 if __name__ == "__main__":
