@@ -66,20 +66,28 @@ def semantics(fa):
     return out["bottom-right at the actual lengths"] < 2e-2
 
 
+def seven_b_case(t, h=32, d=128, n=512):
+    """A LLaMA-2-7B-shaped input step's operands at context t: the context's keys and values kc, vc [h, t, d], the
+    input's own ko, vo [h, n, d] and queries q [h, n, d] (bfloat16), the kept slots a head (10% budget + the window,
+    bucketed to 256) and the PRNG keys left for the caller (ks[5:])."""
+    ks = jax.random.split(jax.random.PRNGKey(1), 8)
+    kc = jax.random.normal(ks[0], (h, t, d), F32).astype(BF16)
+    vc = jax.random.normal(ks[1], (h, t, d), F32).astype(BF16)
+    ko = jax.random.normal(ks[2], (h, n, d), F32).astype(BF16)
+    vo = jax.random.normal(ks[3], (h, n, d), F32).astype(BF16)
+    q = jax.random.normal(ks[4], (h, n, d), F32).astype(BF16)
+    cap = (int(0.1 * t) + 100 + 255) // 256 * 256
+    return kc, vc, ko, vo, q, cap, ks[5:]
+
+
 def speed(fa):
     MT = fa.MaskType
     h, d, n = 32, 128, 512
     scale = 1.0 / d**0.5
     for label, t in (("7B 32K", 32768), ("7B 128K", 131072)):
-        ks = jax.random.split(jax.random.PRNGKey(1), 8)
-        kc = jax.random.normal(ks[0], (h, t, d), F32).astype(BF16)
-        vc = jax.random.normal(ks[1], (h, t, d), F32).astype(BF16)
-        ko = jax.random.normal(ks[2], (h, n, d), F32).astype(BF16)
-        vo = jax.random.normal(ks[3], (h, n, d), F32).astype(BF16)
-        q = jax.random.normal(ks[4], (h, n, d), F32).astype(BF16)
-        cap = (int(0.1 * t) + 100 + 255) // 256 * 256  # the budget, the window, bucketed
-        kept = jnp.minimum(cap, (cap * jax.random.uniform(ks[5], (h,), F32, 0.8, 1.0)).astype(I32))
-        rows = jnp.sort(jax.random.randint(ks[6], (h, cap), 0, t), axis=1).astype(I32)
+        kc, vc, ko, vo, q, cap, ks = seven_b_case(t, h, d, n)
+        kept = jnp.minimum(cap, (cap * jax.random.uniform(ks[0], (h,), F32, 0.8, 1.0)).astype(I32))
+        rows = jnp.sort(jax.random.randint(ks[1], (h, cap), 0, t), axis=1).astype(I32)
         qlen = jnp.full((h,), n, I32)
 
         def engine(q, kc, vc, ko, vo, rows, kept):

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cudnn_paged import BF16, F32, I32, say, timeit  # noqa: E402  (its report, $OUT/cudnn.md; timeit: the median of 30)
+from cudnn_paged import F32, I32, say, timeit  # noqa: E402  (its report, $OUT/cudnn.md; timeit: the median of 30)
+from cudnn_padcausal import seven_b_case  # noqa: E402
 
 
 def main():
@@ -53,14 +54,8 @@ def main():
     h, d, n = 32, 128, 512
     scale = 1.0 / d**0.5
     for label, t in (("7B 32K", 32768), ("7B 128K", 131072)):
-        ks = jax.random.split(jax.random.PRNGKey(1), 8)
-        kc = jax.random.normal(ks[0], (h, t, d), F32).astype(BF16)
-        vc = jax.random.normal(ks[1], (h, t, d), F32).astype(BF16)
-        ko = jax.random.normal(ks[2], (h, n, d), F32).astype(BF16)
-        vo = jax.random.normal(ks[3], (h, n, d), F32).astype(BF16)
-        q = jax.random.normal(ks[4], (h, n, d), F32).astype(BF16)
-        sc = jax.random.normal(ks[5], (h, t // 20), F32)  # cluster scores, 5% centroids
-        cap = (int(0.1 * t) + 100 + 255) // 256 * 256
+        kc, vc, ko, vo, q, cap, ks = seven_b_case(t, h, d, n)
+        sc = jax.random.normal(ks[0], (h, t // 20), F32)  # cluster scores, 5% centroids
         qlen = jnp.full((h,), n, I32)
 
         @jax.jit

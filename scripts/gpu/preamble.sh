@@ -78,3 +78,20 @@ input_ab() {
   grep -E "^\| LLaMA.*input [0-9]+ \| [a-z]" "$OUT/ab.md" | tee -a "$R"
   rm -f "$OUT/ab.md" "$OUT/ab.log"
 }
+
+# cupti_input LABEL SHAPE CTX VARIANT [LIMIT]: one attention-benchmark input-phase process (8 chained layers, 300 timed
+# calls, ten a repetition, VARIANT alone, no slope) under the CUPTI tracer (LIMIT seconds, default 150); the last
+# segment's repeating unit (scripts/gpu/cupti/units.py) goes to R. Needs lib (scripts/gpu/cupti/build.sh's library).
+cupti_input() {
+  local label=$1 shape=$2 ctx=$3 variant=$4 limit=${5:-150}
+  echo "== $label" | tee -a "$R"
+  (cd llama && CUPTI_TRACE_OUT=/tmp/t.trace CUDA_INJECTION64_PATH=$lib timeout "$limit" ../bin/llama.test \
+    -test.run '^TestAttentionBench$' -test.v -test.timeout 20m -attnbench gpu -attnbench.shapes "$shape" -attnbench.ctx "$ctx" \
+    -attnbench.phases input -attnbench.check=false -attnbench.variants "$variant" -attnbench.cluster=false -attnbench.slope=false \
+    -attnbench.layers 8 -attnbench.reps 300 -attnbench.batch 10 > "$OUT/t.log" 2>&1)
+  echo "rc=$?" | tee -a "$R"
+  python3 scripts/gpu/cupti/units.py /tmp/t.trace 100 > /tmp/u.txt
+  grep -c "^## " /tmp/u.txt | tee -a "$R"  # segments; the last is the timed calls
+  awk '/^## /{buf=""} {buf=buf $0 "\n"} END{printf "%s", buf}' /tmp/u.txt | grep -E "^unit span|^## |^\| [0-9]+ \|" | head -80 | tee -a "$R"
+  rm -f /tmp/t.trace "$OUT/t.log"
+}
